@@ -1,0 +1,162 @@
+"""The typed configuration: the single source of defaults for the API, the CLI and checkpoints.
+
+Defaults are the CycleGAN paper's and the reference implementation's (pytorch-CycleGAN-and-pix2pix).
+Each field's ``help`` metadata becomes the CLI's ``--help`` text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cyclegan.errors import CycleGANError
+
+GENERATORS = ("resnet_9blocks", "resnet_6blocks", "unet_256", "unet_128")
+DISCRIMINATORS = ("basic", "n_layers", "pixel")
+NORMS = ("instance", "batch", "none")
+PADDINGS = ("reflect", "replicate", "zero")
+INITS = ("normal", "xavier", "kaiming", "orthogonal")
+GAN_MODES = ("lsgan", "vanilla")
+PREPROCESS = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
+DIRECTIONS = ("AtoB", "BtoA")
+
+
+def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the two generators and two discriminators; saved inside every checkpoint."""
+
+    input_nc: int = _opt(3, "channels of domain A images (1 for grayscale, 3 for RGB)")
+    output_nc: int = _opt(3, "channels of domain B images")
+    ngf: int = _opt(64, "filters in the generator's first and last conv layers")
+    ndf: int = _opt(64, "filters in the discriminator's first conv layer")
+    netG: str = _opt("resnet_9blocks", "generator architecture", GENERATORS)
+    netD: str = _opt(
+        "basic", "discriminator: basic (70x70 PatchGAN), n_layers, or pixel (1x1)", DISCRIMINATORS
+    )
+    n_layers_D: int = _opt(3, "conv layers of the n_layers discriminator (basic is 3)")
+    norm: str = _opt("instance", "normalisation layer", NORMS)
+    dropout: bool = _opt(False, "dropout 0.5 in the generator (CycleGAN does not use it)")
+    padding: str = _opt("reflect", "padding of the ResNet blocks", PADDINGS)
+    init_type: str = _opt("normal", "weight initialisation", INITS)
+    init_gain: float = _opt(0.02, "scale of the initialisation")
+
+    def validate(self) -> None:
+        _check_choices(self)
+        for name in ("input_nc", "output_nc", "ngf", "ndf", "n_layers_D"):
+            if getattr(self, name) < 1:
+                raise CycleGANError(f"--{name} must be at least 1, got {getattr(self, name)}")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs besides the architecture; saved as the run's ``config.json``."""
+
+    dataroot: str | None = _opt(None, "folder with trainA/ and trainB/ (and testA/, testB/)")
+    domain_a: str | None = _opt(None, "folder of domain A training images (instead of --dataroot)")
+    domain_b: str | None = _opt(None, "folder of domain B training images (instead of --dataroot)")
+    name: str = _opt("experiment", "run name: the run folder is CHECKPOINTS_DIR/NAME")
+    checkpoints_dir: str = _opt("checkpoints", "where run folders are created")
+    direction: str = _opt("AtoB", "AtoB trains G on A->B; BtoA swaps the domains", DIRECTIONS)
+    n_epochs: int = _opt(100, "epochs at the initial learning rate")
+    n_epochs_decay: int = _opt(100, "epochs of linear decay of the learning rate to zero")
+    max_steps: int | None = _opt(None, "stop after this many training steps (for short runs and benchmarks)")
+    batch_size: int = _opt(1, "images per batch")
+    lr: float = _opt(2e-4, "initial learning rate of Adam")
+    beta1: float = _opt(0.5, "Adam beta1")
+    beta2: float = _opt(0.999, "Adam beta2")
+    gan_mode: str = _opt(
+        "lsgan", "adversarial loss: lsgan (least squares) or vanilla (cross-entropy)", GAN_MODES
+    )
+    lambda_A: float = _opt(10.0, "weight of the cycle loss A->B->A")
+    lambda_B: float = _opt(10.0, "weight of the cycle loss B->A->B")
+    lambda_identity: float = _opt(
+        0.5, "weight of the identity loss relative to lambda_A/lambda_B (0 turns it off)"
+    )
+    pool_size: int = _opt(50, "past fakes kept to train the discriminators (0: no pool)")
+    load_size: int = _opt(286, "scale images to this size before cropping")
+    crop_size: int = _opt(256, "then crop to this size")
+    preprocess: str = _opt("resize_and_crop", "how training images are resized and cropped", PREPROCESS)
+    no_flip: bool = _opt(False, "do not flip training images horizontally at random")
+    serial_batches: bool = _opt(False, "pair A[i] with B[i] and keep file order, instead of random pairs")
+    max_dataset_size: int | None = _opt(None, "use at most this many images of each domain")
+    num_workers: int = _opt(2, "data loader worker processes")
+    seed: int | None = _opt(None, "random seed; a run with the same seed repeats exactly (default: random)")
+    device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
+    print_freq: int = _opt(100, "log losses every this many steps")
+    sample_freq: int = _opt(400, "save a sample grid every this many steps")
+    save_latest_freq: int = _opt(5000, "save the latest checkpoint every this many steps")
+    save_epoch_freq: int = _opt(5, "keep a copy of the weights every this many epochs")
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def validate(self) -> None:
+        _check_choices(self)
+        self.model.validate()
+        if self.dataroot is None and (self.domain_a is None or self.domain_b is None):
+            raise CycleGANError("give --dataroot DIR, or both --domain_a DIR and --domain_b DIR")
+        for name in ("n_epochs", "n_epochs_decay", "pool_size"):
+            if getattr(self, name) < 0:
+                raise CycleGANError(f"--{name} must not be negative, got {getattr(self, name)}")
+        for name in ("batch_size", "load_size", "crop_size", "print_freq", "sample_freq", "save_latest_freq"):
+            if getattr(self, name) < 1:
+                raise CycleGANError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.n_epochs + self.n_epochs_decay < 1:
+            raise CycleGANError("--n_epochs plus --n_epochs_decay must be at least 1")
+        if self.preprocess == "none" and self.batch_size > 1:
+            raise CycleGANError("--preprocess none keeps each image's own size, so it needs --batch_size 1")
+        if self.lambda_identity > 0 and self.model.input_nc != self.model.output_nc:
+            raise CycleGANError(
+                "the identity loss needs --input_nc equal to --output_nc; set --lambda_identity 0"
+            )
+
+    @property
+    def total_epochs(self) -> int:
+        return self.n_epochs + self.n_epochs_decay
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        data = dict(data)
+        model = model_config_from_dict(data.pop("model", {}))
+        return cls(**_known_fields(cls, data), model=model)
+
+    def save(self, path: Path) -> None:
+        from cyclegan.checkpoints import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> TrainConfig:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, ValueError, TypeError) as err:
+            raise CycleGANError(f"cannot read the run config {path}: {err}") from None
+
+
+def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
+    return ModelConfig(**_known_fields(ModelConfig, data))
+
+
+def _known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)} - {"model"}
+    unknown = set(data) - names - {"model"}
+    if unknown:
+        raise CycleGANError(f"unknown config fields: {', '.join(sorted(unknown))}")
+    return {k: v for k, v in data.items() if k in names}
+
+
+def _check_choices(config: Any) -> None:
+    for f in dataclasses.fields(config):
+        choices = f.metadata.get("choices")
+        if choices and getattr(config, f.name) not in choices:
+            raise CycleGANError(
+                f"--{f.name} must be one of {', '.join(choices)}, got {getattr(config, f.name)!r}"
+            )

@@ -1,0 +1,239 @@
+"""``cyclegan data check``: what is in a dataset folder, and whether training will accept it.
+
+Every image is fully decoded, so a file that would stop training hours in (corrupt, truncated) is found
+now. Training reads the images of ``trainA/`` and ``trainB/`` recursively and ignores hidden files and
+files without an image extension; this report follows the same rules.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from cyclegan.errors import CycleGANError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+SPLITS = ("trainA", "trainB", "testA", "testB")
+_LISTED = 20  # longer lists of files are cut, with a count of the rest
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def visible_files(folder: Path) -> list[Path]:
+    """Files under ``folder`` (recursively, sorted), skipping hidden files and hidden folders."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def image_files(folder: Path) -> list[Path]:
+    return [p for p in visible_files(folder) if is_image_file(p)]
+
+
+@dataclass
+class SplitReport:
+    """One folder of images: what decodes, at which sizes and modes, and what does not."""
+
+    name: str
+    path: Path
+    exists: bool
+    sizes: Counter[tuple[int, int]] = field(default_factory=Counter)
+    modes: Counter[str] = field(default_factory=Counter)
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
+    ignored: list[Path] = field(default_factory=list)
+
+    @property
+    def images(self) -> int:
+        """Readable images (the ones training can use)."""
+        return sum(self.sizes.values())
+
+
+@dataclass
+class DataReport:
+    """``root`` is the dataset folder, or None when two domain folders were checked."""
+
+    root: Path | None
+    splits: list[SplitReport]
+    train_splits: tuple[str, str]
+    others: list[str]
+    problems: list[str]
+    warnings: list[str]
+
+    @property
+    def will_train(self) -> bool:
+        return not self.problems
+
+
+def check_data(root: Path) -> DataReport:
+    """Report on a dataset folder in the reference layout: trainA/, trainB/, testA/, testB/."""
+    root = Path(root)
+    _require_folder(root)
+    others = sorted(
+        p.name + ("/" if p.is_dir() else "")
+        for p in root.iterdir()
+        if p.name not in SPLITS and not p.name.startswith(".")
+    )
+    splits = [_check_split(name, root / name) for name in SPLITS]
+    return _report(root, splits, ("trainA", "trainB"), others)
+
+
+def check_domains(domain_a: Path, domain_b: Path) -> DataReport:
+    """Report on two folders of training images given directly (``--domain_a``/``--domain_b``)."""
+    for folder in (domain_a, domain_b):
+        _require_folder(Path(folder))
+    splits = [_check_split("domain A", Path(domain_a)), _check_split("domain B", Path(domain_b))]
+    return _report(None, splits, ("domain A", "domain B"), [])
+
+
+def _report(
+    root: Path | None, splits: list[SplitReport], train_splits: tuple[str, str], others: list[str]
+) -> DataReport:
+    problems, warnings = _verdict(splits, train_splits)
+    return DataReport(root, splits, train_splits, others, problems, warnings)
+
+
+def _require_folder(path: Path) -> None:
+    if not path.exists():
+        raise CycleGANError(f"no such folder: {path}")
+    if not path.is_dir():
+        raise CycleGANError(f"not a folder: {path}")
+
+
+def _check_split(name: str, path: Path) -> SplitReport:
+    report = SplitReport(name, path, path.is_dir())
+    if not report.exists:
+        return report
+    for file in visible_files(path):
+        if not is_image_file(file):
+            report.ignored.append(file)
+            continue
+        try:
+            with Image.open(file) as image:
+                image.load()
+                report.sizes[image.size] += 1
+                report.modes[image.mode] += 1
+        except Exception as err:  # PIL raises many types (OSError, SyntaxError, ValueError, bomb errors)
+            report.unreadable.append((file, _first_line(err)))
+    return report
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _verdict(splits: list[SplitReport], train_splits: tuple[str, str]) -> tuple[list[str], list[str]]:
+    """Problems stop training from starting; warnings are worth knowing but do not."""
+    problems: list[str] = []
+    warnings: list[str] = []
+    by_name = {s.name: s for s in splits}
+    for name in train_splits:
+        split = by_name[name]
+        if not split.exists:
+            problems.append(f"{_label(split)} is missing ({split.path})")
+        elif split.unreadable and not split.images:
+            problems.append(f"{_label(split)} has no readable images ({len(split.unreadable)} unreadable)")
+        elif not split.images:
+            problems.append(f"{_label(split)} has no images")
+    for split in splits:
+        if split.unreadable:
+            consequence = (
+                "training stops when it reaches one" if split.name in train_splits else "testing fails"
+            )
+            warnings.append(
+                f"{len(split.unreadable)} unreadable images in {_label(split)} ({consequence}; remove them)"
+            )
+    modes: Counter[str] = sum((s.modes for s in splits), Counter())
+    if any(mode.split(";")[0] in ("I", "F") for mode in modes):
+        warnings.append(
+            "16/32-bit images are clipped to 8 bits by the RGB conversion (bright values turn white)"
+        )
+    if "RGBA" in modes or "LA" in modes or "PA" in modes:
+        warnings.append("the alpha channel of RGBA/LA images is dropped (RGB conversion)")
+    return problems, warnings
+
+
+def _label(split: SplitReport) -> str:
+    return split.name if split.name.startswith("domain") else f"{split.name}/"
+
+
+def format_report(report: DataReport) -> str:
+    """The text ``cyclegan data check`` prints."""
+    if report.root is None:
+        lines = ["Domain folders: " + ", ".join(f"{s.name} = {s.path}" for s in report.splits)]
+    else:
+        lines = [f"Dataset {report.root}"]
+    width = max(len(_label(s)) for s in report.splits)
+    for split in report.splits:
+        label = _label(split).ljust(width)
+        if not split.exists:
+            lines.append(f"  {label}  missing ({split.path})")
+            continue
+        line = f"  {label}  {split.images:6d} {'image ' if split.images == 1 else 'images'}"
+        if split.sizes:
+            line += f"  sizes {_sizes(split.sizes)}  modes {_counts(split.modes)}"
+        if split.unreadable:
+            line += f"  unreadable {len(split.unreadable)}"
+        if split.ignored:
+            line += f"  not images {len(split.ignored)}"
+        lines.append(line)
+    all_sizes: Counter[tuple[int, int]] = sum((s.sizes for s in report.splits), Counter())
+    if all_sizes:
+        lines.append(f"Sizes: {_sizes(all_sizes)}")
+    unreadable = [(p, why) for s in report.splits for p, why in s.unreadable]
+    lines += _listing(
+        "Unreadable (decoding failed)", [f"{_relative(p, report)}: {why}" for p, why in unreadable]
+    )
+    ignored = [p for s in report.splits for p in s.ignored]
+    lines += _listing("Not images, ignored by training", [str(_relative(p, report)) for p in ignored])
+    if report.others:
+        lines.append(f"Not used by training: {', '.join(report.others)}")
+    lines += [f"Warning: {w}" for w in report.warnings]
+    a, b = (next(s for s in report.splits if s.name == n) for n in report.train_splits)
+    if report.will_train:
+        lines.append(
+            f"Verdict: will train ({_label(a)} {_images(a.images)}, {_label(b)} {_images(b.images)})"
+        )
+    else:
+        lines.append("Verdict: will not train: " + "; ".join(report.problems))
+    return "\n".join(lines)
+
+
+def _images(n: int) -> str:
+    return f"{n} image" if n == 1 else f"{n} images"
+
+
+def _sizes(sizes: Counter[tuple[int, int]]) -> str:
+    def text(size: tuple[int, int]) -> str:
+        return f"{size[0]}x{size[1]}"
+
+    by_area = sorted(sizes, key=lambda s: (s[0] * s[1], s))
+    common, count = sizes.most_common(1)[0]
+    if len(sizes) == 1:
+        return f"{text(common)} (all)"
+    total = sum(sizes.values())
+    return f"min {text(by_area[0])}, max {text(by_area[-1])}, most common {text(common)} ({count}/{total})"
+
+
+def _counts(counter: Counter[str]) -> str:
+    return ", ".join(f"{key} {count}" for key, count in counter.most_common())
+
+
+def _relative(path: Path, report: DataReport) -> Path:
+    return path.relative_to(report.root) if report.root is not None else path
+
+
+def _listing(title: str, items: list[str]) -> list[str]:
+    if not items:
+        return []
+    lines = [f"{title} ({len(items)}):"] + [f"  {item}" for item in items[:_LISTED]]
+    if len(items) > _LISTED:
+        lines.append(f"  … and {len(items) - _LISTED} more")
+    return lines
