@@ -337,6 +337,7 @@ def train(
     dataset = UnpairedDataset(domain_a, domain_b, cfg, cfg.seed)
     batches_per_epoch = math.ceil(len(dataset) / cfg.batch_size)
 
+    torch.manual_seed(cfg.seed)  # initial weights and dropout; a resumed run restores the saved RNG state
     model = CycleGAN(cfg.model).to(device)
     trainer = CycleGANTrainer(model, cfg, cfg.seed)
     progress = Progress()

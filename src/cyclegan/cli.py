@@ -1,0 +1,254 @@
+"""The ``cyclegan`` command: a thin layer over the Python API.
+
+Options of ``train`` are generated from the config dataclasses, so their names, defaults and help have one
+source. User errors print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cyclegan.config import ModelConfig, TrainConfig
+from cyclegan.errors import CycleGANError
+
+RESUME_OVERRIDABLE = {
+    "max_steps",
+    "n_epochs",
+    "n_epochs_decay",
+    "device",
+    "num_workers",
+    "print_freq",
+    "sample_freq",
+    "save_latest_freq",
+    "save_epoch_freq",
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line that points to --help."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_config_options(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
+    group = parser.add_argument_group(title)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name == "model":
+            continue
+        help_text = f.metadata.get("help", "")
+        kind = hints[f.name]
+        if kind is bool:
+            group.add_argument(f"--{f.name}", action="store_true", default=argparse.SUPPRESS, help=help_text)
+            continue
+        base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+        default = f.default if f.default is not dataclasses.MISSING else None
+        group.add_argument(
+            f"--{f.name}",
+            type=base,
+            choices=f.metadata.get("choices"),
+            default=argparse.SUPPRESS,
+            metavar=f.name.upper() if not f.metadata.get("choices") else None,
+            help=f"{help_text} (default: {default})",
+        )
+
+
+def _train_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a CycleGAN on two folders of images",
+        description="Train a CycleGAN. Defaults are the paper's; option names are the reference code's.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--resume", metavar="RUN_DIR", type=Path, help="continue this run exactly where it stopped"
+    )
+    _add_config_options(p, TrainConfig, "training")
+    _add_config_options(p, ModelConfig, "architecture")
+    p.add_argument(
+        "--no_dropout",
+        dest="dropout",
+        action="store_false",
+        default=argparse.SUPPRESS,
+        help="no dropout (default)",
+    )
+    p.add_argument(
+        "--gpu_ids", default=argparse.SUPPRESS, help="reference-style device: -1 for CPU, N for cuda:N"
+    )
+    p.set_defaults(handler=_run_train)
+
+
+def _given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)} - {"model"}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def _device_from_gpu_ids(gpu_ids: str) -> str:
+    ids = [i.strip() for i in gpu_ids.split(",") if i.strip()]
+    if ids == ["-1"]:
+        return "cpu"
+    if len(ids) == 1 and ids[0].isdigit():
+        return f"cuda:{ids[0]}"
+    raise CycleGANError(f"--gpu_ids takes -1 (CPU) or one GPU id, got {gpu_ids!r}")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from cyclegan.training import train
+
+    train_opts, model_opts = _given(args, TrainConfig), _given(args, ModelConfig)
+    if hasattr(args, "gpu_ids"):
+        train_opts["device"] = _device_from_gpu_ids(args.gpu_ids)
+    if args.resume is not None:
+        run_dir = args.resume
+        if not (run_dir / "config.json").is_file():
+            raise CycleGANError(f"{run_dir} is not a run folder (no config.json)")
+        if not (run_dir / "checkpoints" / "latest.safetensors").is_file():
+            raise CycleGANError(f"{run_dir} has no checkpoint to resume from yet")
+        fixed = sorted((set(train_opts) - RESUME_OVERRIDABLE) | set(model_opts))
+        if fixed:
+            raise CycleGANError(f"--{fixed[0]} cannot change when resuming; start a new run instead")
+        cfg = dataclasses.replace(TrainConfig.load(run_dir / "config.json"), **train_opts)
+        cfg.validate()
+        cfg.save(run_dir / "config.json")
+    else:
+        run_dir = None
+        cfg = TrainConfig(**train_opts, model=ModelConfig(**model_opts))
+    result = train(cfg, run_dir)
+    where = result.run_dir
+    if result.skipped_files:
+        print(f"{len(result.skipped_files)} unreadable image(s) were skipped", file=sys.stderr)
+    if result.interrupted:
+        print(f"Stopped at step {result.progress.step}. Resume with: cyclegan train --resume {where}")
+    else:
+        print(
+            f"Done: {result.progress.step} steps. Checkpoint: {where / 'checkpoints' / 'latest.safetensors'}"
+        )
+    return 0
+
+
+def _translate_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "translate",
+        help="translate images with a trained model",
+        description="Translate image files and folders at each image's own size, keeping file names.",
+    )
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        type=Path,
+        help="a run folder, a .safetensors checkpoint, or a reference generator .pth",
+    )
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--direction", choices=("AtoB", "BtoA"), default="AtoB", help="which generator to use")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.set_defaults(handler=_run_translate)
+
+
+def _run_translate(args: argparse.Namespace) -> int:
+    from cyclegan.inference import translate_files
+    from cyclegan.training import resolve_device
+
+    written = translate_files(
+        args.inputs,
+        args.checkpoint,
+        args.out,
+        direction=args.direction,
+        device=resolve_device(args.device),
+        overwrite=args.overwrite,
+    )
+    print(f"Wrote {len(written)} image(s) to {args.out}")
+    return 0
+
+
+def _download_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "download",
+        help="download a standard dataset or a released pretrained model",
+        description="Download, verify and unpack standard CycleGAN datasets and pretrained generators.",
+    )
+    p.add_argument("--list", action="store_true", help="print what is available and exit")
+    p.add_argument(
+        "--base_url", help="mirror to download from (default: $CYCLEGAN_BASE_URL or the standard site)"
+    )
+    p.set_defaults(handler=_run_download, kind=None)
+    kinds = p.add_subparsers(dest="kind", parser_class=Parser, metavar="{dataset,model}")
+    for kind, default_root in (("dataset", "datasets"), ("model", "checkpoints/pretrained")):
+        k = kinds.add_parser(kind, help=f"download a {kind}")
+        k.add_argument("name", help="what to download (see --list)")
+        k.add_argument(
+            "--root", type=Path, default=Path(default_root), help=f"where to put it (default: {default_root})"
+        )
+        k.add_argument("--force", action="store_true", help="download again even if a valid copy is present")
+        k.add_argument("--base_url", default=argparse.SUPPRESS, help="mirror to download from")
+
+
+def _run_download(args: argparse.Namespace) -> int:
+    from cyclegan import download
+
+    if args.list or args.kind is None:
+        print(download.list_available(args.base_url))
+        return 0
+    fetch = download.download_dataset if args.kind == "dataset" else download.download_model
+    print(fetch(args.name, args.root, base_url=args.base_url, force=args.force))
+    return 0
+
+
+def _data_parser(sub: Any) -> None:
+    p = sub.add_parser("data", help="inspect a dataset before training")
+    actions = p.add_subparsers(dest="action", required=True, parser_class=Parser, metavar="{check}")
+    check = actions.add_parser(
+        "check",
+        help="count images per split, list sizes, modes and unreadable files, and say if it will train",
+    )
+    check.add_argument("dataroot", type=Path, nargs="?", help="folder with trainA/, trainB/, testA/, testB/")
+    check.add_argument("--domain_a", type=Path, help="a domain A folder (instead of DATAROOT)")
+    check.add_argument("--domain_b", type=Path, help="a domain B folder (instead of DATAROOT)")
+    p.set_defaults(handler=_run_data_check)
+
+
+def _run_data_check(args: argparse.Namespace) -> int:
+    from cyclegan.datacheck import check_data, check_domains, format_report
+
+    if args.domain_a is not None and args.domain_b is not None:
+        report = check_domains(args.domain_a, args.domain_b)
+    elif args.dataroot is not None:
+        report = check_data(args.dataroot)
+    else:
+        raise CycleGANError("give DATAROOT, or both --domain_a and --domain_b")
+    print(format_report(report))
+    return 0 if report.will_train else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="cyclegan", description="Unpaired image-to-image translation with CycleGAN.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
+    _train_parser(sub)
+    _translate_parser(sub)
+    _download_parser(sub)
+    _data_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except CycleGANError as err:
+        print(f"cyclegan {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cyclegan {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Shared test helpers: tiny image folders, small configs, and the reference fixtures when present."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cyclegan.config import ModelConfig, TrainConfig
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+
+
+def fixture_path(name: str) -> Path:
+    path = FIXTURES / name
+    if not path.is_file():
+        pytest.skip(f"reference fixture {path} is not present (it lives in ../shared beside the checkout)")
+    return path
+
+
+def write_images(folder: Path, count: int, size: tuple[int, int] = (40, 40), seed: int = 0) -> list[Path]:
+    """Random RGB PNGs, different per seed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        array = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        path = folder / f"img_{i:03d}.png"
+        Image.fromarray(array).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def dataroot(tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    write_images(root / "trainA", 5, seed=1)
+    write_images(root / "trainB", 6, seed=2)
+    write_images(root / "testA", 2, seed=3)
+    write_images(root / "testB", 2, seed=4)
+    return root
+
+
+def tiny_config(dataroot: Path, out: Path, **overrides) -> TrainConfig:
+    """A CycleGAN small enough to train a few steps in well under a second per step on a CPU."""
+    model = ModelConfig(ngf=4, ndf=4, netG="resnet_6blocks")
+    options = dict(
+        dataroot=str(dataroot),
+        checkpoints_dir=str(out),
+        name="run",
+        load_size=36,
+        crop_size=32,
+        n_epochs=1,
+        n_epochs_decay=3,
+        pool_size=3,
+        num_workers=0,
+        seed=7,
+        print_freq=2,
+        sample_freq=5,
+        save_latest_freq=1000,
+        save_epoch_freq=1,
+    )
+    options.update(overrides)
+    return TrainConfig(**options, model=model)

@@ -1,0 +1,210 @@
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import fixture_path, tiny_config
+
+from cyclegan import checkpoints
+from cyclegan.config import TrainConfig
+from cyclegan.errors import CycleGANError
+from cyclegan.losses import ImagePool
+from cyclegan.training import CycleGANTrainer, lr_factor, train
+
+# The reference trajectory was recorded with AVX2 kernels. Adam turns last-bit differences in near-zero
+# gradients into visibly different updates, so the comparison runs in a child process pinned to the same ISA.
+TRAJECTORY_SCRIPT = """
+import json, sys, torch
+from cyclegan.config import ModelConfig, TrainConfig
+from cyclegan.networks import load_weights
+from cyclegan.training import CycleGAN, CycleGANTrainer
+
+ref = torch.load(sys.argv[1], weights_only=True)
+c = ref["config"]
+model_cfg = ModelConfig(ngf=c["ngf"], ndf=c["ndf"], netG=c["netG"], n_layers_D=c["n_layers_D"])
+cfg = TrainConfig(pool_size=0, lambda_A=c["lambda_A"], lambda_B=c["lambda_B"],
+                  lambda_identity=c["lambda_identity"], gan_mode=c["gan_mode"], model=model_cfg)
+model = CycleGAN(model_cfg)
+for name, net in model.networks().items():
+    load_weights(net, ref["init"][name])
+trainer = CycleGANTrainer(model, cfg)
+errors = []
+for (a, b), expected in zip(ref["inputs"], ref["losses"], strict=True):
+    got = trainer.step(a, b)
+    errors.append(max(abs(got[k] - v) / abs(v) for k, v in expected.items()))
+ratios = {}
+for name, net in model.networks().items():
+    final, init = ref["final"][name], ref["init"][name]
+    state = net.state_dict()
+    gap = sum(((state[k] - final[k]) ** 2).sum() for k in final) ** 0.5
+    travel = sum(((init[k] - final[k]) ** 2).sum() for k in final) ** 0.5
+    ratios[name] = float(gap / travel)
+print(json.dumps({"loss_errors": errors, "weight_ratios": ratios}))
+"""
+
+
+def test_training_step_reproduces_the_reference_trajectory() -> None:
+    path = fixture_path("reference_trajectory.pt")
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    done = subprocess.run(
+        [sys.executable, "-c", TRAJECTORY_SCRIPT, str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert len(result["loss_errors"]) == 6
+    assert max(result["loss_errors"]) <= 1e-5
+    assert set(result["weight_ratios"]) == {"G_A", "G_B", "D_A", "D_B"}
+    assert max(result["weight_ratios"].values()) <= 1e-3
+
+
+def test_learning_rate_is_constant_then_decays_linearly_to_zero() -> None:
+    factors = [lr_factor(e, 100, 100) for e in range(200)]
+    assert factors[:100] == [1.0] * 100
+    assert factors[100] == pytest.approx(1 - 1 / 101)
+    assert factors[199] == pytest.approx(1 / 101)
+    steps = [a - b for a, b in itertools.pairwise(factors[100:])]
+    assert all(s == pytest.approx(1 / 101) for s in steps)
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")
+def test_trainer_schedule_and_defaults_follow_the_paper(tmp_path: Path) -> None:
+    from cyclegan.training import CycleGAN
+
+    cfg = TrainConfig(n_epochs=2, n_epochs_decay=2)
+    assert (cfg.lr, cfg.beta1, cfg.lambda_A, cfg.lambda_B, cfg.lambda_identity, cfg.pool_size) == (
+        2e-4,
+        0.5,
+        10.0,
+        10.0,
+        0.5,
+        50,
+    )
+    assert (cfg.gan_mode, cfg.load_size, cfg.crop_size, cfg.batch_size) == ("lsgan", 286, 256, 1)
+    trainer = CycleGANTrainer(CycleGAN(cfg.model), cfg)
+    lrs = []
+    for _ in range(4):
+        lrs.append(trainer.lr)
+        trainer.end_epoch()
+    assert lrs == pytest.approx([2e-4, 2e-4, 2e-4 * 2 / 3, 2e-4 / 3])
+    assert trainer.opt_D.param_groups[0]["betas"] == (0.5, 0.999)
+
+
+def test_image_pool_fills_then_swaps_half_the_time_and_resumes_exactly() -> None:
+    pool = ImagePool(4, seed=1)
+    first = torch.arange(4.0).view(4, 1, 1, 1)
+    assert torch.equal(pool.query(first), first)
+    returned_old = 0
+    for i in range(400):
+        new = torch.full((1, 1, 1, 1), 100.0 + i)
+        returned_old += int(pool.query(new).item() != new.item())
+    assert 150 < returned_old < 250
+    clone = ImagePool(4, seed=99)
+    clone.load_state_dict(pool.state_dict())
+    batch = torch.randn(8, 1, 1, 1)
+    assert torch.equal(pool.query(batch), clone.query(batch))
+    assert torch.equal(ImagePool(0).query(batch), batch)
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    states, _, _ = checkpoints.read_weights(run_dir / "checkpoints" / "latest.safetensors")
+    return {f"{n}.{k}": v for n, s in states.items() for k, v in s.items()}
+
+
+def test_stop_and_resume_gives_the_same_weights_as_one_run(dataroot: Path, tmp_path: Path) -> None:
+    # 6 batches per epoch: stop mid-epoch 2, resume across epoch boundaries where the learning rate decays.
+    straight = train(tiny_config(dataroot, tmp_path / "a", max_steps=15), show_progress=False)
+    cfg = tiny_config(dataroot, tmp_path / "b", max_steps=8)
+    first = train(cfg, show_progress=False)
+    assert first.progress.step == 8 and first.progress.epoch == 1
+    cfg.max_steps = 15
+    cfg.num_workers = 2
+    resumed = train(cfg, first.run_dir, show_progress=False)
+    assert resumed.progress.step == 15
+    a, b = _weights(straight.run_dir), _weights(resumed.run_dir)
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    log = [json.loads(line) for line in (resumed.run_dir / "log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log] == [2, 4, 6, 8, 10, 12, 14]
+    assert (resumed.run_dir / "checkpoints" / "epoch_002.safetensors").is_file()
+
+
+def test_run_folder_holds_config_log_samples_and_self_describing_checkpoints(
+    dataroot: Path, tmp_path: Path
+) -> None:
+    result = train(tiny_config(dataroot, tmp_path, max_steps=10), show_progress=False)
+    run = result.run_dir
+    saved = TrainConfig.load(run / "config.json")
+    assert saved.seed == 7 and saved.model.ngf == 4
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert len(rows) == 5 and {"step", "epoch", "lr", "G_A", "D_B", "cycle_A", "idt_B"} <= set(rows[0])
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_0000005.png", "step_0000010.png"]
+    _, model_cfg, info = checkpoints.read_weights(run / "checkpoints" / "latest.safetensors")
+    assert model_cfg == saved.model and info["step"] == 10
+    state = torch.load(run / "checkpoints" / "latest.state.pt", weights_only=True)
+    assert {"opt_G", "opt_D", "schedulers", "pool_A", "pool_B"} <= set(state["trainer"])
+    assert state["trainer"]["pool_A"]["images"].shape[0] == 3
+
+
+def test_existing_run_folder_is_never_reused(dataroot: Path, tmp_path: Path) -> None:
+    train(tiny_config(dataroot, tmp_path, max_steps=1), show_progress=False)
+    with pytest.raises(CycleGANError, match="already exists"):
+        train(tiny_config(dataroot, tmp_path, max_steps=1), show_progress=False)
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_intact(
+    dataroot: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = train(tiny_config(dataroot, tmp_path, max_steps=2), show_progress=False)
+    latest = result.run_dir / "checkpoints" / "latest.safetensors"
+    before = latest.read_bytes()
+
+    def crash(tensors: dict, path: str, metadata: dict) -> None:
+        Path(path).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoints, "save_file", crash)
+    with pytest.raises(OSError):
+        checkpoints.save_weights(latest, {}, TrainConfig().model, {})
+    assert latest.read_bytes() == before
+    assert [p.name for p in latest.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_sigint_saves_a_checkpoint_and_prints_how_to_resume(dataroot: Path, tmp_path: Path) -> None:
+    cmd = [
+        sys.executable, "-m", "cyclegan.cli", "train", "--dataroot", str(dataroot),
+        "--checkpoints_dir", str(tmp_path), "--name", "run", "--ngf", "4", "--ndf", "4",
+        "--netG", "resnet_6blocks", "--load_size", "36", "--crop_size", "32", "--num_workers", "0",
+        "--print_freq", "1", "--seed", "3",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "run" / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert f"Resume with: cyclegan train --resume {tmp_path / 'run'}" in out
+    step = checkpoints.read_weights(tmp_path / "run" / "checkpoints" / "latest.safetensors")[2]["step"]
+    assert step >= 2
+    resume = ["--resume", str(tmp_path / "run"), "--max_steps", str(step + 2)]
+    resumed = subprocess.run(
+        [sys.executable, "-m", "cyclegan.cli", "train", *resume], capture_output=True, text=True, timeout=120
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert (
+        checkpoints.read_weights(tmp_path / "run" / "checkpoints" / "latest.safetensors")[2]["step"]
+        == step + 2
+    )
