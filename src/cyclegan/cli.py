@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import typing
 from collections.abc import Sequence
@@ -228,6 +229,55 @@ def _run_data_check(args: argparse.Namespace) -> int:
     return 0 if report.will_train else 1
 
 
+def _demo_parser(sub: Any) -> None:
+    from cyclegan.demo import DemoSettings
+
+    d = DemoSettings()
+    p = sub.add_parser(
+        "demo",
+        help="train on a built-in day/night dataset and score against the known answers",
+        description="Render a day/night street dataset (no download), train a small CycleGAN on it, score "
+        "G(day) and F(night) against the true translations, and write an HTML page with the results.",
+    )
+    p.add_argument("--out", type=Path, default=d.out, help=f"output folder (default: {d.out})")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"training steps (default: {d.steps})")
+    p.add_argument("--size", type=int, default=d.size, help=f"image size in pixels (default: {d.size})")
+    p.add_argument("--ngf", type=int, default=d.ngf, help=f"generator width (default: {d.ngf})")
+    p.add_argument("--ndf", type=int, default=d.ndf, help=f"discriminator width (default: {d.ndf})")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"dataset and training seed (default: {d.seed})")
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    p.set_defaults(handler=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from cyclegan.demo import DemoSettings, format_scores, run_demo
+
+    settings = DemoSettings(args.out, args.steps, args.size, args.ngf, args.ndf, args.seed, args.device)
+    if min(settings.steps, settings.ngf, settings.ndf) < 1 or settings.size < 16 or settings.size % 4:
+        raise CycleGANError(
+            "--steps, --ngf and --ndf must be positive and --size a multiple of 4, at least 16"
+        )
+    page = run_demo(settings)
+    scores = json.loads((page.parent / "demo.json").read_text())
+    print(format_scores(scores))
+    print(f"Report: {page}")
+    return 0
+
+
+def _report_parser(sub: Any) -> None:
+    p = sub.add_parser("report", help="write a run's HTML results page (losses, samples, evaluation, config)")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run folder made by cyclegan train")
+    p.add_argument("--out", type=Path, help="where to write the page (default: RUN_DIR/report.html)")
+    p.set_defaults(handler=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from cyclegan.report import write_report
+
+    print(write_report(args.run_dir, args.out))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="cyclegan", description="Unpaired image-to-image translation with CycleGAN.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
@@ -235,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     _translate_parser(sub)
     _download_parser(sub)
     _data_parser(sub)
+    _demo_parser(sub)
+    _report_parser(sub)
     return parser
 
 

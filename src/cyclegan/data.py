@@ -7,7 +7,6 @@ with or without loader workers.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -257,8 +256,3 @@ def _check_crop_fits(path: Path, size: tuple[int, int], cfg: TrainConfig) -> Non
             f"{path} is {w}x{h}, smaller than --crop_size {cfg.crop_size}; use --preprocess resize_and_crop"
             " (or scale_width_and_crop) to scale images up first"
         )
-
-
-def warn_skipped(paths: list[Path]) -> None:
-    for path in paths:
-        warnings.warn(f"skipping {path}: not a readable image", stacklevel=2)

@@ -1,8 +1,7 @@
 """``cyclegan data check``: what is in a dataset folder, and whether training will accept it.
 
-Every image is fully decoded, so a file that would stop training hours in (corrupt, truncated) is found
-now. Training reads the images of ``trainA/`` and ``trainB/`` recursively and ignores hidden files and
-files without an image extension; this report follows the same rules.
+Every image is fully decoded, so the files training would skip (corrupt, truncated) are named before it
+starts. Images are found by the rules of ``cyclegan.data``: recursively, by extension, hidden files ignored.
 """
 
 from __future__ import annotations
@@ -13,9 +12,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from cyclegan.data import IMAGE_EXTENSIONS
 from cyclegan.errors import CycleGANError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 SPLITS = ("trainA", "trainB", "testA", "testB")
 _LISTED = 20  # longer lists of files are cut, with a count of the rest
 
@@ -31,10 +30,6 @@ def visible_files(folder: Path) -> list[Path]:
         for p in folder.rglob("*")
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
-
-
-def image_files(folder: Path) -> list[Path]:
-    return [p for p in visible_files(folder) if is_image_file(p)]
 
 
 @dataclass
@@ -144,19 +139,8 @@ def _verdict(splits: list[SplitReport], train_splits: tuple[str, str]) -> tuple[
             problems.append(f"{_label(split)} has no images")
     for split in splits:
         if split.unreadable:
-            consequence = (
-                "training stops when it reaches one" if split.name in train_splits else "testing fails"
-            )
-            warnings.append(
-                f"{len(split.unreadable)} unreadable images in {_label(split)} ({consequence}; remove them)"
-            )
-    modes: Counter[str] = sum((s.modes for s in splits), Counter())
-    if any(mode.split(";")[0] in ("I", "F") for mode in modes):
-        warnings.append(
-            "16/32-bit images are clipped to 8 bits by the RGB conversion (bright values turn white)"
-        )
-    if "RGBA" in modes or "LA" in modes or "PA" in modes:
-        warnings.append("the alpha channel of RGBA/LA images is dropped (RGB conversion)")
+            consequence = "training skips them" if split.name in train_splits else "translating them fails"
+            warnings.append(f"{len(split.unreadable)} unreadable images in {_label(split)}: {consequence}")
     return problems, warnings
 
 

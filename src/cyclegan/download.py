@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from cyclegan.checkpoints import load_generator
-from cyclegan.datacheck import image_files, is_image_file
+from cyclegan.data import IMAGE_EXTENSIONS, list_images
 from cyclegan.errors import CycleGANError
 
 DEFAULT_BASE_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan"
@@ -124,8 +124,11 @@ def list_available(base_url: str | None = None) -> str:
     lines += [f"  {name.ljust(width)}  {info}" for name, info in DATASET_INFO.items()]
     lines += [f"  {'cityscapes'.ljust(width)}  street photos <-> label maps; prepared by hand:"]
     lines += [f"    {line}" for line in CITYSCAPES_HELP.splitlines()]
-    lines += ["", f"Pretrained generators (cyclegan download model NAME: {base}/pretrained_models/NAME.pth,"]
-    lines += ["saved as checkpoints/pretrained/NAME.pth):"]
+    lines += [
+        "",
+        f"Pretrained generators (cyclegan download model NAME: {base}/pretrained_models/NAME.pth,"
+        " saved as checkpoints/pretrained/NAME.pth):",
+    ]
     lines += [f"  {name.ljust(width)}  {info}" for name, info in MODEL_INFO.items()]
     return "\n".join(lines)
 
@@ -420,11 +423,15 @@ def _extract(archive: zipfile.ZipFile, target: Path, url: str, total: int, progr
 def _image_counts(folder: Path) -> dict[str, int]:
     """Images per visible subfolder (recursively), and loose ones at the top under ``.``."""
     counts = {
-        child.name: len(image_files(child))
+        child.name: len(list_images(child))
         for child in sorted(folder.iterdir(), key=_split_order)
         if child.is_dir() and not child.name.startswith(".")
     }
-    counts["."] = sum(1 for p in folder.iterdir() if p.is_file() and is_image_file(p) and p.name[0] != ".")
+    counts["."] = sum(
+        1
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and p.name[0] != "."
+    )
     return {key: n for key, n in counts.items() if n}
 
 

