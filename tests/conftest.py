@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from cyclegan.config import ModelConfig, TrainConfig
@@ -64,3 +65,23 @@ def tiny_config(dataroot: Path, out: Path, **overrides) -> TrainConfig:
     )
     options.update(overrides)
     return TrainConfig(**options, model=model)
+
+
+class StandInInception(torch.nn.Module):
+    """Tiny fixed-seed network with the real one's contract (N×3×299×299 in [-1, 1] → N×2048), so the
+    feature, FID and KID paths run fast without the 87 MB weights; it also records what it was fed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, kernel_size=13, stride=13)
+        self.pool = torch.nn.AdaptiveAvgPool2d(4)
+        self.linear = torch.nn.Linear(8 * 16, 2048)
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for parameter in self.parameters():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(x.clone())
+        return self.linear(self.pool(torch.relu(self.conv(x))).flatten(1))

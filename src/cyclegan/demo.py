@@ -15,12 +15,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from cyclegan import checkpoints
 from cyclegan.config import ModelConfig, TrainConfig
 from cyclegan.data import list_images, load_image
 from cyclegan.demo_data import channel_stats, colour_transfer, make_demo_dataset
-from cyclegan.inference import to_image, to_tensor
+from cyclegan.inference import Translator
 from cyclegan.metrics import psnr, ssim
 from cyclegan.networks import load_weights
 from cyclegan.training import CycleGAN, resolve_device, train
@@ -90,14 +91,9 @@ def _paired_scores(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]
     return {"PSNR": psnr(x, y).clamp(max=100).mean().item(), "SSIM": ssim(x, y).mean().item()}
 
 
-@torch.inference_mode()
-def _translate(generator: torch.nn.Module, images: np.ndarray, device: torch.device) -> np.ndarray:
-    """Run a generator on uint8 images and quantise the output as saving it to PNG would."""
-    out = []
-    for image in images:
-        y = generator(to_tensor(image).unsqueeze(0).to(device))[0]
-        out.append(np.asarray(to_image(y)))
-    return np.stack(out)
+def _translate(translator: Translator, images: np.ndarray) -> np.ndarray:
+    """Translate uint8 images, quantised as saving them to PNG would."""
+    return np.stack([np.asarray(translator(Image.fromarray(image))) for image in images])
 
 
 def score(run_dir: Path, dataroot: Path, device: torch.device) -> dict[str, Any]:
@@ -118,7 +114,7 @@ def score(run_dir: Path, dataroot: Path, device: torch.device) -> dict[str, Any]
         ("B→A", night, day, model.G_B, "A"),
     ):
         candidates = {
-            "CycleGAN": _translate(generator, source, device),
+            "CycleGAN": _translate(Translator(generator, model_config, device), source),
             "colour transfer": colour_transfer(source, *train_stats[target]),
             "untranslated input": source,
         }

@@ -22,10 +22,9 @@ from tqdm import tqdm
 
 from cyclegan import metrics
 from cyclegan.checkpoints import atomic_write, atomic_write_text, resolve_checkpoint
-from cyclegan.config import ModelConfig
 from cyclegan.data import list_images
 from cyclegan.errors import CycleGANError
-from cyclegan.inference import Translator, size_multiple
+from cyclegan.inference import Translator
 
 METHOD = "CycleGAN"
 BASELINE = "untranslated input"
@@ -42,15 +41,6 @@ DEMO_MARKER = "demo_dataset.json"
 RESULT_FILE = "eval.json"
 
 Scores = defaultdict[tuple[str, str], defaultdict[str, list[float]]]
-
-
-class _ModuleTranslator(Translator):
-    """A :class:`Translator` around a generator already in memory (the model being trained)."""
-
-    def __init__(self, generator: nn.Module, config: ModelConfig, device: torch.device | str) -> None:
-        self.generator, self.config, self.device = generator, config, torch.device(device)
-        self.in_channels = next(m for m in generator.modules() if isinstance(m, nn.Conv2d)).in_channels
-        self.multiple = size_multiple(config)
 
 
 def _unit(image: Image.Image) -> torch.Tensor:
@@ -268,7 +258,7 @@ def evaluate(
         if paired:
             _check_pairs(sources)
         directions = ("AtoB", "BtoA") if checkpoint.suffix == ".safetensors" else ("AtoB",)
-        translators = {d: Translator(checkpoint, d, device) for d in directions}
+        translators = {d: Translator.load(checkpoint, d, device) for d in directions}
         network = inception if inception is not None else metrics.load_inception(inception_weights, device)
         scores: Scores = defaultdict(lambda: defaultdict(list))
         written = {}
@@ -320,7 +310,8 @@ def evaluate_model(
 
     Returns {"FID A→B", "KID A→B", "FID B→A", "KID B→A"}, equal to what :func:`evaluate` reports for a
     checkpoint of the same weights. ``real`` ({"A", "B"} from :func:`real_features`) saves recomputing the
-    unchanging real-image features at every evaluation. The model's train/eval mode is left as it was.
+    unchanging real-image features at every evaluation. ``device`` is where the model and ``inception`` are.
+    The model's train/eval mode is left as it was.
     """
     if real is None:
         real = real_features(inception, test_a, test_b, device=device, batch_size=batch_size)
@@ -332,7 +323,7 @@ def evaluate_model(
             ("AtoB", model.G_A, test_a, real["B"]),
             ("BtoA", model.G_B, test_b, real["A"]),
         ):
-            translator = _ModuleTranslator(generator, model.config, device)
+            translator = Translator(generator, model.config, device)
             features = metrics.inception_features(
                 inception, _as_saved(translator, sources), batch_size, device
             )

@@ -42,13 +42,19 @@ def to_image(y: torch.Tensor) -> Image.Image:
 class Translator:
     """A loaded generator that maps images of any size: reflect-pad to the size it needs, crop back."""
 
-    def __init__(self, checkpoint: Path, direction: str = "AtoB", device: torch.device | str = "cpu") -> None:
-        self.generator, self.config = load_generator(Path(checkpoint), direction)
-        self.device = torch.device(device)
+    def __init__(self, generator: nn.Module, config: ModelConfig, device: torch.device | str = "cpu") -> None:
+        self.generator, self.config, self.device = generator, config, torch.device(device)
         self.generator.to(self.device)
-        first = next(m for m in self.generator.modules() if isinstance(m, nn.Conv2d))
-        self.in_channels = first.in_channels
-        self.multiple = size_multiple(self.config)
+        self.in_channels = next(m for m in generator.modules() if isinstance(m, nn.Conv2d)).in_channels
+        self.multiple = size_multiple(config)
+
+    @classmethod
+    def load(
+        cls, checkpoint: Path, direction: str = "AtoB", device: torch.device | str = "cpu"
+    ) -> Translator:
+        """From a run folder, one of our checkpoints, or a reference generator ``.pth``."""
+        generator, config = load_generator(Path(checkpoint), direction)
+        return cls(generator, config, device)
 
     @torch.inference_mode()
     def translate_tensor(self, x: torch.Tensor) -> torch.Tensor:
@@ -107,7 +113,7 @@ def translate_files(
             raise CycleGANError(
                 f"{existing[0]} exists ({len(existing)} outputs in all); pass --overwrite to replace"
             )
-    translator = Translator(checkpoint, direction, device)
+    translator = Translator.load(checkpoint, direction, device)
     written, failed = [], []
     for src, dst in tqdm(pairs, disable=not show_progress, unit="image"):
         try:

@@ -238,6 +238,8 @@ def cell(value: Any) -> str:
 def better(name: str) -> str | None:
     """'lower' or 'higher' when a metric's name says which way is better, else None."""
     upper = name.upper()
+    if upper.endswith(" STD"):
+        return None  # a spread, not a score
     if any(key in upper for key in LOWER_BETTER):
         return "lower"
     if any(key in upper for key in HIGHER_BETTER):

@@ -41,6 +41,7 @@ from cyclegan.errors import CycleGANError
 from cyclegan.inference import save_sample_grid
 from cyclegan.losses import GANLoss, ImagePool
 from cyclegan.networks import build_discriminator, build_generator, load_weights
+from cyclegan.report import write_report
 
 LOSS_NAMES = ("D_A", "G_A", "cycle_A", "idt_A", "D_B", "G_B", "cycle_B", "idt_B")
 
@@ -422,4 +423,5 @@ def train(
     bar.close()
     save_checkpoint(run_dir, "latest", model, trainer, progress)
     save_sample_grid(run_dir / "samples" / f"step_{progress.step:07d}.png", model, *samples)
+    write_report(run_dir)
     return TrainResult(run_dir, progress, interrupted, skipped)
