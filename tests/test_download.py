@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_config
 from PIL import Image
 
 from cyclegan import download
@@ -28,7 +29,9 @@ from cyclegan.download import (
     resolve_base_url,
 )
 from cyclegan.errors import CycleGANError
+from cyclegan.inference import translate_files
 from cyclegan.networks import NLayerDiscriminator, ResnetGenerator
+from cyclegan.training import train
 
 SPLITS = ("trainA", "trainB", "testA", "testB")
 Route = Callable[[BaseHTTPRequestHandler], None]
@@ -182,6 +185,10 @@ def test_dataset_downloads_verifies_and_lands_in_place(
     for split in SPLITS:
         assert sorted(p.name for p in (path / split).iterdir()) == ["0.png", "1.png"]
     assert "horse2zebra ready" in capsys.readouterr().err
+    trained = train(
+        tiny_config(path, tmp_path / "runs", max_steps=2, load_size=36, crop_size=32), show_progress=False
+    )
+    assert trained.progress.step == 2
 
     mtime = path.stat().st_mtime_ns
     assert download_dataset("horse2zebra", root, base_url=server.base, progress=False) == path
@@ -399,6 +406,9 @@ def test_model_downloads_verifies_and_translates(
     with torch.no_grad():
         assert net(torch.rand(1, 3, 32, 32) * 2 - 1).shape == (1, 3, 32, 32)
     assert "horse2zebra ready" in capsys.readouterr().err
+    (tmp_path / "photo.png").write_bytes(_png((30, 22)))
+    written = translate_files([tmp_path / "photo.png"], path, tmp_path / "out", show_progress=False)
+    assert Image.open(written[0]).size == (30, 22)
 
     mtime = path.stat().st_mtime_ns
     download_model("horse2zebra", root, base_url=server.base, progress=False)

@@ -68,7 +68,6 @@ def _train_parser(sub: Any) -> None:
         "train",
         help="train a CycleGAN on two folders of images",
         description="Train a CycleGAN. Defaults are the paper's; option names are the reference code's.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
         "--resume", metavar="RUN_DIR", type=Path, help="continue this run exactly where it stopped"
@@ -340,11 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
     _train_parser(sub)
     _translate_parser(sub)
+    _eval_parser(sub)
+    _report_parser(sub)
+    _demo_parser(sub)
     _download_parser(sub)
     _data_parser(sub)
-    _demo_parser(sub)
-    _report_parser(sub)
-    _eval_parser(sub)
     return parser
 
 

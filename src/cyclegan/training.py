@@ -10,6 +10,7 @@ import dataclasses
 import itertools
 import json
 import math
+import secrets
 import signal
 import sys
 import threading
@@ -172,6 +173,7 @@ class Progress:
     batch: int = 0
     step: int = 0
     best_kid: float | None = None
+    seconds: float = 0.0  # training time, summed over resumes
 
 
 @dataclass
@@ -208,7 +210,7 @@ def prepare_run(cfg: TrainConfig) -> Path:
             f"run folder {run_dir} already exists: resume it with --resume {run_dir}, or pick another --name"
         )
     if cfg.seed is None:
-        cfg.seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        cfg.seed = secrets.randbelow(2**31 - 1)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / "config.json")
     return run_dir
@@ -262,6 +264,10 @@ class LossLog:
 
     def means(self) -> dict[str, float]:
         return {k: v / max(self.count, 1) for k, v in self.sums.items()}
+
+    def summary(self) -> str:
+        means = self.means()
+        return " ".join(f"{k} {means[k]:.2f}" for k in ("G_A", "G_B", "D_A", "D_B", "cycle_A", "cycle_B"))
 
     def write(self, **fields: Any) -> None:
         row = {**fields, **{k: round(v, 6) for k, v in self.means().items()}}
@@ -341,6 +347,24 @@ class TestSetEvaluator:
             )
 
 
+def epoch_loader(
+    dataset: UnpairedDataset, cfg: TrainConfig, progress: Progress, device: torch.device
+) -> DataLoader:
+    """Batches of the current epoch from ``progress.batch`` on, in the epoch's seeded order."""
+    assert cfg.seed is not None
+    dataset.epoch = progress.epoch
+    start = progress.batch * cfg.batch_size
+    return DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        sampler=EpochSampler(len(dataset), cfg.seed, progress.epoch, not cfg.serial_batches, start),
+        num_workers=cfg.num_workers,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG untouched
+    )
+
+
 def sample_images(cfg: TrainConfig, count: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed handful of A and B images (test split when there is one) for sample grids."""
     out = []
@@ -403,52 +427,26 @@ def train(
         total = min(total, cfg.max_steps)
     bar = tqdm(total=total, initial=progress.step, disable=not show_progress, unit="step", dynamic_ncols=True)
     interrupted = False
-    start = time.time()
+    start = time.time() - progress.seconds
     with stop_on_signals() as signalled:
         stop = lambda: signalled() or (should_stop is not None and should_stop())  # noqa: E731
         while progress.epoch < cfg.total_epochs and progress.step < total and not interrupted:
-            dataset.epoch = progress.epoch
-            loader = DataLoader(
-                dataset,
-                batch_size=cfg.batch_size,
-                sampler=EpochSampler(
-                    len(dataset),
-                    cfg.seed,
-                    progress.epoch,
-                    not cfg.serial_batches,
-                    progress.batch * cfg.batch_size,
-                ),
-                num_workers=cfg.num_workers,
-                collate_fn=collate,
-                pin_memory=device.type == "cuda",
-                generator=torch.Generator().manual_seed(cfg.seed),
-            )
+            loader = epoch_loader(dataset, cfg, progress, device)
             for batch in loader:
-                for path in batch["skipped"]:
-                    if path not in skipped:
-                        skipped.add(path)
-                        tqdm.write(
-                            f"warning: skipping {path}: the image could not be decoded", file=sys.stderr
-                        )
+                for path in set(batch["skipped"]) - skipped:
+                    skipped.add(path)
+                    tqdm.write(f"warning: skipping {path}: the image could not be decoded", file=sys.stderr)
                 model.train()
                 losses = trainer.step(batch["A"].to(device), batch["B"].to(device))
                 progress.batch += 1
                 progress.step += 1
+                progress.seconds = round(time.time() - start, 3)
                 log.add(losses)
                 bar.update(1)
                 if progress.step % cfg.print_freq == 0:
-                    means = log.means()
+                    bar.set_postfix_str(f"epoch {progress.epoch + 1}/{cfg.total_epochs} {log.summary()}")
                     log.write(
-                        step=progress.step,
-                        epoch=progress.epoch + 1,
-                        lr=trainer.lr,
-                        time=round(time.time() - start, 3),
-                    )
-                    bar.set_postfix_str(
-                        f"epoch {progress.epoch + 1}/{cfg.total_epochs} "
-                        + " ".join(
-                            f"{k} {means[k]:.2f}" for k in ("G_A", "G_B", "D_A", "D_B", "cycle_A", "cycle_B")
-                        )
+                        step=progress.step, epoch=progress.epoch + 1, lr=trainer.lr, time=progress.seconds
                     )
                 if progress.step % cfg.sample_freq == 0:
                     save_sample_grid(run_dir / "samples" / f"step_{progress.step:07d}.png", model, *samples)
