@@ -47,9 +47,9 @@ def to_mode(image: Image.Image, channels: int) -> Image.Image:
     """
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if image.mode.startswith("I") and array.max(initial=0) > 255 else 255.0
-        if image.mode == "F":
-            peak = max(float(array.max(initial=0)), 1.0) if array.max(initial=0) > 1 else 1.0
+        top = float(array.max(initial=0))
+        integer_peak = 65535.0 if top > 255 else 255.0
+        peak = max(top, 1.0) if image.mode == "F" else integer_peak  # float: [0, 1], or scaled by its max
         image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
     if image.mode == "P" or image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
         rgba = image.convert("RGBA")
