@@ -270,14 +270,14 @@ def clean_state_dict(
     state: Mapping[str, torch.Tensor], net: nn.Module | None = None
 ) -> dict[str, torch.Tensor]:
     """Strip a DataParallel ``module.`` prefix and the InstanceNorm running-stat keys old PyTorch saved."""
-    out: dict[str, torch.Tensor] = {}
+    stripped = {key.removeprefix("module."): value for key, value in state.items()}
     modules = dict(net.named_modules()) if net is not None else {}
-    for key, value in state.items():
-        key = key.removeprefix("module.")
+    out: dict[str, torch.Tensor] = {}
+    for key, value in stripped.items():
         owner, _, leaf = key.rpartition(".")
         if leaf in ("running_mean", "running_var", "num_batches_tracked"):
             module = modules.get(owner)
-            if (net is None and f"{owner}.weight" not in state) or isinstance(module, nn.InstanceNorm2d):
+            if (net is None and f"{owner}.weight" not in stripped) or isinstance(module, nn.InstanceNorm2d):
                 continue
         out[key] = value
     return out

@@ -26,9 +26,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from cyclegan import checkpoints
+from cyclegan import checkpoints, metrics
 from cyclegan.config import ModelConfig, TrainConfig
 from cyclegan.data import (
+    DECODE_ERRORS,
     EpochSampler,
     UnpairedDataset,
     collate,
@@ -40,6 +41,7 @@ from cyclegan.data import (
     scan_domain,
 )
 from cyclegan.errors import CycleGANError
+from cyclegan.evaluation import evaluate_model, real_features
 from cyclegan.inference import save_sample_grid
 from cyclegan.losses import GANLoss, ImagePool
 from cyclegan.networks import build_discriminator, build_generator, load_weights
@@ -315,8 +317,6 @@ class TestSetEvaluator:
     """
 
     def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
-        from cyclegan import evaluation, metrics
-
         if cfg.dataroot is None:
             raise CycleGANError("--eval_every needs --dataroot with testA/ and testB/")
         folders = domain_folders(cfg, "test")
@@ -324,11 +324,9 @@ class TestSetEvaluator:
         weights = Path(cfg.inception_weights) if cfg.inception_weights else None
         self.inception = metrics.load_inception(weights, device)
         self.device = device
-        self.real = evaluation.real_features(self.inception, self.test_a, self.test_b, device=device)
+        self.real = real_features(self.inception, self.test_a, self.test_b, device=device)
 
     def __call__(self, run_dir: Path, model: CycleGAN, progress: Progress) -> None:
-        from cyclegan.evaluation import evaluate_model
-
         scores = evaluate_model(
             model, self.test_a, self.test_b, self.inception, device=self.device, real=self.real
         )
@@ -380,7 +378,7 @@ def sample_images(cfg: TrainConfig, count: int = 4) -> tuple[torch.Tensor, torch
         for path in list_images(folder):
             try:
                 tensors.append(transform(load_image(path, nc)))
-            except OSError:
+            except DECODE_ERRORS:
                 continue
             if len(tensors) == count:
                 break
