@@ -13,12 +13,12 @@ from cyclegan.data import (
     UnpairedDataset,
     domain_folders,
     list_images,
-    load_image,
     pad_to_multiple,
     scan_domain,
     train_transform,
 )
 from cyclegan.errors import CycleGANError
+from cyclegan.images import load_image
 from cyclegan.training import train
 
 
@@ -79,7 +79,7 @@ def test_preprocess_modes_give_the_references_sizes(
     preprocess: str, size: tuple[int, int], expected: tuple[int, int]
 ) -> None:
     cfg = TrainConfig(preprocess=preprocess, load_size=36, crop_size=32)
-    x = train_transform(cfg, 3)(Image.new("RGB", size, (255, 0, 0)))
+    x = train_transform(cfg, 3, 4)(Image.new("RGB", size, (255, 0, 0)))
     assert tuple(x.shape[1:]) == expected
     assert x[0].min() == 1.0 and x[1].max() == -1.0  # scaled to [-1, 1]
 
@@ -88,9 +88,9 @@ def test_no_flip_is_deterministic_and_flip_happens_half_the_time() -> None:
     image = Image.fromarray(np.arange(16 * 16 * 3, dtype=np.uint8).reshape(16, 16, 3))
     fixed = TrainConfig(preprocess="none", no_flip=True)
     flipping = TrainConfig(preprocess="none")
-    assert torch.equal(train_transform(fixed, 3)(image), train_transform(fixed, 3)(image))
+    assert torch.equal(train_transform(fixed, 3, 4)(image), train_transform(fixed, 3, 4)(image))
     torch.manual_seed(0)
-    outputs = [train_transform(flipping, 3)(image) for _ in range(40)]
+    outputs = [train_transform(flipping, 3, 4)(image) for _ in range(40)]
     flipped = sum(not torch.equal(o, outputs[0]) for o in outputs)
     assert 5 < flipped < 35
 
@@ -106,12 +106,12 @@ def test_unpaired_sampling_is_random_and_serial_batches_pairs_in_order(
     dataroot: Path, tmp_path: Path
 ) -> None:
     cfg = tiny_config(dataroot, tmp_path)
-    a, _ = scan_domain(dataroot / "trainA", cfg, 3)
-    b, _ = scan_domain(dataroot / "trainB", cfg, 3)
-    partners = {UnpairedDataset(a, b, cfg, seed=s)[0]["B_path"] for s in range(12)}
+    a, _, _ = scan_domain(dataroot / "trainA", cfg, 3, 4)
+    b, _, _ = scan_domain(dataroot / "trainB", cfg, 3, 4)
+    partners = {UnpairedDataset(a, b, cfg, s, 4)[0]["B_path"] for s in range(12)}
     assert len(partners) > 2
     cfg.serial_batches = True
-    serial = UnpairedDataset(a, b, cfg, seed=0)
+    serial = UnpairedDataset(a, b, cfg, 0, 4)
     assert len(serial) == 6
     assert [Path(serial[i]["B_path"]).name for i in range(6)] == [p.name for p in b.paths]
     assert Path(serial[5]["A_path"]).name == a.paths[0].name  # A wraps around
@@ -161,5 +161,5 @@ def test_grayscale_jpegs_of_horse2zebra_load_as_rgb() -> None:
     if not path.is_file():
         pytest.skip(f"{path} is not present (../shared/datasets is optional)")
     assert Image.open(path).mode == "L"
-    x = train_transform(TrainConfig(), 3)(load_image(path))
+    x = train_transform(TrainConfig(), 3, 4)(load_image(path))
     assert x.shape == (3, 256, 256)

@@ -13,7 +13,7 @@ from cyclegan.config import ModelConfig
 from cyclegan.errors import CycleGANError
 from cyclegan.inference import Translator, translate_files
 from cyclegan.networks import ResnetGenerator, build_discriminator
-from cyclegan.training import CycleGAN
+from cyclegan.model import CycleGAN
 
 
 @pytest.fixture
@@ -41,10 +41,10 @@ def test_images_keep_their_size_and_name_and_match_the_reference_conversion(
     written = translate_files(
         [tmp_path / "in", tmp_path / "gray.jpg"], checkpoint, tmp_path / "out", show_progress=False
     )
-    assert sorted(p.name for p in written) == ["gray.jpg", "img_000.png", "img_001.png"]
+    assert sorted(p.name for p in written) == ["gray.png", "img_000.png", "img_001.png"]  # lossless
     out = Image.open(tmp_path / "out" / "img_000.png")
     assert out.size == (37, 29)
-    assert Image.open(tmp_path / "out" / "gray.jpg").size == (20, 24)
+    assert Image.open(tmp_path / "out" / "gray.png").size == (20, 24)
     translator = Translator.load(checkpoint)
     source = np.asarray(Image.open(tmp_path / "in" / "img_000.png"), dtype=np.float32)
     x = torch.from_numpy(source).permute(2, 0, 1) / 255 * 2 - 1

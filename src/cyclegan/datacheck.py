@@ -12,10 +12,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from cyclegan.data import IMAGE_EXTENSIONS
+from cyclegan.data import SPLITS
 from cyclegan.errors import CycleGANError
+from cyclegan.images import IMAGE_EXTENSIONS
 
-SPLITS = ("trainA", "trainB", "testA", "testB")
 _LISTED = 20  # longer lists of files are cut, with a count of the rest
 
 

@@ -20,14 +20,18 @@ from PIL import Image
 
 from cyclegan import checkpoints
 from cyclegan.config import ModelConfig, TrainConfig
-from cyclegan.data import list_images, load_image
+from cyclegan.data import list_images
 from cyclegan.demo_data import channel_stats, colour_transfer, make_demo_dataset
+from cyclegan.devices import resolve_device
 from cyclegan.errors import CycleGANError
+from cyclegan.files import atomic_write_text
+from cyclegan.images import load_image, to_unit_tensor
 from cyclegan.inference import Translator
-from cyclegan.metrics import psnr, ssim
+from cyclegan.metrics import PSNR_CAP, psnr, ssim
+from cyclegan.model import CycleGAN
 from cyclegan.networks import load_weights
 from cyclegan.report import write_report
-from cyclegan.training import CycleGAN, resolve_device, train
+from cyclegan.training import train
 
 TRAIN_IMAGES = 400  # per domain, as make_demo_dataset renders by default: one epoch is 400 steps
 
@@ -83,7 +87,7 @@ def run_demo(settings: DemoSettings, *, show_progress: bool = True) -> Path:
     else:
         train(cfg, show_progress=show_progress)
     scores = score(run_dir, dataroot, resolve_device(settings.device))
-    checkpoints.atomic_write_text(run_dir / "demo.json", json.dumps(scores, indent=2) + "\n")
+    atomic_write_text(run_dir / "demo.json", json.dumps(scores, indent=2) + "\n")
     return write_report(run_dir)
 
 
@@ -106,9 +110,10 @@ def _load_folder(folder: Path) -> np.ndarray:
 
 
 def _paired_scores(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    x = torch.from_numpy(predicted).permute(0, 3, 1, 2).double() / 255
-    y = torch.from_numpy(truth).permute(0, 3, 1, 2).double() / 255
-    return {"PSNR": psnr(x, y).clamp(max=100).mean().item(), "SSIM": ssim(x, y).mean().item()}
+    x, y = (
+        torch.stack([to_unit_tensor(Image.fromarray(a)) for a in arr]).double() for arr in (predicted, truth)
+    )
+    return {"PSNR": psnr(x, y).clamp(max=PSNR_CAP).mean().item(), "SSIM": ssim(x, y).mean().item()}
 
 
 def _translate(translator: Translator, images: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cyclegan.data import SPLITS
 from cyclegan.errors import CycleGANError
 
 RGB = tuple[float, float, float]
@@ -49,9 +50,8 @@ _WALLS: tuple[RGB, ...] = (
 _ROOFS: tuple[RGB, ...] = ((0.55, 0.20, 0.18), (0.40, 0.28, 0.22), (0.35, 0.38, 0.45), (0.25, 0.25, 0.28))
 _DOORS: tuple[RGB, ...] = ((0.45, 0.28, 0.16), (0.20, 0.35, 0.25), (0.55, 0.15, 0.15), (0.20, 0.25, 0.45))
 _SUPERSAMPLE = 4
-_MANIFEST = "demo_dataset.json"
+DEMO_MARKER = "demo_dataset.json"  # marks a folder as the demo dataset
 _RENDERER_VERSION = 1
-_SPLITS = ("trainA", "trainB", "testA", "testB")
 
 
 @dataclass(frozen=True)
@@ -322,12 +322,12 @@ def _file_names(n: int) -> list[str]:
 
 def _is_complete(root: Path, params: dict[str, int]) -> bool:
     try:
-        if json.loads((root / _MANIFEST).read_text()) != params:
+        if json.loads((root / DEMO_MARKER).read_text()) != params:
             return False
     except (OSError, ValueError):
         return False
     counts = dict(
-        zip(_SPLITS, (params["n_train"], params["n_train"], params["n_test"], params["n_test"]), strict=True)
+        zip(SPLITS, (params["n_train"], params["n_train"], params["n_test"], params["n_test"]), strict=True)
     )
     return all((root / split / name).is_file() for split, n in counts.items() for name in _file_names(n))
 
@@ -336,7 +336,7 @@ def _write_dataset(root: Path, params: dict[str, int]) -> None:
     """Write all images, then the manifest, so a manifest always vouches for a complete dataset."""
     seed, n_train, n_test, size = params["seed"], params["n_train"], params["n_test"], params["size"]
     rng_a, rng_b, rng_test = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
-    for split in _SPLITS:
+    for split in SPLITS:
         (root / split).mkdir()
 
     def save(split: str, name: str, image: np.ndarray) -> None:
@@ -349,7 +349,7 @@ def _write_dataset(root: Path, params: dict[str, int]) -> None:
         scene = random_scene(rng_test)
         save("testA", name, render(scene, night=False, size=size))
         save("testB", name, render(scene, night=True, size=size))
-    (root / _MANIFEST).write_text(json.dumps(params, indent=2) + "\n")
+    (root / DEMO_MARKER).write_text(json.dumps(params, indent=2) + "\n")
 
 
 def make_demo_dataset(

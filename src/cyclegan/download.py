@@ -27,8 +27,9 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from cyclegan.checkpoints import load_generator
-from cyclegan.data import IMAGE_EXTENSIONS, list_images
+from cyclegan.data import list_images
 from cyclegan.errors import CycleGANError
+from cyclegan.images import IMAGE_EXTENSIONS
 
 DEFAULT_BASE_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan"
 BASE_URL_ENV = "CYCLEGAN_BASE_URL"

@@ -21,14 +21,17 @@ from torch import nn
 from tqdm import tqdm
 
 from cyclegan import metrics
-from cyclegan.checkpoints import atomic_write, atomic_write_text, resolve_checkpoint
+from cyclegan.checkpoints import resolve_checkpoint
 from cyclegan.data import list_images
+from cyclegan.demo_data import DEMO_MARKER
 from cyclegan.errors import CycleGANError
+from cyclegan.files import atomic_write, atomic_write_text
+from cyclegan.images import open_image, to_unit_tensor
 from cyclegan.inference import Translator
 
 METHOD = "CycleGAN"
 BASELINE = "untranslated input"
-ARROWS = {"AtoB": "A→B", "BtoA": "B→A"}
+ARROWS = {"AtoB": "A→B", "BtoA": "B→A"}  # how directions are shown
 OTHER = {"AtoB": "BtoA", "BtoA": "AtoB"}
 SOURCE = {"AtoB": "A", "BtoA": "B"}
 TARGET = {"AtoB": "B", "BtoA": "A"}
@@ -36,8 +39,6 @@ COLUMNS = ("FID", "KID", "KID std", "cycle L1", "cycle PSNR", "identity L1")
 PAIRED_COLUMNS = ("PSNR", "SSIM")
 FORMATS = {"FID": "{:.2f}", "cycle PSNR": "{:.2f}", "PSNR": "{:.2f}"}
 KID_SUBSET_SIZE = 1000
-PSNR_CAP = 100.0
-DEMO_MARKER = "demo_dataset.json"
 RESULT_FILE = "eval.json"
 
 Scores = defaultdict[tuple[str, str], defaultdict[str, list[float]]]
@@ -45,7 +46,7 @@ Scores = defaultdict[tuple[str, str], defaultdict[str, list[float]]]
 
 def _unit(image: Image.Image) -> torch.Tensor:
     """1×C×H×W float64 in [0, 1]: the batch shape the paired metrics take, in full precision."""
-    return metrics.to_unit_tensor(image)[None].double()
+    return to_unit_tensor(image)[None].double()
 
 
 def _l1(x: Image.Image, y: Image.Image) -> float:
@@ -54,7 +55,7 @@ def _l1(x: Image.Image, y: Image.Image) -> float:
 
 def _psnr(x: Image.Image, y: Image.Image) -> float:
     """PSNR in dB, identical images counted as ``PSNR_CAP`` so that means stay finite (and valid JSON)."""
-    return float(metrics.psnr(_unit(x), _unit(y)).clamp(max=PSNR_CAP))
+    return float(metrics.psnr(_unit(x), _unit(y)).clamp(max=metrics.PSNR_CAP))
 
 
 def _images(folder: Path) -> list[Path]:
@@ -81,7 +82,7 @@ def _split_aligned(folder: Path, scratch: Path) -> tuple[Path, Path]:
     """Write the left (A) and right (B) halves of each side-by-side A|B test image as PNG folders."""
     halves = scratch / "testA", scratch / "testB"
     for path in _images(folder):
-        image = metrics.open_image(path)
+        image = open_image(path)
         half, height = image.width // 2, image.height
         name = path.relative_to(folder).with_suffix(".png")
         for box, root in zip(((0, 0, half, height), (half, 0, 2 * half, height)), halves, strict=True):
@@ -135,7 +136,7 @@ def _score_split(
     row, back_row = scores[(METHOD, direction)], scores[(METHOD, OTHER[direction])]
     written = []
     for key, path in tqdm(sources.items(), desc=ARROWS[direction], disable=not show_progress, unit="image"):
-        source = metrics.open_image(path, channels)
+        source = open_image(path, channels)
         if backward is not None:
             back_row["identity L1"].append(_l1(backward(source), source))
         if forward is None:
@@ -149,7 +150,7 @@ def _score_split(
             row["cycle L1"].append(_l1(cycled, source))
             row["cycle PSNR"].append(_psnr(cycled, source))
         if truths is not None:
-            truth = metrics.open_image(truths[key], len(fake.getbands()))
+            truth = open_image(truths[key], len(fake.getbands()))
             if truth.size != source.size:
                 raise CycleGANError(
                     f"{truths[key]} is {truth.width}x{truth.height} but its pair {path} is "
@@ -198,7 +199,7 @@ def _protocol(
         "KID subsets": kid_subsets,
         "KID subset size": subset_size,
         "cycle, identity": "mean absolute error in [0, 1] pixel units and mean PSNR of 8-bit outputs; "
-        f"identical images count as {PSNR_CAP:g} dB",
+        f"identical images count as {metrics.PSNR_CAP:g} dB",
     }
 
 
@@ -338,8 +339,8 @@ def evaluate_model(
 def _as_saved(translator: Translator, paths: Iterable[Path]) -> Iterator[torch.Tensor]:
     """Translations as :func:`metrics.read_image` would decode them from the PNG files evaluate writes."""
     for path in paths:
-        translation = translator(metrics.open_image(path, translator.in_channels))
-        yield metrics.to_unit_tensor(translation.convert("RGB"))
+        translation = translator(open_image(path, translator.in_channels))
+        yield to_unit_tensor(translation.convert("RGB"))
 
 
 def _cell(value: float | None, column: str) -> str:

@@ -6,37 +6,22 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
-from cyclegan.checkpoints import atomic_write, load_generator
+from cyclegan.checkpoints import load_generator
 from cyclegan.config import ModelConfig
-from cyclegan.data import DECODE_ERRORS, list_images, load_image, pad_to_multiple
+from cyclegan.data import list_images, pad_to_multiple
 from cyclegan.errors import CycleGANError
+from cyclegan.files import atomic_write
+from cyclegan.images import DECODE_ERRORS, load_image, to_image, to_tensor
+from cyclegan.networks import size_multiple
 
-
-def size_multiple(cfg: ModelConfig) -> int:
-    """Sizes a generator maps back to themselves: ResNets halve twice, U-Nets 7 or 8 times."""
-    return {"unet_128": 2**7, "unet_256": 2**8}.get(cfg.netG, 4)
-
-
-def to_tensor(image: Image.Image) -> torch.Tensor:
-    """PIL image -> C×H×W float in [-1, 1], the scaling the networks are trained on."""
-    array = np.asarray(image, dtype=np.float32)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
-
-
-def to_image(y: torch.Tensor) -> Image.Image:
-    """C×H×W in [-1, 1] -> 8-bit image, rounding (y + 1) / 2 * 255 to the nearest grey level."""
-    array = ((y.detach().float().cpu() + 1.0) / 2.0 * 255.0).round().clamp(0, 255).to(torch.uint8)
-    array = array.permute(1, 2, 0).numpy()
-    return Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+MIN_SIZE = 8  # a ResNet's bottleneck must be at least 2x2 for its reflection padding
+FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
 
 
 class Translator:
@@ -46,6 +31,10 @@ class Translator:
         self.generator, self.config, self.device = generator, config, torch.device(device)
         self.generator.to(self.device)
         self.in_channels = next(m for m in generator.modules() if isinstance(m, nn.Conv2d)).in_channels
+        if self.in_channels not in (1, 3):
+            raise CycleGANError(
+                f"the model takes {self.in_channels}-channel images; only 1 and 3 are supported"
+            )
         self.multiple = size_multiple(config)
 
     @classmethod
@@ -59,23 +48,34 @@ class Translator:
     @torch.inference_mode()
     def translate_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """C×H×W (or N×C×H×W) in [-1, 1] -> the translation, same spatial size."""
-        padded, (h, w) = pad_to_multiple(x.to(self.device), self.multiple)
+        padded, (h, w) = pad_to_multiple(x.to(self.device), self.multiple, MIN_SIZE)
         batch = padded if padded.dim() == 4 else padded.unsqueeze(0)
-        y = self.generator(batch)[..., :h, :w]
+        try:
+            y = self.generator(batch)[..., :h, :w]
+        except (torch.OutOfMemoryError, RuntimeError) as err:
+            if not isinstance(err, torch.OutOfMemoryError) and "memory" not in str(err):
+                raise
+            raise CycleGANError(
+                f"not enough memory to translate a {w}x{h} image on {self.device}; try a smaller image"
+                " or a machine with more memory"
+            ) from None
         return y if x.dim() == 4 else y[0]
 
     def __call__(self, image: Image.Image) -> Image.Image:
         return to_image(self.translate_tensor(to_tensor(image)))
 
 
-def collect_inputs(inputs: Iterable[Path], out_dir: Path) -> list[tuple[Path, Path]]:
-    """(source, destination) pairs: a file keeps its name, a folder's images keep their relative paths."""
+def collect_inputs(inputs: Iterable[Path], out_dir: Path, suffix: str = ".png") -> list[tuple[Path, Path]]:
+    """(source, destination) pairs: a file keeps its name, a folder's images keep their relative paths;
+    every output gets ``suffix`` (lossless PNG unless asked otherwise)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CycleGANError(f"--out {out_dir} exists and is not a folder")
     pairs: list[tuple[Path, Path]] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            pairs += [(p, out_dir / p.relative_to(item)) for p in list_images(item)]
+            pairs += [(p, (out_dir / p.relative_to(item)).with_suffix(suffix)) for p in list_images(item)]
         elif item.is_file():
-            pairs.append((item, out_dir / item.name))
+            pairs.append((item, (out_dir / item.name).with_suffix(suffix)))
         else:
             raise CycleGANError(f"input not found: {item}")
     if not pairs:
@@ -98,15 +98,25 @@ def translate_files(
     direction: str = "AtoB",
     device: torch.device | str = "cpu",
     overwrite: bool = False,
+    image_format: str = "png",
+    quality: int = 95,
     show_progress: bool = True,
 ) -> list[Path]:
-    """Translate image files and folders into ``out_dir``; returns the written files.
+    """Translate image files and folders into ``out_dir`` as ``image_format`` files (lossless PNG by
+    default; ``quality`` is for JPEG and WebP); returns the written files.
 
     Unreadable images are reported and skipped; if any were, a CycleGANError naming them is raised at the end,
     after every readable image has been written. Existing outputs are kept unless ``overwrite``.
     """
+    if image_format not in FORMATS:
+        raise CycleGANError(f"--format must be one of {', '.join(FORMATS)}, got {image_format!r}")
+    if not 1 <= quality <= 100:
+        raise CycleGANError(f"--quality must be between 1 and 100, got {quality}")
     out_dir = Path(out_dir)
-    pairs = collect_inputs(inputs, out_dir)
+    pairs = collect_inputs(inputs, out_dir, f".{image_format}")
+    for _, dst in pairs:
+        if dst.is_dir() or dst.is_symlink():
+            raise CycleGANError(f"cannot write {dst}: a folder or link is in the way")
     if not overwrite:
         existing = [dst for _, dst in pairs if dst.exists()]
         if existing:
@@ -114,6 +124,7 @@ def translate_files(
                 f"{existing[0]} exists ({len(existing)} outputs in all); pass --overwrite to replace"
             )
     translator = Translator.load(checkpoint, direction, device)
+    options = {"quality": quality} if image_format != "png" else {}
     written, failed = [], []
     for src, dst in tqdm(pairs, disable=not show_progress, unit="image"):
         try:
@@ -123,17 +134,11 @@ def translate_files(
             failed.append(src)
             continue
         result = translator(image)
-        atomic_write(dst, lambda tmp, r=result, d=dst: _save(r, tmp, d.suffix))
+        atomic_write(dst, lambda tmp, r=result: r.save(tmp, format=FORMATS[image_format], **options))
         written.append(dst)
     if failed:
         raise CycleGANError(f"{len(failed)} of {len(pairs)} images could not be read (first: {failed[0]})")
     return written
-
-
-def _save(image: Image.Image, path: Path, suffix: str) -> None:
-    fmt = Image.registered_extensions().get(suffix.lower(), "PNG")
-    options = {"quality": 95} if fmt == "JPEG" else {}
-    image.save(path, format=fmt, **options)
 
 
 @torch.no_grad()

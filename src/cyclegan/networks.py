@@ -283,8 +283,11 @@ def clean_state_dict(
     return out
 
 
-def load_weights(net: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
-    """Strict load that names the mismatch in one line instead of PyTorch's multi-line report."""
+def check_weights(net: nn.Module, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The cleaned ``state`` if its keys and shapes fit ``net`` exactly, else a one-line error.
+
+    Works on a shape-only (meta) network too, so weights can be vetted before memory is allocated.
+    """
     state = clean_state_dict(state, net)
     own = net.state_dict()
     missing = sorted(set(own) - set(state))
@@ -297,12 +300,17 @@ def load_weights(net: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
             parts.append(f"unexpected {len(unexpected)} keys (e.g. {unexpected[0]})")
         raise CycleGANError("weights do not fit the network: " + ", ".join(parts))
     for key, value in state.items():
-        if value.shape != own[key].shape:
+        if not isinstance(value, torch.Tensor) or value.shape != own[key].shape:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
             raise CycleGANError(
-                f"weights do not fit the network: {key} has shape {tuple(value.shape)},"
-                f" expected {tuple(own[key].shape)}"
+                f"weights do not fit the network: {key} has shape {shape}, expected {tuple(own[key].shape)}"
             )
-    net.load_state_dict(state, strict=True)
+    return state
+
+
+def load_weights(net: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Strict load that names the mismatch in one line instead of PyTorch's multi-line report."""
+    net.load_state_dict(check_weights(net, state), strict=True)
 
 
 _RESNET_BLOCK = re.compile(r"^model\.(\d+)\.conv_block\.")
@@ -310,7 +318,13 @@ _RESNET_BLOCK = re.compile(r"^model\.(\d+)\.conv_block\.")
 
 def generator_config_from_state_dict(state: Mapping[str, torch.Tensor]) -> ModelConfig:
     """Read kind, width, block count, channels and norm of a generator from its weights alone."""
-    state = clean_state_dict(state)
+    try:
+        return _generator_config(clean_state_dict(state))
+    except (IndexError, KeyError, ValueError, AttributeError):
+        raise CycleGANError("these weights are not a CycleGAN generator (ResNet or U-Net)") from None
+
+
+def _generator_config(state: Mapping[str, torch.Tensor]) -> ModelConfig:
     norm = _norm_from_state(state)
     if "model.1.weight" in state and any(_RESNET_BLOCK.match(k) for k in state):
         first = state["model.1.weight"]
@@ -352,6 +366,11 @@ def _norm_from_state(state: Mapping[str, torch.Tensor]) -> str:
         return "batch"
     first_conv = "model.1" if "model.1.weight" in state else "model.model.1.model.1"
     return "instance" if f"{first_conv}.bias" in state else "none"
+
+
+def size_multiple(cfg: ModelConfig) -> int:
+    """Sizes a generator maps back to themselves: ResNets halve twice, U-Nets 7 or 8 times."""
+    return {"unet_128": 2**7, "unet_256": 2**8}.get(cfg.netG, 4)
 
 
 def count_parameters(net: nn.Module) -> int:

@@ -23,8 +23,8 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from cyclegan.checkpoints import atomic_write_text
 from cyclegan.errors import CycleGANError
+from cyclegan.files import atomic_write_text
 
 ADVERSARIAL = ("G_A", "G_B", "D_A", "D_B")
 CYCLE_IDENTITY = ("cycle_A", "cycle_B", "idt_A", "idt_B")

@@ -1,0 +1,205 @@
+"""What the training loop calls besides the training step: logging, sample grids, evaluation, the report.
+
+Each is a :class:`Hook`. The loop calls ``start`` once, ``after_step`` after every step, ``after_epoch``
+when an epoch closes and ``end`` when the run stops; a hook whose state must survive a resume returns it
+from ``state_dict`` (saved inside every checkpoint). API users can pass their own hooks to ``train``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from cyclegan import checkpoints, metrics, runs
+from cyclegan.config import TrainConfig
+from cyclegan.data import domain_folders, eval_transform, list_images
+from cyclegan.errors import CycleGANError
+from cyclegan.evaluation import evaluate_model, real_features
+from cyclegan.images import DECODE_ERRORS, load_image
+from cyclegan.inference import save_sample_grid
+from cyclegan.model import LOSS_NAMES, CycleGAN, CycleGANTrainer
+from cyclegan.report import write_report
+from cyclegan.runs import Progress
+
+
+@dataclass
+class RunState:
+    """What hooks may look at (and, for ``progress.best_kid``, update)."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    model: CycleGAN
+    trainer: CycleGANTrainer
+    progress: Progress
+    device: torch.device
+    total_steps: int
+    status: Callable[[str], None]  # shows a short text beside the progress bar
+
+
+class Hook:
+    """Base class: every method does nothing, so a hook overrides only what it needs."""
+
+    name = "hook"
+
+    def start(self, run: RunState) -> None:
+        pass
+
+    def after_step(self, run: RunState, losses: dict[str, float]) -> None:
+        pass
+
+    def after_epoch(self, run: RunState) -> None:
+        pass
+
+    def end(self, run: RunState) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def note(message: str) -> None:
+    """A line for the user that does not break the progress bar."""
+    tqdm.write(message, file=sys.stderr)
+
+
+class LossLog(Hook):
+    """``log.jsonl``: one row of mean losses per ``print_freq`` steps; partial sums survive a resume."""
+
+    name = "loss_log"
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = dict.fromkeys(LOSS_NAMES, 0.0)
+        self.count = 0
+
+    def after_step(self, run: RunState, losses: dict[str, float]) -> None:
+        for k, v in losses.items():
+            self.sums[k] += v
+        self.count += 1
+        p = run.progress
+        if p.step % run.cfg.print_freq:
+            return
+        means = {k: v / self.count for k, v in self.sums.items()}
+        shown = " ".join(f"{k} {means[k]:.2f}" for k in ("G_A", "G_B", "D_A", "D_B", "cycle_A", "cycle_B"))
+        run.status(f"epoch {p.epoch + 1}/{run.cfg.total_epochs} {shown}")
+        row = {"step": p.step, "epoch": p.epoch + 1, "lr": run.trainer.lr, "time": p.seconds}
+        runs.append_row(run.run_dir / runs.LOG, row | {k: round(v, 6) for k, v in means.items()})
+        self.sums, self.count = dict.fromkeys(LOSS_NAMES, 0.0), 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": dict(self.sums), "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            self.sums = {k: float(state["sums"][k]) for k in LOSS_NAMES}
+            self.count = int(state["count"])
+
+
+class SampleGrids(Hook):
+    """A grid of real | translated | reconstructed images every ``sample_freq`` steps and at the end."""
+
+    name = "samples"
+
+    def start(self, run: RunState) -> None:
+        self.images = tuple(t.to(run.device) for t in sample_images(run.cfg))
+
+    def after_step(self, run: RunState, losses: dict[str, float]) -> None:
+        if run.progress.step % run.cfg.sample_freq == 0:
+            self._save(run)
+
+    def end(self, run: RunState) -> None:
+        self._save(run)
+
+    def _save(self, run: RunState) -> None:
+        path = run.run_dir / runs.SAMPLES / f"step_{run.progress.step:07d}.png"
+        save_sample_grid(path, run.model, *self.images)
+
+
+class TestSetEvaluator(Hook):
+    """FID/KID of both generators on testA/testB every ``eval_every`` epochs, logged to ``eval_log.jsonl``.
+
+    The checkpoint with the lowest mean KID of the two directions is kept as ``checkpoints/best``.
+    """
+
+    name = "evaluation"
+
+    def start(self, run: RunState) -> None:
+        cfg = run.cfg
+        if cfg.dataroot is None:
+            raise CycleGANError("--eval_every needs --dataroot with testA/ and testB/")
+        self.test_a, self.test_b = (list_images(folder) for folder in domain_folders(cfg, "test"))
+        weights = Path(cfg.inception_weights) if cfg.inception_weights else None
+        self.inception = metrics.load_inception(weights, run.device)
+        self.real = real_features(self.inception, self.test_a, self.test_b, device=run.device)
+
+    def after_epoch(self, run: RunState) -> None:
+        p = run.progress
+        if run.cfg.eval_every is None or p.epoch % run.cfg.eval_every:
+            return
+        scores = evaluate_model(
+            run.model, self.test_a, self.test_b, self.inception, device=run.device, real=self.real
+        )
+        runs.append_row(run.run_dir / runs.EVAL_LOG, {"epoch": p.epoch, "step": p.step, "metrics": scores})
+        note(f"epoch {p.epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+        kid = (scores["KID A→B"] + scores["KID B→A"]) / 2
+        if p.best_kid is None or kid < p.best_kid:
+            p.best_kid = kid
+            info = {**dataclasses.asdict(p), "metrics": scores}
+            path = run.run_dir / runs.CHECKPOINTS / "best.safetensors"
+            checkpoints.save_weights(path, run.model.networks(), run.model.config, info)
+
+
+class Report(Hook):
+    """The HTML report at the end of a run; a report that fails is a warning, never a failed run."""
+
+    name = "report"
+
+    def end(self, run: RunState) -> None:
+        try:
+            write_report(run.run_dir)
+        except Exception as err:  # the trained model matters more than its page
+            note(f"warning: the report could not be written ({type(err).__name__}: {err})")
+
+
+def default_hooks(cfg: TrainConfig, report: bool = True) -> list[Hook]:
+    hooks: list[Hook] = [LossLog(), SampleGrids()]
+    if cfg.eval_every:
+        hooks.append(TestSetEvaluator())
+    if report:
+        hooks.append(Report())
+    return hooks
+
+
+def sample_images(cfg: TrainConfig, count: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed handful of A and B images (test split when there is one) for sample grids."""
+    out = []
+    a_train, b_train = domain_folders(cfg)
+    channels = (cfg.model.input_nc, cfg.model.output_nc)
+    for side, (train_folder, nc) in enumerate(zip((a_train, b_train), channels, strict=True)):
+        folder = train_folder
+        if cfg.dataroot is not None:
+            test = domain_folders(cfg, "test")[side]
+            folder = test if test.is_dir() and list_images(test) else train_folder
+        transform = eval_transform(cfg.crop_size, nc)
+        tensors = []
+        for path in list_images(folder):
+            try:
+                tensors.append(transform(load_image(path, nc)))
+            except DECODE_ERRORS:
+                continue
+            if len(tensors) == count:
+                break
+        if not tensors:
+            raise CycleGANError(f"no readable image in {folder} for the sample grids")
+        out.append(torch.stack(tensors))
+    n = min(len(out[0]), len(out[1]))
+    return out[0][:n], out[1][:n]
