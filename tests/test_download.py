@@ -1,8 +1,12 @@
-"""Downloads against a local HTTP server on 127.0.0.1 that can serve, refuse, drop and stall."""
+"""Downloads against a local HTTP server on 127.0.0.1 that can serve, refuse, drop, stall and trickle."""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import errno
 import io
+import os
 import re
 import socket
 import stat
@@ -17,7 +21,7 @@ import torch
 from conftest import tiny_config
 from PIL import Image
 
-from cyclegan import download
+from cyclegan import cli, download
 from cyclegan.checkpoints import load_generator
 from cyclegan.download import (
     DATASETS,
@@ -114,6 +118,23 @@ class LocalServer:
 
         self.routes[path] = route
 
+    def trickle(self, path: str, data: bytes) -> None:
+        """Announce all of ``data``, then send it a byte every 10 ms: never idle, never done in a test."""
+
+        def route(h: BaseHTTPRequestHandler) -> None:
+            h.send_response(200)
+            h.send_header("Content-Length", str(len(data)))
+            h.end_headers()
+            for byte in data:
+                if self.release.wait(0.01):
+                    return
+                try:
+                    h.wfile.write(bytes([byte]))
+                except OSError:  # the client gave up
+                    return
+
+        self.routes[path] = route
+
 
 @pytest.fixture(autouse=True)
 def _no_proxy_or_mirror(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -151,10 +172,14 @@ def _dataset_zip(
     return buf.getvalue()
 
 
-def _state_bytes(net: torch.nn.Module) -> bytes:
+def _torch_bytes(obj: object) -> bytes:
     buf = io.BytesIO()
-    torch.save(net.state_dict(), buf)
+    torch.save(obj, buf)
     return buf.getvalue()
+
+
+def _state_bytes(net: torch.nn.Module) -> bytes:
+    return _torch_bytes(net.state_dict())
 
 
 def _generator_bytes() -> bytes:
@@ -163,6 +188,29 @@ def _generator_bytes() -> bytes:
 
 def _files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
+
+
+def _get(kind: str, root: Path, base: str, **kwargs: object) -> Path:
+    """Download horse2zebra (dataset or model, served as by ``_serve``) into ``root``."""
+    fetch = download_dataset if kind == "dataset" else download_model
+    return fetch("horse2zebra", root, base_url=base, progress=False, **kwargs)
+
+
+def _serve(server: LocalServer, kind: str) -> str:
+    """Serve a valid horse2zebra of ``kind``; return its name in the root."""
+    if kind == "dataset":
+        server.serve("/datasets/horse2zebra.zip", _dataset_zip())
+        return "horse2zebra"
+    server.serve("/pretrained_models/horse2zebra.pth", _generator_bytes())
+    return "horse2zebra.pth"
+
+
+@contextlib.contextmanager
+def _one_line_error(match: str) -> Iterator[None]:
+    """Expect a CycleGANError matching ``match``: one line, never advice to unpickle (weights_only)."""
+    with pytest.raises(CycleGANError, match=match) as info:
+        yield
+    assert "\n" not in str(info.value) and "weights_only" not in str(info.value)
 
 
 def _closed_port() -> int:
@@ -283,6 +331,37 @@ def test_corrupt_entry_is_refused(server: LocalServer, tmp_path: Path) -> None:
     assert _files(tmp_path) == []
 
 
+def _patch_first_entry(data: bytes, offset: int, value: int) -> bytes:
+    """Set a 2-byte field of the first central directory record (8: flags, 10: compression method)."""
+    at = data.index(b"PK\x01\x02") + offset
+    return data[:at] + value.to_bytes(2, "little") + data[at + 2 :]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [(8, 0x1, "is encrypted"), (10, 99, "uses compression method 99, which zipfile cannot unpack")],
+)
+def test_entries_zipfile_cannot_unpack_are_refused(
+    server: LocalServer, tmp_path: Path, field: int, value: int, message: str
+) -> None:
+    server.serve("/datasets/horse2zebra.zip", _patch_first_entry(_dataset_zip(), field, value))
+    with _one_line_error(rf"entry 'horse2zebra/trainA/0\.png' {message}$"):
+        _get("dataset", tmp_path, server.base)
+    assert _files(tmp_path) == []
+
+
+def test_a_resumed_part_that_does_not_match_is_removed(server: LocalServer, tmp_path: Path) -> None:
+    data = _dataset_zip()
+    (tmp_path / ".horse2zebra.zip.part").write_bytes(b"\x00" * 100)  # from another version of the file
+    server.serve("/datasets/horse2zebra.zip", data)
+    with _one_line_error(r"horse2zebra\.zip is corrupt"):
+        _get("dataset", tmp_path, server.base)
+    assert _files(tmp_path) == []
+    _get("dataset", tmp_path, server.base)
+    assert "Range" not in server.requests[-1][1]
+    assert [p.name for p in tmp_path.iterdir()] == ["horse2zebra"]
+
+
 def test_404_fails_cleanly(server: LocalServer, tmp_path: Path) -> None:
     root = tmp_path / "datasets"
     url = f"{server.base}/datasets/horse2zebra.zip"
@@ -381,6 +460,8 @@ def test_base_url_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     assert download.model_url("map2sat", "file:///srv") == "file:///srv/pretrained_models/map2sat.pth"
     with pytest.raises(CycleGANError, match="must start with http://"):
         resolve_base_url("ftp://old.invalid")
+    assert resolve_base_url("http://[::1]:8000/cg/") == "http://[::1]:8000/cg"
+    assert resolve_base_url("https://b\u00fccher.invalid") == "https://b\u00fccher.invalid"  # IDNA encodes it
 
 
 def test_local_mirror_by_file_url(tmp_path: Path) -> None:
@@ -419,17 +500,34 @@ def test_model_downloads_verifies_and_translates(
 
 
 @pytest.mark.parametrize(
-    "data",
-    [b"\x00not a checkpoint" * 64, _state_bytes(NLayerDiscriminator(3, 4, 3, "instance"))],
-    ids=["random-bytes", "discriminator"],
+    ("data", "reason"),
+    [
+        (b"\x00not a checkpoint" * 64, "cannot read it as PyTorch weights"),
+        (_state_bytes(NLayerDiscriminator(3, 4, 3, "instance")), ""),
+        (_torch_bytes([torch.zeros(2)]), "it is not a state dict of tensors"),
+        (_torch_bytes({"w": argparse.Namespace(a=1)}), "it holds Python objects"),
+    ],
+    ids=["random-bytes", "discriminator", "list-of-tensors", "python-object"],
 )
-def test_a_file_that_is_not_a_generator_is_refused(server: LocalServer, tmp_path: Path, data: bytes) -> None:
+def test_a_file_that_is_not_a_generator_is_refused(
+    server: LocalServer, tmp_path: Path, data: bytes, reason: str
+) -> None:
     server.serve("/pretrained_models/style_monet.pth", data)
-    with pytest.raises(
-        CycleGANError, match=r"style_monet\.pth is not a CycleGAN generator, nothing was saved"
-    ):
+    with _one_line_error(rf"style_monet\.pth is not a CycleGAN generator, nothing was saved: .*{reason}"):
         download_model("style_monet", tmp_path, base_url=server.base, progress=False)
     assert _files(tmp_path) == []
+
+
+def test_a_git_lfs_pointer_is_named_as_such(server: LocalServer, tmp_path: Path) -> None:
+    pointer = b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"0" * 64 + b"\nsize 45575747\n"
+    server.serve("/pretrained_models/horse2zebra.pth", pointer)
+    lfs = r"it is a Git LFS pointer \(a small text file standing for the weights\), not the weights"
+    with _one_line_error(rf"nothing was saved: {lfs}"):
+        _get("model", tmp_path, server.base)
+    assert _files(tmp_path) == []
+    (tmp_path / "horse2zebra.pth").write_bytes(pointer)  # one already in place, from a checkout without LFS
+    with _one_line_error(rf"exists but is not a usable generator \({lfs}"):
+        _get("model", tmp_path, server.base)
 
 
 def test_an_unusable_model_file_in_place_needs_force(server: LocalServer, tmp_path: Path) -> None:
@@ -441,10 +539,130 @@ def test_an_unusable_model_file_in_place_needs_force(server: LocalServer, tmp_pa
     load_generator(tmp_path / "map2sat.pth")
 
 
-@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full to simulate a full disk")
-def test_full_disk_fails_cleanly(server: LocalServer, tmp_path: Path) -> None:
-    server.serve("/pretrained_models/horse2zebra.pth", _generator_bytes())
-    (tmp_path / ".horse2zebra.pth.part").symlink_to("/dev/full")  # every write there fails with ENOSPC
-    with pytest.raises(CycleGANError, match="the disk is full"):
-        download_model("horse2zebra", tmp_path, base_url=server.base, progress=False)
+def test_full_disk_removes_the_part_and_the_next_run_starts_clean(
+    server: LocalServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _generator_bytes()
+    server.serve("/pretrained_models/horse2zebra.pth", data)
+    (tmp_path / ".horse2zebra.pth.part").write_bytes(data[:100])  # a valid prefix from a broken run
+
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", disk_full)  # the write that fails: a tail of unknown length is on disk
+    with _one_line_error(r"^the disk is full: no room in "):
+        _get("model", tmp_path, server.base)
+    assert server.requests[-1][1].get("Range") == "bytes=100-"
     assert _files(tmp_path) == []
+    monkeypatch.undo()
+    _get("model", tmp_path, server.base)
+    assert "Range" not in server.requests[-1][1]
+    assert _files(tmp_path) == ["horse2zebra.pth"]
+
+
+# Symbolic links planted in the root
+
+
+@pytest.mark.parametrize("kind", ["dataset", "model"])
+def test_a_symlink_at_the_part_is_not_written_through(server: LocalServer, tmp_path: Path, kind: str) -> None:
+    name = _serve(server, kind)
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"precious")
+    root = tmp_path / "root"
+    root.mkdir()
+    suffix = ".zip" if kind == "dataset" else ""
+    (root / f".{name}{suffix}.part").symlink_to(outside)
+    _get(kind, root, server.base)
+    assert "Range" not in server.requests[-1][1]  # not resumed from the size of what the link points to
+    assert outside.read_bytes() == b"precious"
+    assert [p.name for p in root.iterdir()] == [name] and not (root / name).is_symlink()
+
+
+def test_a_symlink_at_the_extraction_folder_is_not_followed(server: LocalServer, tmp_path: Path) -> None:
+    _serve(server, "dataset")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "mine.txt").write_text("mine")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / ".horse2zebra.extracting").symlink_to(outside, target_is_directory=True)
+    path = _get("dataset", root, server.base)
+    assert _files(outside) == ["mine.txt"]
+    assert [p.name for p in root.iterdir()] == ["horse2zebra"] and not path.is_symlink()
+    assert (path / "testB" / "1.png").is_file()
+
+
+@pytest.mark.parametrize("kind", ["dataset", "model"])
+def test_a_symlink_at_the_destination_is_not_followed(server: LocalServer, tmp_path: Path, kind: str) -> None:
+    name = _serve(server, kind)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "mine.txt").write_text("mine")
+    target = outside if kind == "dataset" else outside / "mine.txt"
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / name).symlink_to(target)
+    with _one_line_error(r"is a symbolic link, which downloads do not follow"):
+        _get(kind, root, server.base)
+    assert server.requests == []
+    path = _get(kind, root, server.base, force=True)  # replaces the link, not what it points to
+    assert not path.is_symlink() and path.is_dir() == (kind == "dataset")
+    assert _files(outside) == ["mine.txt"] and (outside / "mine.txt").read_text() == "mine"
+    assert [p.name for p in root.iterdir()] == [name]
+
+
+# Malformed base URLs, trickling servers
+
+
+@pytest.mark.parametrize(
+    "base",
+    [
+        "http://",
+        "http:///x",
+        "http://[::1",
+        "http://exa mple.invalid",
+        "http://example.invalid/x\n",
+        "http://example.invalid/caf\u00e9",
+        "http://" + "a" * 70 + ".invalid",
+        "http://example.invalid:99999",
+        "http://example.invalid:port",
+        "http://example.invalid/x?a=1",
+        "http://example.invalid/x#top",
+    ],
+)
+def test_a_malformed_base_url_is_one_line(tmp_path: Path, base: str) -> None:
+    for kind in ("dataset", "model"):
+        with _one_line_error(r"^the base URL '.*' (is|has|must|contains)"):
+            _get(kind, tmp_path / kind, base)
+    assert _files(tmp_path) == []
+
+
+def test_a_trickling_server_is_stopped_by_the_deadline_and_the_next_run_resumes(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    data = _dataset_zip()
+    server.trickle("/datasets/horse2zebra.zip", data)
+    with _one_line_error(
+        rf"^gave up on {re.escape(server.base)}/datasets/horse2zebra\.zip at the deadline of 0\.4 s"
+        r" \(--deadline\): \d+ B of [\d.]+ (B|KiB) arrived; run the same command again to resume$"
+    ):
+        _get("dataset", tmp_path, server.base, timeout=0.3, deadline=0.4)
+    kept = (tmp_path / ".horse2zebra.zip.part").read_bytes()
+    assert 0 < len(kept) < len(data) and data.startswith(kept)
+    server.serve("/datasets/horse2zebra.zip", data)
+    _get("dataset", tmp_path, server.base)
+    assert server.requests[-1][1].get("Range") == f"bytes={len(kept)}-"
+    assert [p.name for p in tmp_path.iterdir()] == ["horse2zebra"]
+
+
+def test_cli_deadline(server: LocalServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    server.trickle("/pretrained_models/style_monet.pth", _generator_bytes())
+    command = ["download", "model", "style_monet", "--root", str(tmp_path), "--base_url", server.base]
+    assert cli.main([*command, "--deadline", "0.3"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "at the deadline of 0.3 s (--deadline)" in errors[0]
+    assert cli.main([*command, "--deadline", "0"]) == 2
+    assert "the deadline must be a positive number of seconds, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["download", "dataset", "--help"])
+    assert "--deadline SECONDS" in capsys.readouterr().out

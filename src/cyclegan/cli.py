@@ -169,7 +169,10 @@ def _download_parser(sub: Any) -> None:
     )
     p.set_defaults(handler=_run_download, kind=None)
     kinds = p.add_subparsers(dest="kind", parser_class=Parser, metavar="{dataset,model}")
-    for kind, default_root in (("dataset", "datasets"), ("model", "checkpoints/pretrained")):
+    for kind, default_root, deadline in (
+        ("dataset", "datasets", "3600, an hour"),
+        ("model", "checkpoints/pretrained", "600, ten minutes"),
+    ):
         k = kinds.add_parser(kind, help=f"download a {kind}")
         k.add_argument("name", help="what to download (see --list)")
         k.add_argument(
@@ -177,6 +180,13 @@ def _download_parser(sub: Any) -> None:
         )
         k.add_argument("--force", action="store_true", help="download again even if a valid copy is present")
         k.add_argument("--base_url", default=argparse.SUPPRESS, help="mirror to download from")
+        k.add_argument(
+            "--deadline",
+            type=float,
+            metavar="SECONDS",
+            help=f"give up after this long in total, even on a server that keeps trickling bytes (default:"
+            f" {deadline}); what arrived is kept and the same command resumes it",
+        )
 
 
 def _run_download(args: argparse.Namespace) -> int:
@@ -186,7 +196,8 @@ def _run_download(args: argparse.Namespace) -> int:
         print(download.list_available(args.base_url))
         return 0
     fetch = download.download_dataset if args.kind == "dataset" else download.download_model
-    print(fetch(args.name, args.root, base_url=args.base_url, force=args.force))
+    limit = {} if args.deadline is None else {"deadline": args.deadline}
+    print(fetch(args.name, args.root, base_url=args.base_url, force=args.force, **limit))
     return 0
 
 

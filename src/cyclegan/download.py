@@ -1,32 +1,41 @@
 """Datasets and pretrained generators from the reference project's server: download, verify, put in place.
 
 Nothing that looks complete appears before it is verified. The bytes go to a hidden ``.NAME.*.part`` file
-beside the target, which a broken connection leaves for the next run to resume (HTTP Range). A dataset is
-checked entry by entry (no absolute paths, no ``..``, no symlinks, a size limit) before it is extracted
-into a hidden folder, every entry's CRC is checked while extracting, and only a complete layout is renamed
-to ``ROOT/NAME``. A generator is loaded into its network before it is renamed to ``ROOT/NAME.pth``.
+beside the target, which a broken connection, a stall or the overall deadline leaves for the next run to
+resume (HTTP Range); once all bytes are there, any failure removes it, so the next run starts clean. A
+dataset is checked entry by entry (no absolute paths, no ``..``, no symlinks, no encryption, a size limit)
+before it is extracted into a hidden folder, every entry's CRC is checked while extracting, and only a
+complete layout is renamed to ``ROOT/NAME``. A generator is loaded into its network before it is renamed
+to ``ROOT/NAME.pth``. Symbolic links found at any of these paths are never followed: nothing outside
+``ROOT`` is written or deleted.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import errno
 import io
+import lzma
 import os
 import re
 import shutil
 import stat
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
 import zlib
-from http.client import HTTPException
+from collections.abc import Iterator
+from http.client import HTTPException, InvalidURL
 from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
 from cyclegan.checkpoints import load_generator
+from cyclegan.config import ModelConfig
 from cyclegan.data import list_images
 from cyclegan.errors import CycleGANError
 from cyclegan.images import IMAGE_EXTENSIONS
@@ -34,9 +43,12 @@ from cyclegan.images import IMAGE_EXTENSIONS
 DEFAULT_BASE_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan"
 BASE_URL_ENV = "CYCLEGAN_BASE_URL"
 DEFAULT_TIMEOUT = 30.0  # seconds without a byte before giving up
+DATASET_DEADLINE = 3600.0  # seconds for a whole dataset download, however the server trickles
+MODEL_DEADLINE = 600.0
 MAX_EXTRACT_BYTES = 20 * 2**30  # the largest dataset unpacks to a few GiB; more is a zip bomb
 MAX_ENTRIES = 200_000
 _CHUNK = 256 * 1024
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 DATASET_INFO = {
     "apple2orange": "apples <-> oranges (ImageNet)",
@@ -102,9 +114,36 @@ def cityscapes_message(root: Path) -> str:
 def resolve_base_url(explicit: str | None = None) -> str:
     """``--base_url``, else $CYCLEGAN_BASE_URL (a mirror, or file:// for a local copy), else the reference."""
     url = explicit or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
-    if urllib.parse.urlsplit(url).scheme not in ("http", "https", "file"):
-        raise CycleGANError(f"the base URL must start with http://, https:// or file://, got {url!r}")
+    problem = _url_problem(url)
+    if problem:
+        raise CycleGANError(f"the base URL {url!r} {problem}")
     return url.rstrip("/")
+
+
+def _url_problem(url: str) -> str | None:
+    """Why ``url`` cannot take ``/datasets/NAME.zip`` appended and be fetched, checked before connecting."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError as err:
+        return f"is malformed ({err})"
+    if parts.scheme not in ("http", "https", "file"):
+        return "must start with http://, https:// or file://"
+    if re.search(r"[\x00-\x20\x7f]", url):
+        return "contains spaces or control characters (write a space as %20)"
+    if parts.query or parts.fragment:
+        return "must not have a query (?) or a fragment (#): file names are appended to it"
+    if parts.scheme == "file":
+        return None
+    if not parts.hostname:
+        return "has no host name"
+    if not parts.path.isascii():
+        return "has non-ASCII characters in its path (percent-encode them)"
+    try:
+        parts.hostname.encode("idna")
+    except UnicodeError as err:
+        return f"has an invalid host name ({err})"
+    return None
 
 
 def dataset_url(name: str, base_url: str | None = None) -> str:
@@ -142,15 +181,21 @@ def download_dataset(
     force: bool = False,
     progress: bool = True,
     timeout: float = DEFAULT_TIMEOUT,
+    deadline: float = DATASET_DEADLINE,
     max_bytes: int = MAX_EXTRACT_BYTES,
 ) -> Path:
-    """Download dataset ``name`` and unpack it to ``root/name`` (trainA/, trainB/, testA/, testB/)."""
+    """Download dataset ``name`` and unpack it to ``root/name`` (trainA/, trainB/, testA/, testB/).
+
+    ``timeout`` bounds each wait for the server, ``deadline`` the whole download (seconds).
+    """
     root = Path(root)
     if name == "cityscapes":
         raise CycleGANError(cityscapes_message(root))
     _check_name(name, DATASETS, "dataset", " (and cityscapes, prepared by hand)")
+    limits = _limits(timeout, deadline)
     dest = root / name
     url = dataset_url(name, base_url)
+    _refuse_symlink(dest, force)
     if dest.exists() and not force:
         problem = _layout_problem(dest, name)
         if problem:
@@ -161,12 +206,9 @@ def download_dataset(
         return dest
     part = root / f".{name}.zip.part"
     hint = f"on a machine with internet access fetch {url} and unzip it into {root}/, which makes {dest}/"
-    _fetch(url, part, hint, timeout, progress)
-    try:
+    _fetch(url, part, hint, limits, progress)
+    with _removed_on_failure(part):
         _install_dataset(part, url, dest, name, max_bytes, progress)
-    except CycleGANError:
-        part.unlink(missing_ok=True)
-        raise
     part.unlink()
     _note(f"{name} ready at {dest} ({_summary(dest)})")
     return dest
@@ -180,15 +222,21 @@ def download_model(
     force: bool = False,
     progress: bool = True,
     timeout: float = DEFAULT_TIMEOUT,
+    deadline: float = MODEL_DEADLINE,
 ) -> Path:
-    """Download pretrained generator ``name`` to ``root/name.pth``, a reference-format state dict."""
+    """Download pretrained generator ``name`` to ``root/name.pth``, a reference-format state dict.
+
+    ``timeout`` bounds each wait for the server, ``deadline`` the whole download (seconds).
+    """
     _check_name(name, MODELS, "pretrained model")
+    limits = _limits(timeout, deadline)
     root = Path(root)
     dest = root / f"{name}.pth"
     url = model_url(name, base_url)
+    _refuse_symlink(dest, force)
     if dest.exists() and not force:
         try:
-            load_generator(dest)
+            _verify_generator(dest)
         except CycleGANError as err:
             raise CycleGANError(
                 f"{dest} exists but is not a usable generator ({err}); use --force to download it again"
@@ -196,17 +244,71 @@ def download_model(
         _note(f"{name} is already present at {dest}; use --force to download it again")
         return dest
     part = root / f".{name}.pth.part"
-    _fetch(
-        url, part, f"on a machine with internet access fetch {url} and save it as {dest}", timeout, progress
-    )
-    try:
-        _, model_config = load_generator(part)
-    except CycleGANError as err:
-        part.unlink(missing_ok=True)
-        raise CycleGANError(f"{url} is not a CycleGAN generator, nothing was saved: {err}") from None
-    os.replace(part, dest)
+    hint = f"on a machine with internet access fetch {url} and save it as {dest}"
+    _fetch(url, part, hint, limits, progress)
+    with _removed_on_failure(part):
+        try:
+            model_config = _verify_generator(part)
+        except CycleGANError as err:
+            raise CycleGANError(f"{url} is not a CycleGAN generator, nothing was saved: {err}") from None
+        _move_into_place(part, dest)
     _note(f"{name} ready at {dest} ({model_config.netG}, ngf {model_config.ngf})")
     return dest
+
+
+def _verify_generator(path: Path) -> ModelConfig:
+    """Load ``path`` into its network; a failure is one line about "it" (checkpoints names LFS pointers and
+    never suggests unsafe loading)."""
+    try:
+        return load_generator(path)[1]
+    except CycleGANError as err:
+        raise CycleGANError(str(err).splitlines()[0].replace(str(path), "it")) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Limits:
+    """Seconds to wait for each read (``timeout``) and for the whole download (``deadline``)."""
+
+    timeout: float
+    deadline: float
+    start: float = dataclasses.field(default_factory=time.monotonic)
+
+    def passed(self) -> bool:
+        return time.monotonic() - self.start > self.deadline
+
+
+def _limits(timeout: float, deadline: float) -> _Limits:
+    for flag, value in (("timeout", timeout), ("deadline", deadline)):
+        if not value > 0:
+            raise CycleGANError(f"the {flag} must be a positive number of seconds, got {value:g}")
+    return _Limits(timeout, deadline)
+
+
+def _refuse_symlink(dest: Path, force: bool) -> None:
+    """A symlink at ``dest`` is not followed; --force replaces the link itself, never what it points to."""
+    if dest.is_symlink() and not force:
+        raise CycleGANError(
+            f"{dest} is a symbolic link, which downloads do not follow; remove it, or use --force to replace"
+            " the link (what it points to is left alone)"
+        )
+
+
+@contextlib.contextmanager
+def _removed_on_failure(part: Path) -> Iterator[None]:
+    """Any failure once all bytes arrived means they are wrong (or unusable): the next run starts clean."""
+    try:
+        yield
+    except Exception:
+        part.unlink(missing_ok=True)
+        raise
+
+
+def _move_into_place(source: Path, dest: Path) -> None:
+    """Rename ``source`` to ``dest`` (a link at ``dest`` is replaced, not followed)."""
+    try:
+        os.replace(source, dest)
+    except OSError as err:
+        raise CycleGANError(f"cannot put the download in place at {dest}: {_describe(err)}") from None
 
 
 def _check_name(name: str, choices: tuple[str, ...], kind: str, extra: str = "") -> None:
@@ -234,35 +336,64 @@ def _describe(err: Exception) -> str:
 # Downloading
 
 
-def _fetch(url: str, part: Path, hint: str, timeout: float, progress: bool) -> None:
+def _fetch(url: str, part: Path, hint: str, limits: _Limits, progress: bool) -> None:
     """Download ``url`` into ``part``, resuming the bytes an earlier broken download left there.
 
     ``hint`` says how to place the file by hand, for when the server cannot be reached.
     """
-    offset = part.stat().st_size if part.is_file() else 0
+    offset = _resume_offset(part)
     headers = {"User-Agent": "cyclegan", **({"Range": f"bytes={offset}-"} if offset else {})}
     try:
-        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+        request = urllib.request.Request(url, headers=headers)
+        response = urllib.request.urlopen(request, timeout=limits.timeout)
     except urllib.error.HTTPError as err:
         if err.code == 416 and offset:  # asked for bytes past the end: the part may already be complete
             if _range_total(err.headers.get("Content-Range")) == offset:
                 return
             part.unlink()  # not the file the server has now: start clean
-            _fetch(url, part, hint, timeout, progress)
+            _fetch(url, part, hint, limits, progress)
             return
         detail = " (not on the server: check the name and the base URL)" if err.code == 404 else ""
         raise CycleGANError(f"{url} answered HTTP {err.code} {err.reason}{detail}") from None
+    except (ValueError, InvalidURL) as err:  # what urllib and http.client say about a malformed URL
+        raise CycleGANError(f"cannot download {url!r}, the URL is malformed ({_describe(err)})") from None
     except (urllib.error.URLError, OSError, HTTPException) as err:
-        raise CycleGANError(_connect_message(url, err, hint, timeout)) from None
+        raise CycleGANError(_connect_message(url, err, hint, limits.timeout)) from None
     with response:
         resumed = offset > 0 and getattr(response, "status", None) == 206
         length = response.headers.get("Content-Length")
         if resumed:
             total = _range_total(response.headers.get("Content-Range"))
         else:
+            if offset:  # the server ignored the Range header and sends everything again
+                part.unlink()
             offset, total = 0, int(length) if length and length.isdigit() else None
         _note(f"{'Resuming' if resumed else 'Downloading'} {url}")
-        _receive(response, url, part, offset, total, timeout, progress)
+        _receive(response, url, part, offset, total, limits, progress)
+
+
+def _resume_offset(part: Path) -> int:
+    """How many bytes an earlier run left in ``part``; a symlink planted there is removed, never followed."""
+    try:
+        info = part.lstat()
+    except FileNotFoundError:
+        return 0
+    except OSError as err:
+        raise CycleGANError(f"cannot use {part.parent}: {_describe(err)}") from None
+    if stat.S_ISREG(info.st_mode):
+        return info.st_size
+    if not stat.S_ISLNK(info.st_mode):
+        raise CycleGANError(f"{part} is in the way (it is not a file); remove it and run again")
+    part.unlink()
+    _note(f"removed the symbolic link {part} (downloads never write through one)")
+    return 0
+
+
+def _open_part(part: Path, append: bool) -> io.BufferedWriter:
+    """Open ``part`` to append to it, or create it afresh; fails rather than follow a symlink there."""
+    part.parent.mkdir(parents=True, exist_ok=True)
+    flags = os.O_WRONLY | _NOFOLLOW | (os.O_APPEND if append else os.O_CREAT | os.O_EXCL)
+    return os.fdopen(os.open(part, flags, 0o644), "ab")
 
 
 def _range_total(content_range: str | None) -> int | None:
@@ -290,11 +421,14 @@ def _receive(
     part: Path,
     offset: int,
     total: int | None,
-    timeout: float,
+    limits: _Limits,
     progress: bool,
 ) -> None:
-    """Append the body to ``part`` behind a progress bar; what arrived stays there for a resume."""
-    size = offset
+    """Append the body to ``part`` behind a progress bar.
+
+    What arrived before a network problem or the deadline stays there, a valid prefix for a resume; a
+    failed write (a full disk) leaves an unknown tail, so the part is removed.
+    """
     name = PurePosixPath(urllib.parse.urlsplit(url).path).name
     bar = tqdm(
         total=total,
@@ -306,30 +440,52 @@ def _receive(
         disable=not progress,
     )
     try:
-        part.parent.mkdir(parents=True, exist_ok=True)
-        with bar, part.open("ab" if offset else "wb") as f:
-            while chunk := response.read1(_CHUNK):  # what has arrived, so a timeout loses nothing
-                f.write(chunk)
-                size += len(chunk)
-                bar.update(len(chunk))
+        with bar, _open_part(part, append=offset > 0) as f:
+            size = _copy(response, f, bar, url, offset, total, limits)
             f.flush()
             os.fsync(f.fileno())
-    except TimeoutError:
-        raise CycleGANError(
-            f"timed out after {timeout:g} s: {_host(url)} stopped sending {url} after {_size(size)};"
-            " run the same command again to resume"
-        ) from None
-    except (ConnectionError, HTTPException) as err:
-        raise CycleGANError(_broken_message(url, size, total, err)) from None
-    except OSError as err:
+    except OSError as err:  # only writing gets here: _copy turns network errors into CycleGANError
+        part.unlink(missing_ok=True)
         if err.errno == errno.ENOSPC:
-            part.unlink(missing_ok=True)
+            needs = f" ({_size(total)})" if total is not None else ""
             raise CycleGANError(
-                f"the disk is full: {url} needs {_size(total or size)} in {part.parent}; free some and retry"
+                f"the disk is full: no room in {part.parent} for {url}{needs}; free some and run again"
             ) from None
-        raise CycleGANError(f"downloading {url} failed after {_size(size)}: {_describe(err)}") from None
+        raise CycleGANError(f"cannot write {part}: {_describe(err)}; run the same command again") from None
     if total is not None and size < total:
         raise CycleGANError(_broken_message(url, size, total, None))
+
+
+def _copy(
+    response: io.BufferedIOBase,
+    f: io.BufferedWriter,
+    bar: tqdm,
+    url: str,
+    size: int,
+    total: int | None,
+    limits: _Limits,
+) -> int:
+    """Write the body to ``f`` as it arrives, so a stall loses nothing; return the size of the file."""
+    while not limits.passed():
+        try:
+            chunk = response.read1(_CHUNK)
+        except TimeoutError:
+            raise CycleGANError(
+                f"timed out after {limits.timeout:g} s: {_host(url)} stopped sending {url}"
+                f" after {_size(size)}; run the same command again to resume"
+            ) from None
+        except (OSError, HTTPException) as err:
+            raise CycleGANError(_broken_message(url, size, total, err)) from None
+        if not chunk:
+            return size
+        f.write(chunk)
+        size += len(chunk)
+        bar.update(len(chunk))
+    of_total = f" of {_size(total)}" if total is not None else ""
+    raise CycleGANError(
+        f"gave up on {url} at the deadline of {limits.deadline:g} s (--deadline): {_size(size)}{of_total}"
+        " arrived; run the same command again to resume"
+    )
 
 
 def _broken_message(url: str, size: int, total: int | None, err: Exception | None) -> str:
@@ -347,11 +503,11 @@ def _broken_message(url: str, size: int, total: int | None, err: Exception | Non
 def _install_dataset(part: Path, url: str, dest: Path, name: str, max_bytes: int, progress: bool) -> None:
     """Check and extract the archive in a hidden folder beside ``dest``, then rename it into place."""
     work = dest.parent / f".{name}.extracting"
-    shutil.rmtree(work, ignore_errors=True)  # left by a run that was killed while extracting
+    _fresh_folder(work)
     try:
         try:
             archive = zipfile.ZipFile(part)
-        except (zipfile.BadZipFile, OSError) as err:
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
             raise CycleGANError(
                 f"{url} is not a valid zip archive, truncated or corrupt ({err}); run again to refetch it"
             ) from None
@@ -370,10 +526,25 @@ def _install_dataset(part: Path, url: str, dest: Path, name: str, max_bytes: int
         if problem:
             raise CycleGANError(f"{url} is not the {name} dataset: the archive {problem}")
         if dest.exists() or dest.is_symlink():  # --force: the old copy goes only once the new one is ready
-            dest.rename(work / "replaced")
-        top.rename(dest)
+            _move_into_place(dest, work / "replaced")
+        _move_into_place(top, dest)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)  # does not follow symlinks, nor delete what they point to
+
+
+def _fresh_folder(work: Path) -> None:
+    """Create the empty folder ``work``, removing what a killed run left there; a symlink is not followed."""
+    try:
+        if work.is_symlink() or work.is_file():
+            work.unlink()
+        elif work.exists():
+            shutil.rmtree(work)
+        work.mkdir()
+    except OSError as err:
+        raise CycleGANError(f"cannot prepare {work} to unpack into: {_describe(err)}") from None
+
+
+_COMPRESSIONS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
 
 
 def _check_members(archive: zipfile.ZipFile, url: str, max_bytes: int) -> int:
@@ -390,6 +561,10 @@ def _check_members(archive: zipfile.ZipFile, url: str, max_bytes: int) -> int:
             problem = "points outside the target folder (..)"
         elif stat.S_ISLNK(member.external_attr >> 16):
             problem = "is a symbolic link"
+        elif member.flag_bits & 0x1:
+            problem = "is encrypted"
+        elif member.compress_type not in _COMPRESSIONS:
+            problem = f"uses compression method {member.compress_type}, which zipfile cannot unpack"
         else:
             continue
         raise CycleGANError(f"refusing {url}: its entry {member.filename!r} {problem}")
@@ -408,7 +583,7 @@ def _extract(archive: zipfile.ZipFile, target: Path, url: str, total: int, progr
         for member in archive.infolist():
             try:
                 archive.extract(member, target)
-            except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+            except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, NotImplementedError) as err:
                 raise CycleGANError(
                     f"{url} is corrupt ({member.filename}: {err}); run the same command to download it afresh"
                 ) from None
