@@ -12,8 +12,8 @@ from cyclegan import checkpoints
 from cyclegan.config import ModelConfig
 from cyclegan.errors import CycleGANError
 from cyclegan.inference import Translator, translate_files
-from cyclegan.networks import ResnetGenerator, build_discriminator
 from cyclegan.model import CycleGAN
+from cyclegan.networks import ResnetGenerator, build_discriminator
 
 
 @pytest.fixture

@@ -11,8 +11,10 @@ atomically, so a kill at any instant leaves a complete checkpoint. Loading never
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -58,7 +60,17 @@ def save_weights(
     }
     if state is not None:
         metadata["training_state"] = json.dumps(_flatten(state, tensors))
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    atomic_write(path, lambda tmp: _save_file(tensors, tmp, metadata))
+
+
+def _save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """safetensors reports I/O failures (a full disk) as its own error type; make them OSErrors again so
+    they get the same one-line message as every other failed write."""
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as err:
+        code = re.search(r"os error (\d+)", str(err))
+        raise OSError(int(code.group(1)) if code else errno.EIO, first_line(err)) from None
 
 
 def commit_resumable(folder: Path, save: Any) -> Path:

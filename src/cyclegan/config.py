@@ -186,13 +186,13 @@ class TrainConfig:
             if not isinstance(data, dict) or not isinstance(data.get("model", {}), dict):
                 raise ValueError("not a JSON object")
             cfg = cls.from_dict(data)
+            if cfg.seed is None:
+                raise CycleGANError("seed is missing")
             cfg.validate()
         except (OSError, ValueError, TypeError) as err:
             raise CycleGANError(f"cannot read the run config {path}: {str(err).splitlines()[0]}") from None
         except CycleGANError as err:
             raise CycleGANError(f"invalid run config {path}: {err}") from None
-        if cfg.seed is None:
-            raise CycleGANError(f"invalid run config {path}: seed is missing")
         return cfg
 
 

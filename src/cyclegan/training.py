@@ -101,10 +101,17 @@ def train(
         start = time.time() - progress.seconds
         with catch_interrupts() as interrupts:
 
+            committed: tuple[int, int, int] | None = None
+
             def commit() -> None:
+                nonlocal committed
+                where = (progress.epoch, progress.batch, progress.step)
+                if where == committed:
+                    return  # nothing changed since the last commit
                 with interrupts.protect():
                     states = {hook.name: hook.state_dict() for hook in all_hooks}
                     runs.save_checkpoint(run_dir, model, trainer, progress, states)
+                committed = where
 
             while progress.epoch < cfg.total_epochs and progress.step < total and not interrupted:
                 for batch in epoch_loader(dataset, cfg, progress, device):
