@@ -219,7 +219,7 @@ def _read_metadata(path: Path, metadata: dict[str, str]) -> tuple[ModelConfig, d
         model_config = model_config_from_dict(json.loads(metadata["model_config"]))
         model_config.validate()
         info = json.loads(metadata.get("info", "{}"))
-    except (KeyError, ValueError, TypeError) as err:
+    except (KeyError, ValueError, TypeError, AttributeError) as err:
         raise CycleGANError(f"{path}: damaged architecture metadata ({first_line(err)})") from None
     except CycleGANError as err:
         raise CycleGANError(f"{path}: invalid architecture metadata: {err}") from None

@@ -6,6 +6,7 @@ starts. Images are found by the rules of ``cyclegan.data``: recursively, by exte
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from PIL import Image
 
 from cyclegan.data import SPLITS
 from cyclegan.errors import CycleGANError
-from cyclegan.images import IMAGE_EXTENSIONS
+from cyclegan.images import DECODE_ERRORS, IMAGE_EXTENSIONS, first_line, load_image
 
 _LISTED = 20  # longer lists of files are cut, with a count of the rest
 
@@ -110,18 +111,22 @@ def _check_split(name: str, path: Path) -> SplitReport:
             report.ignored.append(file)
             continue
         try:
-            with Image.open(file) as image:
-                image.load()
-                report.sizes[image.size] += 1
-                report.modes[image.mode] += 1
-        except Exception as err:  # PIL raises many types (OSError, SyntaxError, ValueError, bomb errors)
-            report.unreadable.append((file, _first_line(err)))
+            image = load_image(file)  # the training decoder: EXIF rotation, modes, the pixel limit
+            mode = _header_mode(file)
+        except DECODE_ERRORS as err:
+            report.unreadable.append((file, first_line(err)))
+            continue
+        report.sizes[image.size] += 1
+        report.modes[mode] += 1
     return report
 
 
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+def _header_mode(file: Path) -> str:
+    """The file's own pixel mode (RGB, L, I;16, P…), which training converts to RGB or grey."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(file) as image:
+            return image.mode
 
 
 def _verdict(splits: list[SplitReport], train_splits: tuple[str, str]) -> tuple[list[str], list[str]]:
@@ -176,7 +181,7 @@ def format_report(report: DataReport) -> str:
         "Unreadable (decoding failed)", [f"{_relative(p, report)}: {why}" for p, why in unreadable]
     )
     ignored = [p for s in report.splits for p in s.ignored]
-    lines += _listing("Not images, ignored by training", [str(_relative(p, report)) for p in ignored])
+    lines += _listing("Not images, ignored by training", [_relative(p, report) for p in ignored])
     if report.others:
         lines.append(f"Not used by training: {', '.join(report.others)}")
     lines += [f"Warning: {w}" for w in report.warnings]
@@ -210,8 +215,10 @@ def _counts(counter: Counter[str]) -> str:
     return ", ".join(f"{key} {count}" for key, count in counter.most_common())
 
 
-def _relative(path: Path, report: DataReport) -> Path:
-    return path.relative_to(report.root) if report.root is not None else path
+def _relative(path: Path, report: DataReport) -> str:
+    """A file name as one printable line: control characters and undecodable bytes are escaped."""
+    name = str(path.relative_to(report.root) if report.root is not None else path)
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
 
 
 def _listing(title: str, items: list[str]) -> list[str]:

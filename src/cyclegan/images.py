@@ -58,7 +58,11 @@ def load_image(path: Path, channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXE
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with Image.open(path) as image:
+        try:
+            opened = Image.open(path)
+        except Image.DecompressionBombError as err:
+            raise ImageTooLarge(f"{path} is too large to decode safely: {first_line(err)}") from None
+        with opened as image:
             check_pixels(path, image.size, max_pixels)
             image.load()
             image = ImageOps.exif_transpose(image)

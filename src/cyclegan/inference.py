@@ -17,7 +17,7 @@ from cyclegan.config import ModelConfig
 from cyclegan.data import list_images, pad_to_multiple
 from cyclegan.errors import CycleGANError
 from cyclegan.files import atomic_write
-from cyclegan.images import DECODE_ERRORS, load_image, to_image, to_tensor
+from cyclegan.images import DECODE_ERRORS, first_line, load_image, to_image, to_tensor
 from cyclegan.networks import size_multiple
 
 MIN_SIZE = 8  # a ResNet's bottleneck must be at least 2x2 for its reflection padding
@@ -129,8 +129,8 @@ def translate_files(
     for src, dst in tqdm(pairs, disable=not show_progress, unit="image"):
         try:
             image = load_image(src, translator.in_channels)
-        except DECODE_ERRORS:
-            tqdm.write(f"warning: cannot read {src} as an image; skipped", file=sys.stderr)
+        except DECODE_ERRORS as err:
+            tqdm.write(f"warning: skipped {src}: {first_line(err)}", file=sys.stderr)
             failed.append(src)
             continue
         result = translator(image)
