@@ -1,8 +1,9 @@
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import subprocess
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -11,13 +12,25 @@ from conftest import write_images
 from cyclegan.cli import main
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cyclegan.cli", *args], capture_output=True, text=True, timeout=300
-    )
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
 
 
-def one_line_error(result: subprocess.CompletedProcess) -> str:
+def run_cli(*args: str) -> Result:
+    """The CLI in this process (as the console script runs it), with its output captured."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exit:  # argparse's usage errors and --help
+            code = exit.code if isinstance(exit.code, int) else 2
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+def one_line_error(result: Result) -> str:
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
