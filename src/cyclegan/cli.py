@@ -331,6 +331,59 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_parser(sub: Any) -> None:
+    from cyclegan.serve import ServeOptions
+
+    o = ServeOptions()
+    p = sub.add_parser(
+        "serve",
+        help="serve a web page and an HTTP API that translate images",
+        description="Serve a page that translates images in the browser, and an HTTP API: POST /translate, "
+        "GET /info, GET /health. A checkpoint with both generators serves both directions.",
+    )
+    p.add_argument(
+        "checkpoint",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="a run folder, a .safetensors checkpoint, or a reference generator .pth (A→B only)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument(
+        "--port", type=int, default=8000, help="port to listen on, 0 for any free one (default: 8000)"
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument(
+        "--max_pixels", type=int, default=o.max_pixels,
+        help=f"larger images are refused with 413 (default: {o.max_pixels})",
+    )  # fmt: skip
+    p.add_argument(
+        "--max_upload_mb", type=float, default=o.max_upload_mb,
+        help=f"larger uploads are refused with 413 (default: {o.max_upload_mb:g})",
+    )  # fmt: skip
+    p.add_argument(
+        "--max_batch", type=int, default=o.max_batch,
+        help=f"most images translated together; 1 turns batching off (default: {o.max_batch})",
+    )  # fmt: skip
+    p.add_argument(
+        "--max_queued", type=int, default=o.max_queued,
+        help=f"requests beyond this many waiting get 503 (default: {o.max_queued})",
+    )  # fmt: skip
+    p.set_defaults(handler=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from cyclegan.serve import ServeOptions, serve
+
+    options = ServeOptions(
+        max_pixels=args.max_pixels,
+        max_upload_mb=args.max_upload_mb,
+        max_batch=args.max_batch,
+        max_queued=args.max_queued,
+    )
+    serve(args.checkpoint, args.host, args.port, device=args.device, options=options)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="cyclegan", description="Unpaired image-to-image translation with CycleGAN.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
@@ -341,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     _demo_parser(sub)
     _download_parser(sub)
     _data_parser(sub)
+    _serve_parser(sub)
     return parser
 
 

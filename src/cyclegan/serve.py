@@ -1,0 +1,450 @@
+"""A web page and an HTTP API that translate images with a trained model (``cyclegan serve``).
+
+    GET  /           a page: drop or pick an image, see its translations beside it, download them
+    GET  /health     {"status": "ok", "queued": N}
+    GET  /info       the checkpoint's architecture, its directions and the server's limits
+    POST /translate  multipart/form-data with the file in field ``image`` and, optionally, ``direction``
+                     (AtoB or BtoA; default AtoB). Answers the translation as image/png, or as JSON
+                     {"direction", "width", "height", "media_type", "image": base64 PNG} when asked with
+                     ``?format=json`` or an Accept header naming application/json (and not image/png).
+
+Every error is ``{"error": "one line"}``: 400 a bad form or an unreadable image, 413 an upload or an image
+above the limits, 415 a body that is not multipart/form-data, 503 a full queue.
+
+One model runs at a time: requests wait in a queue that one worker thread drains. The worker decodes the
+uploads itself, so waiting requests hold compressed bytes (spooled to disk above 1 MB), not pixels, and
+memory stays bounded by the queue length whatever the load. It runs waiting images of the same direction
+and size as one batch, up to a pixel budget per batch: on a CPU batching pays only for small images.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import io
+import socket
+import threading
+import time
+import warnings
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from cyclegan.checkpoints import resolve_checkpoint
+from cyclegan.config import DIRECTIONS
+from cyclegan.devices import resolve_device
+from cyclegan.errors import CycleGANError
+from cyclegan.images import (
+    DECODE_ERRORS,
+    ImageTooLarge,
+    check_pixels,
+    first_line,
+    load_image,
+    to_image,
+    to_tensor,
+)
+from cyclegan.inference import Translator
+
+try:
+    import python_multipart  # noqa: F401 - Starlette parses forms with it, and fails late without it
+    import uvicorn
+    from fastapi import FastAPI, Request
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from starlette.concurrency import run_in_threadpool
+    from starlette.datastructures import FormData, UploadFile
+    from starlette.exceptions import HTTPException
+    from starlette.formparsers import MultiPartException, MultiPartParser
+except ModuleNotFoundError as missing:  # optional: everything but the server itself works without them
+    MISSING: str | None = missing.name
+else:
+    MISSING = None
+
+# Pixels per batch, where batching pays. Measured on 2 CPU cores with the paper's generator: through the
+# server (benchmarks/serve.py), 64 px images are served at 23.4 requests/s in batches of up to 8 against
+# 17.6 one by one; the bare generator at 256 px runs 17% slower in batches of 8. So a CPU batches images up
+# to 64x64 only. The CUDA budget is a conservative guess, not a measurement.
+BATCH_PIXELS = {"cpu": 8 * 64 * 64, "cuda": 16 * 256 * 256}
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """The server's limits and batching; the CLI's defaults come from here."""
+
+    max_pixels: int = 16_000_000  # larger images get 413 before they are decoded
+    max_upload_mb: float = 32.0  # larger request bodies get 413 before they are read
+    max_batch: int = 8  # images run together at most (1: no batching)
+    batch_window_ms: float = 5.0  # how long the worker waits for more images of a batchable size
+    max_queued: int = 64  # requests waiting beyond this get 503, so a burst cannot exhaust memory
+
+    def validate(self) -> None:
+        for name in ("max_pixels", "max_upload_mb", "max_batch", "max_queued"):
+            if getattr(self, name) <= 0:
+                raise CycleGANError(f"--{name} must be positive, got {getattr(self, name)}")
+        if self.batch_window_ms < 0:
+            raise CycleGANError(f"--batch_window_ms must not be negative, got {self.batch_window_ms}")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 2**20)
+
+
+class RequestError(CycleGANError):
+    """A request the server refuses, answered as ``{"error": message}`` with ``status``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(eq=False)
+class Job:
+    """One uploaded image waiting for ``direction``'s generator; ``size`` (from its header) groups batches."""
+
+    direction: str
+    size: tuple[int, int]
+    upload: BinaryIO
+    name: str = "the upload"
+    future: Future = field(default_factory=Future)
+
+
+class Batcher:
+    """A queue of jobs that one worker thread drains: ``work`` runs on the oldest job together with the
+    waiting jobs of the same direction and size, up to ``max_batch`` images and ``batch_pixels`` pixels.
+
+    When a batch could grow, the worker waits up to ``window`` seconds for more; jobs of other sizes keep
+    their place. ``work`` settles each job's future; an exception it raises fails the whole batch.
+    """
+
+    def __init__(
+        self,
+        work: Callable[[list[Job]], None],
+        *,
+        max_batch: int = 1,
+        batch_pixels: int = 0,
+        window: float = 0.0,
+        max_queued: int = 64,
+    ) -> None:
+        self.work, self.max_batch, self.batch_pixels = work, max_batch, batch_pixels
+        self.window, self.max_queued = window, max_queued
+        self._jobs: list[Job] = []
+        self._changed = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="cyclegan-serve", daemon=True)
+
+    @property
+    def queued(self) -> int:
+        return len(self._jobs)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        """Finish the jobs already queued, then stop the worker."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def submit(self, job: Job) -> Future:
+        with self._changed:
+            if self._closed:
+                raise RequestError(503, "the server is shutting down")
+            if len(self._jobs) >= self.max_queued:
+                raise RequestError(
+                    503, f"the server is busy ({len(self._jobs)} images waiting); retry shortly"
+                )
+            self._jobs.append(job)
+            self._changed.notify_all()
+        return job.future
+
+    def _run(self) -> None:
+        while batch := self._next_batch():
+            batch = [job for job in batch if job.future.set_running_or_notify_cancel()]  # skip abandoned
+            try:
+                if batch:
+                    self.work(batch)
+            except Exception as err:
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(err)
+
+    def _next_batch(self) -> list[Job]:
+        with self._changed:
+            self._changed.wait_for(lambda: self._jobs or self._closed)
+            if not self._jobs:
+                return []
+            first = self._jobs[0]
+            cap = min(self.max_batch, max(1, self.batch_pixels // (first.size[0] * first.size[1])))
+            deadline = time.monotonic() + self.window
+            batch = self._matching(first, cap)
+            while len(batch) < cap and not self._closed and (left := deadline - time.monotonic()) > 0:
+                self._changed.wait(left)
+                batch = self._matching(first, cap)
+            for job in batch:
+                self._jobs.remove(job)
+            return batch
+
+    def _matching(self, first: Job, cap: int) -> list[Job]:
+        return [j for j in self._jobs if (j.direction, j.size) == (first.direction, first.size)][:cap]
+
+
+def require_web() -> None:
+    if MISSING:
+        raise CycleGANError(
+            f"cyclegan serve needs FastAPI, uvicorn and python-multipart ({MISSING} is missing): "
+            "pip install -e '.[serve]'"
+        )
+
+
+def load_translators(checkpoint: Path, device: torch.device | str = "cpu") -> dict[str, Translator]:
+    """Both directions of one of our checkpoints or run folders; A→B alone for a reference ``.pth``, which
+    holds one generator."""
+    path = resolve_checkpoint(Path(checkpoint))
+    directions = DIRECTIONS if path.suffix == ".safetensors" else DIRECTIONS[:1]
+    return {d: Translator.load(path, d, device) for d in directions}
+
+
+def run_model(translator: Translator, batch: torch.Tensor) -> torch.Tensor:
+    """N×C×H×W in [-1, 1] -> translations. The one place the server runs a generator: the seam where a large
+    single image can be routed through tiled translation."""
+    return translator.translate_tensor(batch)
+
+
+def translate_jobs(translators: dict[str, Translator], max_pixels: int) -> Callable[[list[Job]], None]:
+    """The worker's ``work``: decode each upload as ``load_image`` does, translate, settle its future with
+    the translated image; a file that fails to decode fails its own job only."""
+
+    def work(jobs: list[Job]) -> None:
+        translator = translators[jobs[0].direction]
+        groups: dict[tuple[int, ...], list[tuple[Job, torch.Tensor]]] = {}
+        for job in jobs:
+            try:
+                image = load_image(job.upload, translator.in_channels, max_pixels)  # type: ignore[arg-type]
+            except DECODE_ERRORS as err:
+                job.future.set_exception(_decode_error(err, job.name))
+                continue
+            x = to_tensor(image)
+            groups.setdefault(tuple(x.shape), []).append((job, x))
+        for group in groups.values():  # one group unless a header lied about the size
+            _run_group(translator, group)
+
+    return work
+
+
+def _run_group(translator: Translator, group: list[tuple[Job, torch.Tensor]]) -> None:
+    try:
+        ys = run_model(translator, torch.stack([x for _, x in group]))
+    except CycleGANError as err:  # the translator's out-of-memory message
+        for job, _ in group:
+            job.future.set_exception(RequestError(413, str(err)))
+        return
+    for (job, _), y in zip(group, ys, strict=True):
+        job.future.set_result(to_image(y))
+
+
+def _decode_error(err: BaseException, name: str) -> RequestError:
+    if isinstance(err, ImageTooLarge):
+        return RequestError(413, str(err))
+    if isinstance(err, Image.DecompressionBombError):
+        return RequestError(413, f"{name}: {first_line(err)}")
+    if isinstance(err, UnidentifiedImageError):
+        return RequestError(400, f"{name} is not an image in a format Pillow reads")
+    return RequestError(400, f"{name} is not an image that can be read ({first_line(err)})")
+
+
+def peek_size(upload: BinaryIO, name: str, max_pixels: int) -> tuple[int, int]:
+    """(width, height) as the upload will decode, EXIF rotation included, from its header alone: what is
+    not an image, or is too large, is refused before a pixel is decoded."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(upload) as image:
+                check_pixels(name, image.size, max_pixels)
+                width, height = image.size
+                turned = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except DECODE_ERRORS as err:
+        raise _decode_error(err, name) from None
+    finally:
+        upload.seek(0)
+    return (height, width) if turned else (width, height)
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncGenerator[bytes, None]:
+    received = 0
+    async for chunk in stream:
+        received += len(chunk)
+        if received > limit:
+            raise RequestError(413, f"the upload is larger than the limit of {limit / 2**20:g} MB")
+        yield chunk
+
+
+async def read_form(request: Request, limit: int) -> FormData:
+    """The multipart form, refusing bodies above ``limit`` bytes before (or while) reading them."""
+    kind = request.headers.get("content-type", "")
+    if kind.split(";")[0].strip().lower() != "multipart/form-data":
+        sent = kind or "no content type"
+        raise RequestError(415, f"send the image as multipart/form-data (field image), not {sent}")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"the upload is larger than the limit of {limit / 2**20:g} MB")
+    parser = MultiPartParser(request.headers, _limited(request.stream(), limit), max_files=1, max_fields=2)
+    try:
+        return await parser.parse()
+    except MultiPartException as err:
+        raise RequestError(400, f"bad multipart/form-data body: {err.message}") from None
+
+
+def _wants_json(request: Request) -> bool:
+    wanted = request.query_params.get("format", "")
+    if wanted not in ("", "png", "json"):
+        raise RequestError(400, f"format must be png or json, got {wanted!r}")
+    if wanted:
+        return wanted == "json"
+    accept = request.headers.get("accept", "")
+    return "application/json" in accept and "image/png" not in accept
+
+
+def _direction(value: Any, directions: tuple[str, ...]) -> str:
+    if value is None or value == "":
+        return directions[0]
+    if value not in directions:
+        raise RequestError(400, f"direction must be {' or '.join(directions)} for this model, got {value!r}")
+    return value
+
+
+def create_app(
+    checkpoint: Path, device: torch.device | str = "cpu", options: ServeOptions | None = None
+) -> FastAPI:
+    """The web app for ``checkpoint`` (a run folder, one of our checkpoints or a reference ``.pth``).
+
+    Its worker thread runs while the app does (uvicorn, or ``with TestClient(app)``)."""
+    require_web()
+    options = options or ServeOptions()
+    options.validate()
+    translators = load_translators(checkpoint, device)
+    directions = tuple(translators)
+    first = translators[directions[0]]
+    batcher = Batcher(
+        translate_jobs(translators, options.max_pixels),
+        max_batch=options.max_batch,
+        batch_pixels=BATCH_PIXELS.get(first.device.type, 0),
+        window=options.batch_window_ms / 1000,
+        max_queued=options.max_queued,
+    )
+    info = {
+        "checkpoint": Path(checkpoint).name,
+        "directions": list(directions),
+        "model": dataclasses.asdict(first.config),
+        "channels": {d: t.in_channels for d, t in translators.items()},
+        "device": str(first.device),
+        "limits": {**dataclasses.asdict(options), "max_upload_bytes": options.max_upload_bytes},
+    }
+    page = resources.files("cyclegan").joinpath("serve.html").read_text(encoding="utf-8")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        batcher.start()
+        yield
+        await run_in_threadpool(batcher.close)
+
+    app = FastAPI(title="cyclegan", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(RequestError)
+    async def refused(_: Request, err: RequestError) -> JSONResponse:
+        return JSONResponse({"error": str(err)}, status_code=err.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, err: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(err.detail)}, status_code=err.status_code, headers=err.headers)
+
+    @app.exception_handler(Exception)
+    async def crashed(_: Request, err: Exception) -> JSONResponse:
+        return JSONResponse({"error": f"internal error: {first_line(err)}"}, status_code=500)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "queued": batcher.queued}
+
+    @app.get("/info")
+    async def model_info() -> dict[str, Any]:
+        return info
+
+    @app.post("/translate")
+    async def translate(request: Request) -> Response:
+        as_json = _wants_json(request)
+        form = await read_form(request, options.max_upload_bytes)
+        try:
+            direction = _direction(form.get("direction"), directions)
+            upload = form.get("image")
+            if not isinstance(upload, UploadFile):
+                raise RequestError(400, "no file in the form field named image")
+            if upload.size == 0:
+                raise RequestError(400, "the uploaded file is empty")
+            name = " ".join((upload.filename or "the upload").split())[:200]  # one line in errors
+            size = await run_in_threadpool(peek_size, upload.file, name, options.max_pixels)
+            image = await asyncio.wrap_future(batcher.submit(Job(direction, size, upload.file, name)))
+        finally:
+            await form.close()
+        png = await run_in_threadpool(_png, image)
+        if not as_json:
+            return Response(png, media_type="image/png", headers={"X-Direction": direction})
+        width, height = image.size
+        return JSONResponse(
+            {
+                "direction": direction,
+                "width": width,
+                "height": height,
+                "media_type": "image/png",
+                "image": base64.b64encode(png).decode("ascii"),
+            }
+        )
+
+    return app
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """Bind first, so a taken port or a bad address is a one-line error (and port 0 picks a free one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except (OSError, OverflowError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise CycleGANError(f"cannot listen on {host}:{port}: {reason}") from None
+
+
+def serve(
+    checkpoint: Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    device: str = "auto",
+    options: ServeOptions | None = None,
+) -> None:
+    """Run the web page and API for ``checkpoint`` until Ctrl-C."""
+    require_web()
+    app = create_app(checkpoint, resolve_device(device), options)
+    sock = listen(host, port)
+    bound_host, bound_port = sock.getsockname()[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    print(f"Serving {checkpoint} at http://{shown}:{bound_port}/ (Ctrl-C to stop)", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C once it has shut down cleanly
+        uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[sock])
