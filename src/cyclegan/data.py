@@ -51,7 +51,7 @@ def scaled_width_size(size: tuple[int, int], width: int, min_height: int, multip
 
 def _scale_width(image: Image.Image, width: int, min_height: int, multiple: int) -> Image.Image:
     target = scaled_width_size(image.size, width, min_height, multiple)
-    return image if image.size == target else image.resize(target, Image.BICUBIC)
+    return image if image.size == target else image.resize(target, Image.Resampling.BICUBIC)
 
 
 def pad_to_multiple(x: torch.Tensor, base: int = 4, minimum: int = 0) -> tuple[torch.Tensor, tuple[int, int]]:

@@ -305,7 +305,8 @@ def render(scene: Scene, night: bool, size: int = 64) -> np.ndarray:
     for x in np.arange(0.04, 1.0, 0.2):
         canvas.rect(float(x), lane - 0.01, float(x) + 0.1, lane + 0.01, _surface(_ROAD_MARK, night))
 
-    for thing in sorted([*scene.houses, *scene.trees], key=lambda t: t.base):  # far to near
+    things: list[House | Tree] = [*scene.houses, *scene.trees]
+    for thing in sorted(things, key=lambda t: t.base):  # far to near
         if isinstance(thing, Tree):
             _draw_tree(canvas, thing, night)
         else:

@@ -16,7 +16,7 @@ from cyclegan.errors import CycleGANError
 TEMP_SUFFIX = ".tmp"
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Write through ``write(tmp)`` to a temporary file beside ``path``, fsync, then rename over it.
 
     A crash at any point leaves either the old file or the new one, never a truncated file; a write that

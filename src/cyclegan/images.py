@@ -73,8 +73,8 @@ def check_pixels(path: Path | str, size: tuple[int, int], max_pixels: int) -> No
     width, height = size
     if width * height > max_pixels:
         raise ImageTooLarge(
-            f"{path} is {width}x{height} ({width * height / 1e6:.0f} megapixels), above the limit of "
-            f"{max_pixels / 1e6:.0f} megapixels (raise it with --max_pixels)"
+            f"{path} is {width}x{height} ({width * height / 1e6:.3g} megapixels), above the limit of "
+            f"{max_pixels / 1e6:.3g} megapixels (raise it with --max_pixels)"
         )
 
 
@@ -114,8 +114,8 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
 
 def to_image(y: torch.Tensor) -> Image.Image:
     """C×H×W in [-1, 1] -> 8-bit image, rounding (y + 1) / 2 * 255 to the nearest grey level."""
-    array = ((y.detach().float().cpu() + 1.0) / 2.0 * 255.0).round().clamp(0, 255).to(torch.uint8)
-    array = array.permute(1, 2, 0).numpy()
+    levels = ((y.detach().float().cpu() + 1.0) / 2.0 * 255.0).round().clamp(0, 255).to(torch.uint8)
+    array = levels.permute(1, 2, 0).numpy()
     return Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
 
 

@@ -125,7 +125,10 @@ class UnetSkipConnectionBlock(nn.Module):
         down_conv = nn.Conv2d(input_nc or outer_nc, inner_nc, 4, stride=2, padding=1, bias=bias)
         up_in = inner_nc if innermost else inner_nc * 2
         layers: list[nn.Module]
+        if not innermost and submodule is None:
+            raise ValueError("only the innermost U-Net level has no submodule")
         if outermost:
+            assert submodule is not None
             up_conv = nn.ConvTranspose2d(up_in, outer_nc, 4, stride=2, padding=1)
             layers = [down_conv, submodule, nn.ReLU(True), up_conv, nn.Tanh()]
         else:
@@ -135,6 +138,7 @@ class UnetSkipConnectionBlock(nn.Module):
             if innermost:
                 layers = down + up
             else:
+                assert submodule is not None
                 layers = [*down, norm_layer(norm, inner_nc), submodule, *up]
                 if use_dropout:
                     layers.append(nn.Dropout(0.5))

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -62,7 +63,7 @@ def train(
     """
     cfg.validate()
     resuming = run_dir is not None
-    if resuming:
+    if run_dir is not None:
         run_dir = Path(run_dir)
         runs.check_resume(runs.resume_config(run_dir), cfg)
     else:
@@ -74,7 +75,7 @@ def train(
         torch.manual_seed(cfg.seed)  # initial weights and dropout; a resumed run restores the saved RNG state
         model = CycleGAN(cfg.model).to(device)
         trainer = CycleGANTrainer(model, cfg, cfg.seed)
-        progress, hook_states = Progress(), {}
+        progress, hook_states = Progress(), dict[str, Any]()
         if resuming and _has_checkpoint(run_dir):
             progress, hook_states, message = runs.load_checkpoint(run_dir, model, trainer, device)
             note(message)
@@ -100,7 +101,6 @@ def train(
         interrupted = False
         start = time.time() - progress.seconds
         with catch_interrupts() as interrupts:
-
             committed: tuple[int, int, int] | None = None
 
             def commit() -> None:
