@@ -75,7 +75,12 @@ def export_onnx(checkpoint: Path, out: Path, *, direction: str = "AtoB", overwri
     onnx.helper.set_model_props(model, metadata(config, direction, *channels))
     model.doc_string = f"CycleGAN {config.netG} generator ({direction}); see metadata_props for the contract"
     onnx.checker.check_model(model)
-    atomic_write(out, lambda tmp: tmp.write_bytes(model.SerializeToString()))
+    data = model.SerializeToString()
+
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(data)
+
+    atomic_write(out, write)
     return out
 
 
@@ -90,7 +95,7 @@ def _trace(generator: nn.Module, multiple: int) -> bytes:
         torch.onnx.export(
             generator.eval(),
             (sample,),
-            buffer,
+            buffer,  # type: ignore[arg-type]  # the TorchScript exporter writes to file objects too
             dynamo=False,
             opset_version=OPSET,
             input_names=[INPUT],
