@@ -125,7 +125,8 @@ def _translate_parser(sub: Any) -> None:
         "--checkpoint",
         required=True,
         type=Path,
-        help="a run folder, a .safetensors checkpoint, or a reference generator .pth",
+        help="a run folder, a .safetensors checkpoint, a reference generator .pth, or (with --backend "
+        "onnxruntime) a model written by cyclegan export",
     )
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--direction", choices=("AtoB", "BtoA"), default="AtoB", help="which generator to use")
@@ -136,6 +137,14 @@ def _translate_parser(sub: Any) -> None:
         help="output format (default: png, lossless)",
     )  # fmt: skip
     p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality, 1-100 (default: 95)")
+    p.add_argument(
+        "--backend", choices=("torch", "onnxruntime"), default="torch",
+        help="run the model with PyTorch, or an exported .onnx model with onnxruntime (default: torch)",
+    )  # fmt: skip
+    p.add_argument(
+        "--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+        help="compute precision of the torch backend: bf16 on CPU or CUDA, fp16 on CUDA (default: fp32)",
+    )  # fmt: skip
     p.set_defaults(handler=_run_translate)
 
 
@@ -149,11 +158,42 @@ def _run_translate(args: argparse.Namespace) -> int:
         args.out,
         direction=args.direction,
         device=resolve_device(args.device),
+        backend=args.backend,
+        precision=args.precision,
         overwrite=args.overwrite,
         image_format=args.image_format,
         quality=args.quality,
     )
     print(f"Wrote {len(written)} image(s) to {args.out}")
+    return 0
+
+
+def _export_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a generator to ONNX, to run without PyTorch",
+        description="Export one generator to an ONNX file with dynamic batch, height and width; its metadata "
+        "records the architecture, direction and input/output contract. Run it with "
+        "cyclegan translate --backend onnxruntime, or any ONNX runtime.",
+    )
+    p.add_argument(
+        "checkpoint",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="a run folder, a .safetensors checkpoint, or a reference generator .pth",
+    )
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="file format (default: onnx)")
+    p.add_argument("--out", required=True, type=Path, help="the file to write, e.g. model.onnx")
+    p.add_argument("--direction", choices=("AtoB", "BtoA"), default="AtoB", help="which generator to export")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.set_defaults(handler=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from cyclegan.export import export_onnx
+
+    path = export_onnx(args.checkpoint, args.out, direction=args.direction, overwrite=args.overwrite)
+    print(f"Wrote {path}")
     return 0
 
 
@@ -389,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
     _train_parser(sub)
     _translate_parser(sub)
+    _export_parser(sub)
     _eval_parser(sub)
     _report_parser(sub)
     _demo_parser(sub)

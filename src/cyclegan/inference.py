@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
@@ -20,8 +21,13 @@ from cyclegan.files import atomic_write
 from cyclegan.images import DECODE_ERRORS, first_line, load_image, to_image, to_tensor
 from cyclegan.networks import size_multiple
 
+if TYPE_CHECKING:
+    from cyclegan.export import OnnxTranslator
+
 MIN_SIZE = 8  # a ResNet's bottleneck must be at least 2x2 for its reflection padding
 FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
+BACKENDS = ("torch", "onnxruntime")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Translator:
@@ -65,6 +71,54 @@ class Translator:
         return to_image(self.translate_tensor(to_tensor(image)))
 
 
+class Autocast(nn.Module):
+    """Runs a generator under autocast at reduced precision and returns float32, so callers see no change."""
+
+    def __init__(self, generator: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.generator, self.dtype = generator, dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=self.dtype):
+            return self.generator(x).float()
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``--precision`` on ``device`` (None for fp32), or a one-line refusal."""
+    if precision not in PRECISIONS:
+        raise CycleGANError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp16" and device.type != "cuda":
+        raise CycleGANError("--precision fp16 needs a CUDA device; on the CPU use bf16 or fp32")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise CycleGANError(f"--precision bf16: {device} does not support bfloat16; use fp16 or fp32")
+    return PRECISIONS[precision]
+
+
+def load_translator(
+    checkpoint: Path,
+    direction: str = "AtoB",
+    device: torch.device | str = "cpu",
+    backend: str = "torch",
+    precision: str = "fp32",
+) -> Translator | OnnxTranslator:
+    """A Translator for ``backend``: PyTorch (at ``precision``) on our checkpoints, or onnxruntime on a model
+    written by ``cyclegan export``. Both map PIL images and tensors the same way."""
+    device = torch.device(device)
+    if backend == "onnxruntime":
+        if precision != "fp32":
+            raise CycleGANError("--precision applies to the torch backend; an ONNX model runs in float32")
+        from cyclegan.export import load_onnx_translator
+
+        return load_onnx_translator(Path(checkpoint), direction, device)
+    if backend != "torch":
+        raise CycleGANError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    dtype = autocast_dtype(precision, device)
+    if Path(checkpoint).suffix == ".onnx":
+        raise CycleGANError(f"{checkpoint} is an ONNX model; run it with --backend onnxruntime")
+    generator, config = load_generator(Path(checkpoint), direction)
+    return Translator(generator if dtype is None else Autocast(generator, dtype), config, device)
+
+
 def collect_inputs(inputs: Iterable[Path], out_dir: Path, suffix: str = ".png") -> list[tuple[Path, Path]]:
     """(source, destination) pairs: a file keeps its name, a folder's images keep their relative paths;
     every output gets ``suffix`` (lossless PNG unless asked otherwise)."""
@@ -97,13 +151,15 @@ def translate_files(
     *,
     direction: str = "AtoB",
     device: torch.device | str = "cpu",
+    backend: str = "torch",
+    precision: str = "fp32",
     overwrite: bool = False,
     image_format: str = "png",
     quality: int = 95,
     show_progress: bool = True,
 ) -> list[Path]:
     """Translate image files and folders into ``out_dir`` as ``image_format`` files (lossless PNG by
-    default; ``quality`` is for JPEG and WebP); returns the written files.
+    default; ``quality`` is for JPEG and WebP) with :func:`load_translator`; returns the written files.
 
     Unreadable images are reported and skipped; if any were, a CycleGANError naming them is raised at the end,
     after every readable image has been written. Existing outputs are kept unless ``overwrite``.
@@ -123,7 +179,7 @@ def translate_files(
             raise CycleGANError(
                 f"{existing[0]} exists ({len(existing)} outputs in all); pass --overwrite to replace"
             )
-    translator = Translator.load(checkpoint, direction, device)
+    translator = load_translator(checkpoint, direction, device, backend, precision)
     options = {"quality": quality} if image_format != "png" else {}
     written, failed = [], []
     for src, dst in tqdm(pairs, disable=not show_progress, unit="image"):
