@@ -282,3 +282,31 @@ def test_batches_of_mixed_sizes_are_refused_up_front(tmp_path: Path) -> None:
     cfg = tiny_config(root, tmp_path, preprocess="scale_width", load_size=32, crop_size=16, batch_size=2)
     with pytest.raises(CycleGANError, match="cannot share a batch"):
         train(cfg, show_progress=False)
+
+
+def test_a_full_disk_while_translating_is_one_line_and_leaves_no_partial_file(
+    tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_images(tmp_path / "in", 2)
+
+    def full(self: Image.Image, fp: object, *args: object, **kwargs: object) -> None:
+        Path(str(fp)).write_bytes(b"\x89PNG partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full)
+    with pytest.raises(CycleGANError, match="disk is full"):
+        translate_files([tmp_path / "in"], checkpoint, tmp_path / "out", show_progress=False)
+    assert not list((tmp_path / "out").iterdir())
+
+
+def test_eval_of_images_too_small_for_its_metrics_is_one_line(
+    tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for split in ("testA", "testB"):
+        (tmp_path / "data" / split).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (3, 2), (i * 90, 20, 20)).save(tmp_path / "data" / split / f"{i}.png")
+    code = main(["eval", str(checkpoint), "--dataroot", str(tmp_path / "data"), "--paired",
+                 "--out", str(tmp_path / "eval"), "--kid_subsets", "2"])  # fmt: skip
+    assert code == 2
+    assert "SSIM needs images of at least" in one_line(capsys)

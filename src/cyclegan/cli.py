@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cyclegan.config import ModelConfig, TrainConfig
+from cyclegan.config import DIRECTIONS, ModelConfig, TrainConfig
 from cyclegan.errors import CycleGANError
 
 
@@ -129,7 +129,7 @@ def _translate_parser(sub: Any) -> None:
         "onnxruntime) a model written by cyclegan export",
     )
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--direction", choices=("AtoB", "BtoA"), default="AtoB", help="which generator to use")
+    p.add_argument("--direction", choices=DIRECTIONS, default="AtoB", help="which generator to use")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument(
@@ -184,7 +184,7 @@ def _export_parser(sub: Any) -> None:
     )
     p.add_argument("--format", choices=("onnx",), default="onnx", help="file format (default: onnx)")
     p.add_argument("--out", required=True, type=Path, help="the file to write, e.g. model.onnx")
-    p.add_argument("--direction", choices=("AtoB", "BtoA"), default="AtoB", help="which generator to export")
+    p.add_argument("--direction", choices=DIRECTIONS, default="AtoB", help="which generator to export")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(handler=_run_export)
 
