@@ -22,6 +22,7 @@ from conftest import tiny_config
 from PIL import Image
 
 from cyclegan import cli, download
+from cyclegan.bulk import translate_files
 from cyclegan.checkpoints import load_generator
 from cyclegan.download import (
     DATASETS,
@@ -33,7 +34,6 @@ from cyclegan.download import (
     resolve_base_url,
 )
 from cyclegan.errors import CycleGANError
-from cyclegan.inference import translate_files
 from cyclegan.networks import NLayerDiscriminator, ResnetGenerator
 from cyclegan.training import train
 
@@ -489,7 +489,7 @@ def test_model_downloads_verifies_and_translates(
     assert "horse2zebra ready" in capsys.readouterr().err
     (tmp_path / "photo.png").write_bytes(_png((30, 22)))
     written = translate_files([tmp_path / "photo.png"], path, tmp_path / "out", show_progress=False)
-    assert Image.open(written[0]).size == (30, 22)
+    assert Image.open(written.written[0]).size == (30, 22)
 
     mtime = path.stat().st_mtime_ns
     download_model("horse2zebra", root, base_url=server.base, progress=False)

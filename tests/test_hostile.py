@@ -22,10 +22,11 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from cyclegan import checkpoints
+from cyclegan.bulk import translate_files
 from cyclegan.cli import main
 from cyclegan.config import ModelConfig
 from cyclegan.errors import CycleGANError
-from cyclegan.inference import Translator, translate_files
+from cyclegan.inference import Translator
 from cyclegan.model import CycleGAN
 from cyclegan.networks import build_generator
 from cyclegan.training import train
@@ -153,7 +154,7 @@ def test_tiny_images_translate_at_their_own_size(tmp_path: Path, checkpoint: Pat
     for size in ((1, 1), (2, 3), (4, 4), (5, 2)):
         Image.new("RGB", size, (200, 10, 10)).save(tmp_path / f"tiny_{size[0]}x{size[1]}.png")
     written = translate_files([tmp_path], checkpoint, tmp_path / "out", show_progress=False)
-    assert sorted(Image.open(p).size for p in written) == [(1, 1), (2, 3), (4, 4), (5, 2)]
+    assert sorted(Image.open(p).size for p in written.written) == [(1, 1), (2, 3), (4, 4), (5, 2)]
 
 
 def test_huge_and_bomb_images_are_skipped_with_a_count(
@@ -186,7 +187,7 @@ def test_images_whose_channels_differ_from_the_model(tmp_path: Path) -> None:
     path = tmp_path / "grey.safetensors"
     checkpoints.save_weights(path, CycleGAN(grey).networks(), grey, {})
     write_images(tmp_path / "rgb", 1, size=(12, 8))
-    (out,) = translate_files([tmp_path / "rgb"], path, tmp_path / "out", show_progress=False)
+    (out,) = translate_files([tmp_path / "rgb"], path, tmp_path / "out", show_progress=False).written
     assert Image.open(out).mode == "L" and Image.open(out).size == (12, 8)  # RGB is converted to grey
     four = build_generator(ModelConfig(ngf=4, input_nc=4, output_nc=3))
     with pytest.raises(CycleGANError, match="only 1 and 3 are supported"):

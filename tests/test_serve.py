@@ -24,9 +24,9 @@ from PIL import Image
 
 import cyclegan
 from cyclegan import checkpoints, serve
+from cyclegan.bulk import translate_files
 from cyclegan.cli import main
 from cyclegan.config import ModelConfig
-from cyclegan.inference import translate_files
 from cyclegan.model import CycleGAN
 from cyclegan.networks import ResnetGenerator
 
@@ -75,7 +75,7 @@ def pixels(data: bytes) -> np.ndarray:
 def expected(checkpoint: Path, images: list[Path], direction: str, out: Path) -> dict[str, np.ndarray]:
     """What ``cyclegan translate`` writes for each image, by file name."""
     written = translate_files(images, checkpoint, out / direction, direction=direction, show_progress=False)
-    return {p.name: np.asarray(Image.open(p)) for p in written}
+    return {p.name: np.asarray(Image.open(p)) for p in written.written}
 
 
 def bomb_png(width: int, height: int) -> bytes:

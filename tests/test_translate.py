@@ -9,9 +9,10 @@ from conftest import write_images
 from PIL import Image
 
 from cyclegan import checkpoints
+from cyclegan.bulk import translate_files
 from cyclegan.config import ModelConfig
 from cyclegan.errors import CycleGANError
-from cyclegan.inference import Translator, translate_files
+from cyclegan.inference import Translator
 from cyclegan.model import CycleGAN
 from cyclegan.networks import ResnetGenerator, build_discriminator
 
@@ -38,10 +39,10 @@ def test_images_keep_their_size_and_name_and_match_the_reference_conversion(
 ) -> None:
     write_images(tmp_path / "in", 2, size=(37, 29))
     Image.new("L", (20, 24), 100).save(tmp_path / "gray.jpg")
-    written = translate_files(
+    done = translate_files(
         [tmp_path / "in", tmp_path / "gray.jpg"], checkpoint, tmp_path / "out", show_progress=False
     )
-    assert sorted(p.name for p in written) == ["gray.png", "img_000.png", "img_001.png"]  # lossless
+    assert sorted(p.name for p in done.written) == ["gray.png", "img_000.png", "img_001.png"]  # lossless
     out = Image.open(tmp_path / "out" / "img_000.png")
     assert out.size == (37, 29)
     assert Image.open(tmp_path / "out" / "gray.png").size == (20, 24)
@@ -68,7 +69,7 @@ def test_reference_generator_files_and_run_folders_are_accepted(
     backward = translate_files(
         [tmp_path / "in"], tmp_path / "run", tmp_path / "out2", direction="BtoA", show_progress=False
     )
-    assert len(backward) == 1
+    assert len(backward.written) == 1
     a, b = Translator.load(checkpoint, "AtoB"), Translator.load(checkpoint, "BtoA")
     assert not torch.equal(next(a.generator.parameters()), next(b.generator.parameters()))
 
@@ -94,7 +95,7 @@ def test_translation_errors_are_one_line(tmp_path: Path, checkpoint: Path) -> No
 def test_unreadable_images_are_reported_after_the_rest_are_written(tmp_path: Path, checkpoint: Path) -> None:
     write_images(tmp_path / "in", 2)
     (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG broken")
-    with pytest.raises(CycleGANError, match="1 of 3 images could not be read"):
+    with pytest.raises(CycleGANError, match=r"2 translated, 0 skipped .*, 1 unreadable"):
         translate_files([tmp_path / "in"], checkpoint, tmp_path / "out", show_progress=False)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["img_000.png", "img_001.png"]
 
@@ -103,8 +104,8 @@ def test_existing_outputs_are_kept_unless_overwrite(tmp_path: Path, checkpoint: 
     write_images(tmp_path / "in", 1)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "img_000.png").write_bytes(b"mine")
-    with pytest.raises(CycleGANError, match="pass --overwrite"):
-        translate_files([tmp_path / "in"], checkpoint, tmp_path / "out", show_progress=False)
+    done = translate_files([tmp_path / "in"], checkpoint, tmp_path / "out", show_progress=False)
+    assert done.written == [] and done.skipped == [tmp_path / "out" / "img_000.png"]
     assert (tmp_path / "out" / "img_000.png").read_bytes() == b"mine"
     translate_files([tmp_path / "in"], checkpoint, tmp_path / "out", overwrite=True, show_progress=False)
     assert Image.open(tmp_path / "out" / "img_000.png").size == (40, 40)

@@ -118,7 +118,9 @@ def _translate_parser(sub: Any) -> None:
     p = sub.add_parser(
         "translate",
         help="translate images with a trained model",
-        description="Translate image files and folders at each image's own size, keeping file names.",
+        description="Translate image files and folders at each image's own size, keeping file names. "
+        "Outputs already there are skipped, so an interrupted run continues where it stopped. Under "
+        "`torchrun --nproc_per_node N -m cyclegan translate ...` each process takes every N-th image.",
     )
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders")
     p.add_argument(
@@ -131,7 +133,7 @@ def _translate_parser(sub: Any) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--direction", choices=DIRECTIONS, default="AtoB", help="which generator to use")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--overwrite", action="store_true", help="translate again images whose output exists")
     p.add_argument(
         "--format", dest="image_format", choices=("png", "jpg", "webp"), default="png",
         help="output format (default: png, lossless)",
@@ -145,26 +147,38 @@ def _translate_parser(sub: Any) -> None:
         "--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
         help="compute precision of the torch backend: bf16 on CPU or CUDA, fp16 on CUDA (default: fp32)",
     )  # fmt: skip
+    p.add_argument(
+        "--batch_size", type=int, help="same-size images translated at once (default: 8 on a GPU, 1 on a CPU)"
+    )
+    p.add_argument(
+        "--num_workers",
+        type=int,
+        help="threads decoding, and as many writing (default: CPU count, at most 8)",
+    )
     p.set_defaults(handler=_run_translate)
 
 
 def _run_translate(args: argparse.Namespace) -> int:
+    from cyclegan.bulk import Shard, translate_files
     from cyclegan.devices import resolve_device
-    from cyclegan.inference import translate_files
 
-    written = translate_files(
+    shard = Shard.from_env()
+    done = translate_files(
         args.inputs,
         args.checkpoint,
         args.out,
         direction=args.direction,
-        device=resolve_device(args.device),
+        device=shard.device(resolve_device(args.device)),
         backend=args.backend,
         precision=args.precision,
         overwrite=args.overwrite,
         image_format=args.image_format,
         quality=args.quality,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        shard=shard,
     )
-    print(f"Wrote {len(written)} image(s) to {args.out}")
+    print(f"{done.summary()}; outputs in {args.out}")
     return 0
 
 

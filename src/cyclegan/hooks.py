@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
 from cyclegan import checkpoints, metrics, runs
@@ -22,8 +23,8 @@ from cyclegan.config import TrainConfig
 from cyclegan.data import domain_folders, eval_transform, list_images
 from cyclegan.errors import CycleGANError
 from cyclegan.evaluation import evaluate_model, real_features
+from cyclegan.files import atomic_write
 from cyclegan.images import DECODE_ERRORS, load_image
-from cyclegan.inference import save_sample_grid
 from cyclegan.model import LOSS_NAMES, CycleGAN, CycleGANTrainer
 from cyclegan.report import write_report
 from cyclegan.runs import Progress
@@ -168,6 +169,25 @@ class Report(Hook):
             write_report(run.run_dir)
         except Exception as err:  # the trained model matters more than its page
             note(f"warning: the report could not be written ({type(err).__name__}: {err})")
+
+
+@torch.no_grad()
+def cycle_grid(model: CycleGAN, real_A: torch.Tensor, real_B: torch.Tensor) -> torch.Tensor:
+    """Rows of real A | G_A(A) | G_B(G_A(A)) | real B | G_B(B) | G_A(G_B(B)), in [0, 1]."""
+    was_training = model.training
+    model.eval()
+    fake_B = model.G_A(real_A)
+    fake_A = model.G_B(real_B)
+    columns = [real_A, fake_B, model.G_B(fake_B), real_B, fake_A, model.G_A(fake_A)]
+    model.train(was_training)
+    columns = [c.expand(-1, 3, -1, -1) if c.shape[1] == 1 else c for c in columns]
+    tiles = torch.stack(columns, 1).flatten(0, 1)
+    return make_grid((tiles.float().cpu() + 1) / 2, nrow=len(columns), padding=2, pad_value=1.0)
+
+
+def save_sample_grid(path: Path, model: CycleGAN, real_A: torch.Tensor, real_B: torch.Tensor) -> None:
+    grid = cycle_grid(model, real_A, real_B)
+    atomic_write(path, lambda tmp: save_image(grid, tmp, format="png"))
 
 
 def default_hooks(cfg: TrainConfig, report: bool = True) -> list[Hook]:

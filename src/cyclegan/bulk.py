@@ -1,0 +1,357 @@
+"""Translating folders of images: decode ahead, batch same-size images, write behind, resume, shard.
+
+``cyclegan translate`` is this module. Under torchrun each process takes every WORLD_SIZE-th input, so a
+collection splits over GPUs and machines without overlap and without a process group.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from cyclegan.data import list_images
+from cyclegan.errors import CycleGANError
+from cyclegan.files import atomic_write
+from cyclegan.images import DECODE_ERRORS, first_line, load_image, to_image, to_tensor
+from cyclegan.inference import Translator, load_translator
+
+FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of a bulk job: every ``world_size``-th input, starting at ``rank``.
+
+    Disjoint sharding needs no process group, only the variables torchrun sets for each process.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Shard:
+        """From RANK, WORLD_SIZE and LOCAL_RANK (as torchrun sets them); one process when unset."""
+        env = os.environ if environ is None else environ
+        try:
+            shard = cls(*(int(env.get(name, default)) for name, default in SHARD_VARIABLES))
+        except ValueError:
+            found = ", ".join(f"{name}={env.get(name)!r}" for name, _ in SHARD_VARIABLES)
+            raise CycleGANError(f"RANK, WORLD_SIZE and LOCAL_RANK must be integers, got {found}") from None
+        if not (0 <= shard.rank < shard.world_size and shard.local_rank >= 0):
+            raise CycleGANError(
+                f"RANK must be in 0..WORLD_SIZE-1 and LOCAL_RANK at least 0, got RANK={shard.rank} "
+                f"WORLD_SIZE={shard.world_size} LOCAL_RANK={shard.local_rank}"
+            )
+        return shard
+
+    @property
+    def label(self) -> str:
+        return f"rank {self.rank}/{self.world_size}" if self.world_size > 1 else ""
+
+    def device(self, device: torch.device) -> torch.device:
+        """A GPU named without an index (``cuda``, or ``auto`` on a GPU machine) becomes cuda:LOCAL_RANK,
+        so each rank on a node gets its own; an explicit cuda:N is kept."""
+        if device.type != "cuda" or device.index is not None:
+            return device
+        if self.local_rank >= torch.cuda.device_count():
+            raise CycleGANError(
+                f"LOCAL_RANK {self.local_rank} has no GPU: only {torch.cuda.device_count()} on this machine"
+            )
+        return torch.device("cuda", self.local_rank)
+
+
+SHARD_VARIABLES = (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"))
+
+
+@dataclass
+class Translated:
+    """What one :func:`translate_files` call did."""
+
+    written: list[Path]
+    skipped: list[Path]  # outputs that were already there
+    unreadable: list[Path]  # inputs that could not be decoded
+    shard: Shard = field(default_factory=Shard)
+
+    def summary(self) -> str:
+        where = f"{self.shard.label}: " if self.shard.label else ""
+        return (
+            f"{where}{len(self.written)} translated, {len(self.skipped)} skipped (already done), "
+            f"{len(self.unreadable)} unreadable"
+        )
+
+
+class UnreadableImages(CycleGANError):
+    """Raised after everything readable is written, so the CLI exits 2 with the summary as its line."""
+
+    def __init__(self, done: Translated) -> None:
+        self.done = done
+        super().__init__(f"{done.summary()} (first unreadable: {done.unreadable[0]})")
+
+
+def collect_inputs(inputs: Iterable[Path], out_dir: Path, suffix: str = ".png") -> list[tuple[Path, Path]]:
+    """(source, destination) pairs: a file keeps its name, a folder's images keep their relative paths;
+    every output gets ``suffix`` (lossless PNG unless asked otherwise)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CycleGANError(f"--out {out_dir} exists and is not a folder")
+    pairs: list[tuple[Path, Path]] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            pairs += [(p, (out_dir / p.relative_to(item)).with_suffix(suffix)) for p in list_images(item)]
+        elif item.is_file():
+            pairs.append((item, (out_dir / item.name).with_suffix(suffix)))
+        else:
+            raise CycleGANError(f"input not found: {item}")
+    if not pairs:
+        raise CycleGANError("no images to translate in the given inputs")
+    seen: dict[Path, Path] = {}
+    for src, dst in pairs:
+        if dst in seen:
+            raise CycleGANError(f"{src} and {seen[dst]} would both be written to {dst}")
+        if dst.resolve() == src.resolve():
+            raise CycleGANError(f"--out would overwrite the input {src}; choose another folder")
+        seen[dst] = src
+    return pairs
+
+
+def translate_files(
+    inputs: Iterable[Path],
+    model: Translator | Path | str,
+    out_dir: Path,
+    *,
+    direction: str = "AtoB",
+    device: torch.device | str = "cpu",
+    backend: str = "torch",
+    precision: str = "fp32",
+    overwrite: bool = False,
+    image_format: str = "png",
+    quality: int = 95,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    shard: Shard | None = None,
+    show_progress: bool = True,
+) -> Translated:
+    """Translate image files and folders into ``out_dir`` as ``image_format`` files (lossless PNG by
+    default; ``quality`` is for JPEG and WebP), each at its own size.
+
+    ``model`` is a ready translator, or a checkpoint that :func:`load_translator` reads with ``direction``,
+    ``device``, ``backend`` and ``precision``. ``num_workers`` threads (default: one per CPU, at most 8)
+    decode ahead and as many encode and write behind while the model runs; same-size images are translated
+    ``batch_size`` at a time (default: :func:`default_batch_size`; lower it if memory runs out).
+
+    Images are converted to the channels the model takes: a grey model gets RGB images as their
+    luminance, an RGB model gets grey images copied to all three channels (transparent and palette
+    images are put on white first); outputs have the model's output channels.
+
+    Resumable: outputs that already exist are complete (writes are atomic), so they are skipped, not
+    redone, unless ``overwrite``. With a ``shard`` (the CLI makes one from torchrun's environment) only
+    every ``world_size``-th input from ``rank`` is done, chosen before skipping, so ranks never overlap.
+
+    Path problems (an output in the way, a read-only or misplaced folder) fail before anything is written.
+    Unreadable images get one warning each and are skipped; if there were any, :class:`UnreadableImages`
+    is raised at the end, after everything readable has been written.
+    """
+    if image_format not in FORMATS:
+        raise CycleGANError(f"--format must be one of {', '.join(FORMATS)}, got {image_format!r}")
+    if not 1 <= quality <= 100:
+        raise CycleGANError(f"--quality must be between 1 and 100, got {quality}")
+    for name, number in (("--batch_size", batch_size), ("--num_workers", num_workers)):
+        if number is not None and number < 1:
+            raise CycleGANError(f"{name} must be at least 1, got {number}")
+    out_dir = Path(out_dir)
+    shard = shard or Shard()
+    pairs = collect_inputs(inputs, out_dir, f".{image_format}")
+    check_outputs([dst for _, dst in pairs], out_dir)
+    mine = pairs[shard.rank :: shard.world_size]
+    existing = set() if overwrite else {dst for _, dst in mine if dst.exists()}
+    skipped = [dst for _, dst in mine if dst in existing]
+    todo = [(src, dst) for src, dst in mine if dst not in existing]
+    translator = (
+        load_translator(Path(model), direction, device, backend, precision)
+        if isinstance(model, (str, Path))
+        else model
+    )
+    batch_size = default_batch_size(translator.device) if batch_size is None else batch_size
+    num_workers = default_workers() if num_workers is None else num_workers
+    progress = tqdm(
+        total=len(todo), unit="image", desc=shard.label or None, disable=None if show_progress else True
+    )
+    with progress as bar:
+        written, unreadable = _translate_all(
+            translator, todo, saver(image_format, quality), batch_size, num_workers, bar
+        )
+    done = Translated(written, skipped, unreadable, shard)
+    if unreadable:
+        raise UnreadableImages(done)
+    return done
+
+
+def default_batch_size(device: torch.device) -> int:
+    """8 on a GPU, where batches fill the chip; 1 on a CPU, where a batch of 8 paper-sized generators'
+    activations spills out of cache and runs 25% slower than one at a time (benchmarks/bulk.py)."""
+    return 1 if device.type == "cpu" else 8
+
+
+def default_workers() -> int:
+    """One decoding and one writing thread per CPU, at most 8 of each."""
+    return min(8, os.cpu_count() or 1)
+
+
+def check_outputs(outputs: Sequence[Path], out_dir: Path) -> None:
+    """Fail before any work, in one line, if an output cannot be written where it belongs."""
+    for dst in outputs:
+        if dst.is_dir() or dst.is_symlink():
+            raise CycleGANError(f"cannot write {dst}: a folder or link is in the way")
+    root = out_dir.resolve()
+    for folder in sorted({dst.parent for dst in outputs}):
+        existing = next(p for p in (folder, *folder.parents) if p.exists() or p.is_symlink())
+        if not existing.is_dir():
+            raise CycleGANError(f"cannot write into {folder}: {existing} is not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise CycleGANError(f"cannot write into {folder}: {existing} is read-only")
+        if not folder.resolve().is_relative_to(root):
+            raise CycleGANError(f"cannot write into {folder}: a link there leads out of {out_dir}")
+
+
+def _translate_all(
+    translator: Translator,
+    todo: Sequence[tuple[Path, Path]],
+    save: Callable[[Path, torch.Tensor], None],
+    batch_size: int,
+    workers: int,
+    bar: tqdm,
+) -> tuple[list[Path], list[Path]]:
+    """Decode ahead, translate same-size batches, write behind; returns (written, unreadable)."""
+    unreadable: list[Path] = []
+    sources = [src for src, _ in todo]
+    with (
+        Writer(save, workers, 2 * batch_size, on_written=bar.update) as writer,
+        closing(decode_ahead(sources, translator.in_channels, workers, 2 * batch_size + workers)) as decoded,
+    ):
+        for batch in same_size_batches(_readable(decoded, sources, unreadable, bar), batch_size):
+            y = translator.translate_tensor(torch.stack([x for _, x in batch])).cpu()
+            for (i, _), result in zip(batch, y, strict=True):
+                writer.submit(todo[i][1], result)
+    return writer.written, unreadable
+
+
+def saver(image_format: str, quality: int) -> Callable[[Path, torch.Tensor], None]:
+    """Writes a C×H×W result in [-1, 1] atomically as an 8-bit ``image_format`` file."""
+    options = {"quality": quality} if image_format != "png" else {}
+
+    def save(dst: Path, y: torch.Tensor) -> None:
+        image = to_image(y)
+        atomic_write(dst, lambda tmp: image.save(tmp, format=FORMATS[image_format], **options))
+
+    return save
+
+
+def decode_ahead(
+    paths: Sequence[Path], channels: int, threads: int, ahead: int
+) -> Generator[torch.Tensor | str, None, None]:
+    """Each image as a C×H×W tensor in [-1, 1] (or the reason it cannot be read), in order, decoded by
+    ``threads`` threads at most ``ahead`` images ahead of the consumer.
+
+    Threads, not DataLoader processes: Pillow and torch release the GIL while decoding and scaling, and
+    threads start instantly and pass tensors without copying (benchmarks/bulk.py measures both).
+    """
+
+    def decode(path: Path) -> torch.Tensor | str:
+        try:
+            return to_tensor(load_image(path, channels))
+        except DECODE_ERRORS as error:
+            return first_line(error)
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool:
+        waiting: deque[Future[torch.Tensor | str]] = deque()
+        for path in paths:
+            waiting.append(pool.submit(decode, path))
+            if len(waiting) > ahead:
+                yield waiting.popleft().result()
+        while waiting:
+            yield waiting.popleft().result()
+
+
+def _readable(
+    decoded: Iterable[torch.Tensor | str],
+    sources: Sequence[Path],
+    unreadable: list[Path],
+    bar: tqdm,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """(index, tensor) for each decoded image; one warning for each unreadable one, which is counted."""
+    for i, x in enumerate(decoded):
+        if isinstance(x, str):
+            bar.write(f"warning: cannot read {sources[i]} as an image ({x}); skipped", file=sys.stderr)
+            unreadable.append(sources[i])
+            bar.update()
+        else:
+            yield i, x
+
+
+def same_size_batches(
+    items: Iterable[tuple[int, torch.Tensor]], batch_size: int, hold: int = 4
+) -> Iterator[list[tuple[int, torch.Tensor]]]:
+    """Group (index, C×H×W) items into batches of one shape, in arrival order within a shape.
+
+    Items wait in a bucket per shape until it is full; at most ``hold`` batches' worth wait in all (the
+    fullest bucket goes first when a folder has many sizes), so memory stays bounded.
+    """
+    buckets: dict[torch.Size, list[tuple[int, torch.Tensor]]] = {}
+    waiting = 0
+    for index, x in items:
+        bucket = buckets.setdefault(x.shape, [])
+        bucket.append((index, x))
+        waiting += 1
+        if len(bucket) == batch_size or waiting > hold * batch_size:
+            full = buckets.pop(max(buckets, key=lambda shape: len(buckets[shape])))
+            waiting -= len(full)
+            yield full
+    yield from buckets.values()
+
+
+class Writer:
+    """Saves results in background threads while the model runs; at most ``limit`` wait to be written,
+    so memory stays bounded. The first failed write is raised in the caller's thread."""
+
+    def __init__(
+        self,
+        save: Callable[[Path, torch.Tensor], None],
+        threads: int,
+        limit: int,
+        on_written: Callable[[], object],
+    ) -> None:
+        self.save, self.limit, self.on_written = save, limit, on_written
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="write")
+        self.waiting: deque[tuple[Path, Future[None]]] = deque()
+        self.written: list[Path] = []
+
+    def submit(self, dst: Path, y: torch.Tensor) -> None:
+        self.waiting.append((dst, self.pool.submit(self.save, dst, y)))
+        while self.waiting and (len(self.waiting) > self.limit or self.waiting[0][1].done()):
+            self._collect()
+
+    def _collect(self) -> None:
+        dst, future = self.waiting.popleft()
+        future.result()
+        self.written.append(dst)
+        self.on_written()
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(self, error_type: type[BaseException] | None, *_: object) -> None:
+        """Writes already queued are finished, even after an error: their work is not thrown away."""
+        try:
+            while self.waiting and error_type is None:
+                self._collect()
+        finally:
+            self.pool.shutdown(wait=True)
