@@ -8,12 +8,10 @@ scores computed in memory during training equal those ``cyclegan eval`` reports 
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
 import torch
 from PIL import Image
@@ -21,10 +19,11 @@ from torch import nn
 from tqdm import tqdm
 
 from cyclegan import metrics
-from cyclegan.checkpoints import atomic_write, atomic_write_text, resolve_checkpoint
+from cyclegan.checkpoints import atomic_write, resolve_checkpoint
 from cyclegan.data import list_images
 from cyclegan.errors import CycleGANError
 from cyclegan.inference import Translator
+from cyclegan.results import EVAL_FILE, ResultRow, ResultTable
 
 METHOD = "CycleGAN"
 BASELINE = "untranslated input"
@@ -38,7 +37,6 @@ FORMATS = {"FID": "{:.2f}", "cycle PSNR": "{:.2f}", "PSNR": "{:.2f}"}
 KID_SUBSET_SIZE = 1000
 PSNR_CAP = 100.0
 DEMO_MARKER = "demo_dataset.json"
-RESULT_FILE = "eval.json"
 
 Scores = defaultdict[tuple[str, str], defaultdict[str, list[float]]]
 
@@ -182,7 +180,7 @@ def real_features(
 
 def _protocol(
     n_a: int, n_b: int, kid_subsets: int, weights: Path | None, supplied: bool
-) -> dict[str, str | int]:
+) -> dict[str, str | float]:
     subset_size = min(KID_SUBSET_SIZE, n_a, n_b)
     described = metrics.protocol_description(weights, n_subsets=kid_subsets, subset_size=subset_size)
     if supplied:
@@ -220,10 +218,6 @@ def _notes(single: bool, paired: bool, aligned: bool, supplied: bool, n: int) ->
     return notes
 
 
-def save_result(path: Path, result: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-
-
 def evaluate(
     checkpoint: Path,
     dataroot: Path,
@@ -236,7 +230,7 @@ def evaluate(
     kid_subsets: int = 100,
     batch_size: int = 50,
     show_progress: bool = True,
-) -> dict[str, Any]:
+) -> ResultTable:
     """Translate testA with G and testB with F into ``out_dir/AtoB`` and ``out_dir/BtoA`` (PNG, same names,
     each image at its own size), score them and the untranslated inputs, write ``out_dir/eval.json`` and
     return it.
@@ -280,18 +274,18 @@ def evaluate(
         )
     n_a, n_b = len(sources["A"]), len(sources["B"])
     columns = [*COLUMNS, *(PAIRED_COLUMNS if paired else ())]
-    result = {
-        "title": f"{METHOD} evaluation of {name} on {dataroot.resolve().name}",
-        "protocol": _protocol(n_a, n_b, kid_subsets, inception_weights, inception is not None),
-        "columns": columns,
-        "rows": [
-            {"method": method, "direction": ARROWS[d], **{c: values[(method, d)].get(c) for c in columns}}
+    result = ResultTable(
+        title=f"{METHOD} evaluation of {name} on {dataroot.resolve().name}",
+        protocol=_protocol(n_a, n_b, kid_subsets, inception_weights, inception is not None),
+        columns=columns,
+        rows=[
+            ResultRow(method, ARROWS[d], {c: values[(method, d)].get(c) for c in columns})
             for method in (METHOD, BASELINE)
             for d in directions
         ],
-        "notes": _notes(len(directions) == 1, paired, aligned, inception is not None, min(n_a, n_b)),
-    }
-    save_result(out_dir / RESULT_FILE, result)
+        notes=_notes(len(directions) == 1, paired, aligned, inception is not None, min(n_a, n_b)),
+    )
+    result.save(out_dir / EVAL_FILE)
     return result
 
 
@@ -346,12 +340,12 @@ def _cell(value: float | None, column: str) -> str:
     return "-" if value is None else FORMATS.get(column, "{:.4f}").format(value)
 
 
-def format_table(result: dict[str, Any]) -> str:
+def format_table(result: ResultTable) -> str:
     """The result as a terminal table, with the protocol and notes underneath."""
-    header = ["method", "direction", *result["columns"]]
+    header = ["method", "direction", *result.columns]
     body = [
-        [row["method"], row["direction"], *(_cell(row.get(c), c) for c in result["columns"])]
-        for row in result["rows"]
+        [row.method, row.direction, *(_cell(row.scores.get(c), c) for c in result.columns)]
+        for row in result.rows
     ]
     widths = [max(len(line[i]) for line in (header, *body)) for i in range(len(header))]
 
@@ -363,8 +357,8 @@ def format_table(result: dict[str, Any]) -> str:
         ]
         return "  ".join(padded).rstrip()
 
-    lines = [result["title"], "", render(header), render(["-" * w for w in widths])]
+    lines = [result.title, "", render(header), render(["-" * w for w in widths])]
     lines += [render(cells) for cells in body]
-    lines += ["", "Protocol:", *(f"  {key}: {value}" for key, value in result["protocol"].items())]
-    lines += ["", "Notes:", *(f"  - {note}" for note in result["notes"])]
+    lines += ["", "Protocol:", *(f"  {key}: {value}" for key, value in result.protocol.items())]
+    lines += ["", "Notes:", *(f"  - {note}" for note in result.notes)]
     return "\n".join(lines)
