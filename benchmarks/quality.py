@@ -25,12 +25,14 @@ from typing import Any
 import torch
 from PIL import Image
 
-from cyclegan.checkpoints import atomic_write, atomic_write_text
 from cyclegan.config import GENERATORS, ModelConfig, TrainConfig
 from cyclegan.data import list_images, load_image
+from cyclegan.devices import resolve_device
 from cyclegan.errors import CycleGANError
 from cyclegan.evaluation import evaluate, format_table
-from cyclegan.training import resolve_device, train
+from cyclegan.files import atomic_write, atomic_write_text
+from cyclegan.results import ResultTable
+from cyclegan.training import train
 
 DEFAULT_DATAROOT = Path(__file__).resolve().parents[2] / "shared/datasets/horse2zebra"
 SPLITS = ("trainA", "trainB", "testA", "testB")
@@ -158,7 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CycleGANError as error:
         print(f"quality: error: {error}", file=sys.stderr)
         return 2
-    atomic_write_text(args.out / "quality.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    text = json.dumps(result, indent=2, ensure_ascii=False, default=ResultTable.to_dict)
+    atomic_write_text(args.out / "quality.json", text + "\n")
     print(format_table(result["evaluation"]))
     print(f"\nTest images: {result['test_images']}; schedule: {result['schedule']}")
     print(

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ from cyclegan.data import list_images
 from cyclegan.demo import DemoSettings, format_scores, run_demo
 from cyclegan.errors import CycleGANError
 from cyclegan.metrics import psnr
+from cyclegan.results import ResultTable
 from cyclegan.training import train
 
 
@@ -35,8 +35,8 @@ def test_demo_resumes_an_interrupted_run_scores_it_and_writes_the_page(tmp_path:
     run = tmp_path / "demo" / "day2night"
     assert page == run / "report.html"
     assert checkpoints.read_weights(run / "checkpoints" / "latest.safetensors")[2]["step"] == 3
-    scores = json.loads((run / "demo.json").read_text())
-    methods = {(row["method"], row["direction"]) for row in scores["rows"]}
+    scores = ResultTable.load(run / "demo.json")
+    methods = {(row.method, row.direction) for row in scores.rows}
     assert methods == {
         (m, d) for m in ("CycleGAN", "colour transfer", "untranslated input") for d in ("A→B", "B→A")
     }
@@ -44,10 +44,7 @@ def test_demo_resumes_an_interrupted_run_scores_it_and_writes_the_page(tmp_path:
     night = np.stack([np.asarray(Image.open(p)) for p in list_images(data / "testB")])
     as_unit = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).double() / 255  # noqa: E731
     expected = psnr(as_unit(day), as_unit(night)).mean().item()
-    baseline = next(
-        r for r in scores["rows"] if r["method"] == "untranslated input" and r["direction"] == "A→B"
-    )
-    assert baseline["PSNR"] == pytest.approx(expected)
+    assert scores.row("untranslated input", "A→B").scores["PSNR"] == pytest.approx(expected)
     html = page.read_text()
     assert "colour transfer" in html and "day ↔ night" in html
     assert "CycleGAN" in format_scores(scores)

@@ -26,6 +26,7 @@ from cyclegan.errors import CycleGANError
 from cyclegan.evaluation import evaluate, evaluate_model, format_table
 from cyclegan.inference import Translator
 from cyclegan.model import CycleGAN
+from cyclegan.results import ResultRow, ResultTable
 
 FAST = {"kid_subsets": 3, "show_progress": False}
 
@@ -73,9 +74,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_demo_dataset(tmp_path_factory.mktemp("demo") / "data", n_train=1, n_test=4, size=32)
 
 
-def row(result: dict, method: str, direction: str) -> dict:
-    (match,) = [r for r in result["rows"] if r["method"] == method and r["direction"] == direction]
-    return match
+def row(result: ResultTable, method: str, direction: str) -> dict[str, float | None]:
+    return result.row(method, direction).scores
 
 
 def unit_batch(paths: list[Path]) -> torch.Tensor:
@@ -84,20 +84,22 @@ def unit_batch(paths: list[Path]) -> torch.Tensor:
 
 def test_eval_json_rows_columns_and_translations(checkpoint: Path, unpaired: Path, tmp_path: Path) -> None:
     result = evaluate(checkpoint, unpaired, out_dir=tmp_path, inception=StandInInception(), **FAST)
-    assert json.loads((tmp_path / "eval.json").read_text()) == result
-    assert result["columns"] == ["FID", "KID", "KID std", "cycle L1", "cycle PSNR", "identity L1"]
-    assert [(r["method"], r["direction"]) for r in result["rows"]] == [
+    assert ResultTable.load(tmp_path / "eval.json") == result
+    assert result.columns == ["FID", "KID", "KID std", "cycle L1", "cycle PSNR", "identity L1"]
+    assert [(r.method, r.direction) for r in result.rows] == [
         ("CycleGAN", "A→B"),
         ("CycleGAN", "B→A"),
         ("untranslated input", "A→B"),
         ("untranslated input", "B→A"),
     ]
-    for r in result["rows"]:
-        assert set(r) == {"method", "direction", *result["columns"]}
-        scored = result["columns"] if r["method"] == "CycleGAN" else ["FID", "KID", "KID std"]
-        assert all(math.isfinite(r[c]) for c in scored)
-        assert all(r[c] is None for c in result["columns"] if c not in scored)
-    protocol = result["protocol"]
+    saved = json.loads((tmp_path / "eval.json").read_text())  # the file's rows are flat objects
+    assert list(saved) == ["title", "protocol", "columns", "rows", "notes"]
+    assert all(set(r) == {"method", "direction", *result.columns} for r in saved["rows"])
+    for r in result.rows:
+        scored = result.columns if r.method == "CycleGAN" else ["FID", "KID", "KID std"]
+        assert all(math.isfinite(r.scores[c]) for c in scored)
+        assert all(r.scores[c] is None for c in result.columns if c not in scored)
+    protocol = result.protocol
     assert (protocol["N testA"], protocol["N testB"]) == (6, 6)
     assert (protocol["reference A→B"], protocol["reference B→A"]) == ("real testB", "real testA")
     assert (protocol["KID subsets"], protocol["KID subset size"]) == (3, 6)
@@ -123,7 +125,7 @@ def test_paired_metrics_and_baseline_on_the_demo_dataset(
     checkpoint: Path, demo: Path, tmp_path: Path
 ) -> None:
     result = evaluate(checkpoint, demo, out_dir=tmp_path, inception=StandInInception(), **FAST)
-    assert result["columns"][-2:] == ["PSNR", "SSIM"]
+    assert result.columns[-2:] == ["PSNR", "SSIM"]
     day, night = list_images(demo / "testA"), list_images(demo / "testB")
     baseline = row(result, "untranslated input", "A→B")
     assert baseline["PSNR"] == pytest.approx(metrics.psnr(unit_batch(day), unit_batch(night)).mean().item())
@@ -136,8 +138,8 @@ def test_paired_metrics_and_baseline_on_the_demo_dataset(
     unscored = evaluate(
         checkpoint, demo, out_dir=tmp_path, inception=StandInInception(), paired=False, **FAST
     )
-    assert "PSNR" not in unscored["columns"]
-    assert all("PSNR" not in r for r in unscored["rows"])
+    assert "PSNR" not in unscored.columns
+    assert all("PSNR" not in r.scores for r in unscored.rows)
 
 
 def test_an_identity_translator_scores_like_the_untranslated_input(
@@ -163,8 +165,8 @@ def test_aligned_test_folder_is_split_and_paired(checkpoint: Path, tmp_path: Pat
     result = evaluate(
         checkpoint, tmp_path / "data", out_dir=tmp_path / "out", inception=StandInInception(), **FAST
     )
-    assert "SSIM" in result["columns"]
-    assert (result["protocol"]["N testA"], result["protocol"]["N testB"]) == (3, 3)
+    assert "SSIM" in result.columns
+    assert (result.protocol["N testA"], result.protocol["N testB"]) == (3, 3)
     with Image.open(tmp_path / "out" / "AtoB" / "img_000.png") as image:
         assert image.size == (32, 32)
 
@@ -176,13 +178,13 @@ def test_single_generator_checkpoint_evaluates_a_to_b_only(
     result = evaluate(
         tmp_path / "horse2zebra.pth", unpaired, out_dir=tmp_path / "out", inception=StandInInception(), **FAST
     )
-    assert [(r["method"], r["direction"]) for r in result["rows"]] == [
+    assert [(r.method, r.direction) for r in result.rows] == [
         ("CycleGAN", "A→B"),
         ("untranslated input", "A→B"),
     ]
     assert row(result, "CycleGAN", "A→B")["cycle L1"] is None
     assert math.isfinite(row(result, "CycleGAN", "A→B")["identity L1"])
-    assert any("single-generator" in note for note in result["notes"])
+    assert any("single-generator" in note for note in result.notes)
     assert not (tmp_path / "out" / "BtoA").exists()
 
 
@@ -252,5 +254,79 @@ def test_with_the_real_inception_network(checkpoint: Path, tmp_path: Path) -> No
     write_images(tmp_path / "data" / "testA", 3, (32, 32), seed=6)
     write_images(tmp_path / "data" / "testB", 3, (32, 32), seed=7)
     result = evaluate(checkpoint, tmp_path / "data", out_dir=tmp_path / "out", **FAST)
-    assert result["protocol"]["weights_sha256"] == metrics.INCEPTION_SHA256
-    assert all(math.isfinite(r["FID"]) and r["FID"] > 0 for r in result["rows"])
+    assert result.protocol["weights_sha256"] == metrics.INCEPTION_SHA256
+    assert all(math.isfinite(r.scores["FID"]) and r.scores["FID"] > 0 for r in result.rows)
+
+
+TABLE = ResultTable(
+    title="t",
+    protocol={"images": 3, "network": "n", "scale": 0.5},
+    columns=["FID", "SSIM"],
+    rows=[ResultRow("CycleGAN", "A→B", {"FID": 80, "SSIM": None}), ResultRow("input", "A→B", {"FID": 1.5})],
+    notes=["n"],
+)
+
+
+def test_result_table_round_trips_through_its_file(tmp_path: Path) -> None:
+    TABLE.save(tmp_path / "eval.json")
+    assert ResultTable.load(tmp_path / "eval.json") == TABLE
+    assert json.loads(TABLE.to_json())["rows"][0] == {
+        "method": "CycleGAN",
+        "direction": "A→B",
+        "FID": 80,
+        "SSIM": None,
+    }
+    assert TABLE.row("input", "A→B").scores == {"FID": 1.5}
+    with pytest.raises(KeyError):
+        TABLE.row("input", "B→A")
+
+
+def edited(**changes: object) -> str:
+    """TABLE's file text with top-level keys replaced (a value of ... removes the key)."""
+    data = {**json.loads(TABLE.to_json()), **changes}
+    return json.dumps({key: value for key, value in data.items() if value is not ...})
+
+
+ROW = {"method": "m", "direction": "d"}
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("{not json", "not valid JSON (Expecting property name"),
+        ("[1]", "the file must be an object, not an array"),
+        (edited(notes=...), "no 'notes'; expected the keys title, protocol, columns, rows, notes"),
+        (edited(extra=1), "unexpected key 'extra'"),
+        (edited(title=3), "title must be a string, not a number"),
+        (edited(protocol=[]), "protocol must be an object, not an array"),
+        (edited(protocol={"seed": [1]}), "protocol['seed'] must be a string or a number, not an array"),
+        (edited(protocol={"seed": None}), "protocol['seed'] must be a string or a number, not null"),
+        (edited(columns="FID"), "columns must be an array, not a string"),
+        (edited(columns=["FID", 2]), "columns[1] must be a string, not a number"),
+        (edited(columns=["FID", "FID"]), "column 'FID' is repeated or is a row key"),
+        (edited(columns=["method"]), "column 'method' is repeated or is a row key"),
+        (edited(rows=[1]), "rows[0] must be an object, not a number"),
+        (edited(rows=[{"method": "m"}]), "rows[0] has no 'direction'"),
+        (edited(rows=[{**ROW, "method": None}]), "rows[0].method must be a string, not null"),
+        (edited(rows=[ROW, {**ROW, "FID": "80"}]), "rows[1].FID must be a number or null, not a string"),
+        (edited(rows=[{**ROW, "SSIM": True}]), "rows[0].SSIM must be a number or null, not true/false"),
+        (edited(rows=[{**ROW, "LPIPS": 0.1}]), "rows[0] has 'LPIPS', which is not in columns"),
+        (edited(notes=[["n"]]), "notes[0] must be a string, not an array"),
+        ("[" * 100_000, "not valid JSON"),
+    ],
+)
+def test_a_malformed_result_file_is_a_one_line_error_naming_the_file_and_the_field(
+    text: str, problem: str
+) -> None:
+    with pytest.raises(CycleGANError) as error:
+        ResultTable.from_json(text, "runs/x/eval.json")
+    message = str(error.value)
+    assert message.startswith(f"runs/x/eval.json: {problem}") and "\n" not in message
+
+
+def test_an_unreadable_result_file_is_a_user_error(tmp_path: Path) -> None:
+    (tmp_path / "eval.json").write_bytes(b"\xff\xfe")
+    with pytest.raises(CycleGANError, match=r"cannot read .*eval\.json"):
+        ResultTable.load(tmp_path / "eval.json")
+    with pytest.raises(CycleGANError, match=r"cannot read .*missing\.json"):
+        ResultTable.load(tmp_path / "missing.json")

@@ -22,7 +22,7 @@ from cyclegan.data import list_images
 from cyclegan.errors import CycleGANError
 from cyclegan.files import atomic_write
 from cyclegan.images import DECODE_ERRORS, first_line, load_image, to_image, to_tensor
-from cyclegan.inference import Translator, load_translator
+from cyclegan.inference import AnyTranslator, load_translator
 
 FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
 
@@ -125,7 +125,7 @@ def collect_inputs(inputs: Iterable[Path], out_dir: Path, suffix: str = ".png") 
 
 def translate_files(
     inputs: Iterable[Path],
-    model: Translator | Path | str,
+    model: AnyTranslator | Path | str,
     out_dir: Path,
     *,
     direction: str = "AtoB",
@@ -223,7 +223,7 @@ def check_outputs(outputs: Sequence[Path], out_dir: Path) -> None:
 
 
 def _translate_all(
-    translator: Translator,
+    translator: AnyTranslator,
     todo: Sequence[tuple[Path, Path]],
     save: Callable[[Path, torch.Tensor], None],
     batch_size: int,

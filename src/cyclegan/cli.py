@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
-import json
 import sys
 import typing
 from collections.abc import Sequence
@@ -303,6 +302,7 @@ def _demo_parser(sub: Any) -> None:
 
 def _run_demo(args: argparse.Namespace) -> int:
     from cyclegan.demo import DemoSettings, format_scores, run_demo
+    from cyclegan.results import DEMO_FILE, ResultTable
 
     settings = DemoSettings(args.out, args.steps, args.size, args.ngf, args.ndf, args.seed, args.device)
     if min(settings.steps, settings.ngf, settings.ndf) < 1 or settings.size < 16 or settings.size % 4:
@@ -310,8 +310,7 @@ def _run_demo(args: argparse.Namespace) -> int:
             "--steps, --ngf and --ndf must be positive and --size a multiple of 4, at least 16"
         )
     page = run_demo(settings)
-    scores = json.loads((page.parent / "demo.json").read_text())
-    print(format_scores(scores))
+    print(format_scores(ResultTable.load(page.parent / DEMO_FILE)))
     print(f"Report: {page}")
     return 0
 
@@ -365,7 +364,8 @@ def _eval_parser(sub: Any) -> None:
 
 def _run_eval(args: argparse.Namespace) -> int:
     from cyclegan.devices import resolve_device
-    from cyclegan.evaluation import RESULT_FILE, evaluate, format_table, save_result
+    from cyclegan.evaluation import evaluate, format_table
+    from cyclegan.results import EVAL_FILE
 
     run_dir = args.checkpoint if args.checkpoint.is_dir() else None
     out = args.out or (run_dir / "eval" if run_dir else Path(f"eval_{args.checkpoint.stem}"))
@@ -380,8 +380,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     )
     print(format_table(result))
     if run_dir is not None:
-        save_result(run_dir / RESULT_FILE, result)
-    print(f"Translations and {RESULT_FILE}: {out}")
+        result.save(run_dir / EVAL_FILE)
+    print(f"Translations and {EVAL_FILE}: {out}")
     return 0
 
 

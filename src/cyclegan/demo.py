@@ -9,10 +9,8 @@ in the run folder, which the report page shows with the sample grids and loss cu
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -24,13 +22,13 @@ from cyclegan.data import list_images
 from cyclegan.demo_data import channel_stats, colour_transfer, make_demo_dataset
 from cyclegan.devices import resolve_device
 from cyclegan.errors import CycleGANError
-from cyclegan.files import atomic_write_text
 from cyclegan.images import load_image, to_unit_tensor
 from cyclegan.inference import Translator
 from cyclegan.metrics import PSNR_CAP, psnr, ssim
 from cyclegan.model import CycleGAN
 from cyclegan.networks import load_weights
 from cyclegan.report import write_report
+from cyclegan.results import DEMO_FILE, ResultRow, ResultTable
 from cyclegan.training import train
 
 TRAIN_IMAGES = 400  # per domain, as make_demo_dataset renders by default: one epoch is 400 steps
@@ -86,8 +84,7 @@ def run_demo(settings: DemoSettings, *, show_progress: bool = True) -> Path:
         _finish(run_dir, cfg, show_progress)
     else:
         train(cfg, show_progress=show_progress)
-    scores = score(run_dir, dataroot, resolve_device(settings.device))
-    atomic_write_text(run_dir / "demo.json", json.dumps(scores, indent=2) + "\n")
+    score(run_dir, dataroot, resolve_device(settings.device)).save(run_dir / DEMO_FILE)
     return write_report(run_dir)
 
 
@@ -109,7 +106,7 @@ def _load_folder(folder: Path) -> np.ndarray:
     return np.stack([np.asarray(load_image(p)) for p in list_images(folder)])
 
 
-def _paired_scores(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+def _paired_scores(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float | None]:
     x, y = (
         torch.stack([to_unit_tensor(Image.fromarray(a)) for a in arr]).double() for arr in (predicted, truth)
     )
@@ -121,7 +118,7 @@ def _translate(translator: Translator, images: np.ndarray) -> np.ndarray:
     return np.stack([np.asarray(translator(Image.fromarray(image))) for image in images])
 
 
-def score(run_dir: Path, dataroot: Path, device: torch.device) -> dict[str, Any]:
+def score(run_dir: Path, dataroot: Path, device: torch.device) -> ResultTable:
     """PSNR/SSIM of the trained generators and of both baselines against the known translations."""
     states, model_config, info = checkpoints.read_weights(run_dir / "checkpoints" / "latest.safetensors")
     model = CycleGAN(model_config)
@@ -144,10 +141,10 @@ def score(run_dir: Path, dataroot: Path, device: torch.device) -> dict[str, Any]
             "untranslated input": source,
         }
         for method, predicted in candidates.items():
-            rows.append({"method": method, "direction": direction, **_paired_scores(predicted, truth)})
-    return {
-        "title": "Demo: day ↔ night against the known answers",
-        "protocol": {
+            rows.append(ResultRow(method, direction, _paired_scores(predicted, truth)))
+    return ResultTable(
+        title="Demo: day ↔ night against the known answers",
+        protocol={
             "test scenes": len(day),
             "image size": f"{day.shape[2]}x{day.shape[1]}",
             "training steps": info["step"],
@@ -155,17 +152,22 @@ def score(run_dir: Path, dataroot: Path, device: torch.device) -> dict[str, Any]
             "SSIM": "Gaussian 11x11, sigma 1.5, mean over channels and images",
             "colour transfer": "per-channel mean/std matched to the target domain's training images",
         },
-        "columns": ["PSNR", "SSIM"],
-        "rows": rows,
-        "notes": [
+        columns=["PSNR", "SSIM"],
+        rows=rows,
+        notes=[
             "A→B turns a day scene into night (windows and lamps light up); B→A turns night into day.",
             "Higher is better for both columns.",
         ],
-    }
+    )
 
 
-def format_scores(scores: dict[str, Any]) -> str:
+def format_scores(scores: ResultTable) -> str:
     lines = [f"{'direction':<10}{'method':<22}{'PSNR':>8}{'SSIM':>8}"]
-    for row in scores["rows"]:
-        lines.append(f"{row['direction']:<10}{row['method']:<22}{row['PSNR']:>8.2f}{row['SSIM']:>8.3f}")
+    for row in scores.rows:
+        cells = (_fixed(row.scores.get("PSNR"), 2), _fixed(row.scores.get("SSIM"), 3))
+        lines.append(f"{row.direction:<10}{row.method:<22}{cells[0]:>8}{cells[1]:>8}")
     return "\n".join(lines)
+
+
+def _fixed(value: float | None, decimals: int) -> str:
+    return "-" if value is None else f"{value:.{decimals}f}"

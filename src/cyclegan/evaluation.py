@@ -8,12 +8,11 @@ scores computed in memory during training equal those ``cyclegan eval`` reports 
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import torch
 from PIL import Image
@@ -25,9 +24,11 @@ from cyclegan.checkpoints import resolve_checkpoint
 from cyclegan.data import list_images
 from cyclegan.demo_data import DEMO_MARKER
 from cyclegan.errors import CycleGANError
-from cyclegan.files import atomic_write, atomic_write_text
+from cyclegan.files import atomic_write
 from cyclegan.images import open_image, to_unit_tensor
 from cyclegan.inference import Translator
+from cyclegan.model import CycleGAN
+from cyclegan.results import EVAL_FILE, ResultRow, ResultTable
 
 METHOD = "CycleGAN"
 BASELINE = "untranslated input"
@@ -39,7 +40,6 @@ COLUMNS = ("FID", "KID", "KID std", "cycle L1", "cycle PSNR", "identity L1")
 PAIRED_COLUMNS = ("PSNR", "SSIM")
 FORMATS = {"FID": "{:.2f}", "cycle PSNR": "{:.2f}", "PSNR": "{:.2f}"}
 KID_SUBSET_SIZE = 1000
-RESULT_FILE = "eval.json"
 
 Scores = defaultdict[tuple[str, str], defaultdict[str, list[float]]]
 
@@ -87,7 +87,7 @@ def _split_aligned(folder: Path, scratch: Path) -> tuple[Path, Path]:
         name = path.relative_to(folder).with_suffix(".png")
         for box, root in zip(((0, 0, half, height), (half, 0, 2 * half, height)), halves, strict=True):
             part = image.crop(box)
-            atomic_write(root / name, lambda tmp, part=part: part.save(tmp, format="PNG"))
+            atomic_write(root / name, partial(part.save, format="PNG"))
     return halves
 
 
@@ -132,7 +132,9 @@ def _score_split(
     and the other generator's identity term maps it to itself.
     """
     forward, backward = translators.get(direction), translators.get(OTHER[direction])
-    channels = (forward or backward).in_channels
+    either = forward or backward
+    assert either is not None, "a split is scored by at least one generator"
+    channels = either.in_channels
     row, back_row = scores[(METHOD, direction)], scores[(METHOD, OTHER[direction])]
     written = []
     for key, path in tqdm(sources.items(), desc=ARROWS[direction], disable=not show_progress, unit="image"):
@@ -143,7 +145,7 @@ def _score_split(
             continue
         fake = forward(source)
         target = out_dir / direction / key.with_name(f"{key.name}.png")
-        atomic_write(target, lambda tmp, image=fake: image.save(tmp, format="PNG"))
+        atomic_write(target, partial(fake.save, format="PNG"))
         written.append(target)
         if backward is not None:
             cycled = backward(fake)
@@ -183,7 +185,7 @@ def real_features(
 
 def _protocol(
     n_a: int, n_b: int, kid_subsets: int, weights: Path | None, supplied: bool
-) -> dict[str, str | int]:
+) -> dict[str, str | float]:
     subset_size = min(KID_SUBSET_SIZE, n_a, n_b)
     described = metrics.protocol_description(weights, n_subsets=kid_subsets, subset_size=subset_size)
     if supplied:
@@ -221,10 +223,6 @@ def _notes(single: bool, paired: bool, aligned: bool, supplied: bool, n: int) ->
     return notes
 
 
-def save_result(path: Path, result: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-
-
 def evaluate(
     checkpoint: Path,
     dataroot: Path,
@@ -237,7 +235,7 @@ def evaluate(
     kid_subsets: int = 100,
     batch_size: int = 50,
     show_progress: bool = True,
-) -> dict[str, Any]:
+) -> ResultTable:
     """Translate testA with G and testB with F into ``out_dir/AtoB`` and ``out_dir/BtoA`` (PNG, same names,
     each image at its own size), score them and the untranslated inputs, write ``out_dir/eval.json`` and
     return it.
@@ -281,23 +279,23 @@ def evaluate(
         )
     n_a, n_b = len(sources["A"]), len(sources["B"])
     columns = [*COLUMNS, *(PAIRED_COLUMNS if paired else ())]
-    result = {
-        "title": f"{METHOD} evaluation of {name} on {dataroot.resolve().name}",
-        "protocol": _protocol(n_a, n_b, kid_subsets, inception_weights, inception is not None),
-        "columns": columns,
-        "rows": [
-            {"method": method, "direction": ARROWS[d], **{c: values[(method, d)].get(c) for c in columns}}
+    result = ResultTable(
+        title=f"{METHOD} evaluation of {name} on {dataroot.resolve().name}",
+        protocol=_protocol(n_a, n_b, kid_subsets, inception_weights, inception is not None),
+        columns=columns,
+        rows=[
+            ResultRow(method, ARROWS[d], {c: values[(method, d)].get(c) for c in columns})
             for method in (METHOD, BASELINE)
             for d in directions
         ],
-        "notes": _notes(len(directions) == 1, paired, aligned, inception is not None, min(n_a, n_b)),
-    }
-    save_result(out_dir / RESULT_FILE, result)
+        notes=_notes(len(directions) == 1, paired, aligned, inception is not None, min(n_a, n_b)),
+    )
+    result.save(out_dir / EVAL_FILE)
     return result
 
 
 def evaluate_model(
-    model: nn.Module,
+    model: CycleGAN,
     test_a: list[Path],
     test_b: list[Path],
     inception: nn.Module,
@@ -347,12 +345,12 @@ def _cell(value: float | None, column: str) -> str:
     return "-" if value is None else FORMATS.get(column, "{:.4f}").format(value)
 
 
-def format_table(result: dict[str, Any]) -> str:
+def format_table(result: ResultTable) -> str:
     """The result as a terminal table, with the protocol and notes underneath."""
-    header = ["method", "direction", *result["columns"]]
+    header = ["method", "direction", *result.columns]
     body = [
-        [row["method"], row["direction"], *(_cell(row.get(c), c) for c in result["columns"])]
-        for row in result["rows"]
+        [row.method, row.direction, *(_cell(row.scores.get(c), c) for c in result.columns)]
+        for row in result.rows
     ]
     widths = [max(len(line[i]) for line in (header, *body)) for i in range(len(header))]
 
@@ -364,8 +362,8 @@ def format_table(result: dict[str, Any]) -> str:
         ]
         return "  ".join(padded).rstrip()
 
-    lines = [result["title"], "", render(header), render(["-" * w for w in widths])]
+    lines = [result.title, "", render(header), render(["-" * w for w in widths])]
     lines += [render(cells) for cells in body]
-    lines += ["", "Protocol:", *(f"  {key}: {value}" for key, value in result["protocol"].items())]
-    lines += ["", "Notes:", *(f"  - {note}" for note in result["notes"])]
+    lines += ["", "Protocol:", *(f"  {key}: {value}" for key, value in result.protocol.items())]
+    lines += ["", "Notes:", *(f"  - {note}" for note in result.notes)]
     return "\n".join(lines)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Union
 
 import torch
 from PIL import Image
@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from cyclegan.export import OnnxTranslator
 
 MIN_SIZE = 8  # a ResNet's bottleneck must be at least 2x2 for its reflection padding
-FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
 BACKENDS = ("torch", "onnxruntime")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -112,3 +111,6 @@ def load_translator(
         raise CycleGANError(f"{checkpoint} is an ONNX model; run it with --backend onnxruntime")
     generator, config = load_generator(Path(checkpoint), direction)
     return Translator(generator if dtype is None else Autocast(generator, dtype), config, device)
+
+
+AnyTranslator = Union[Translator, "OnnxTranslator"]  # what load_translator returns; both map images alike
