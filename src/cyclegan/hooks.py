@@ -42,6 +42,14 @@ class RunState:
     device: torch.device
     total_steps: int
     status: Callable[[str], None]  # shows a short text beside the progress bar
+    stopped: str | None = None  # why a hook stopped the run without saving its weights (see StopRun)
+
+
+class StopRun(Exception):
+    """Raised by a hook's ``after_step`` to end the run at once *without* saving the current weights, which
+    are not worth keeping (the health hook raises it when training diverges): the checkpoint already on
+    disk stays the latest. The message says why; ``end`` hooks still run and can read it in ``run.stopped``.
+    """
 
 
 class Hook:
@@ -118,7 +126,8 @@ class SampleGrids(Hook):
             self._save(run)
 
     def end(self, run: RunState) -> None:
-        self._save(run)
+        if run.stopped is None:  # weights a run stopped on (diverged) draw nothing worth seeing
+            self._save(run)
 
     def _save(self, run: RunState) -> None:
         path = run.run_dir / runs.SAMPLES / f"step_{run.progress.step:07d}.png"
@@ -191,7 +200,10 @@ def save_sample_grid(path: Path, model: CycleGAN, real_A: torch.Tensor, real_B: 
 
 
 def default_hooks(cfg: TrainConfig, report: bool = True) -> list[Hook]:
-    hooks: list[Hook] = [LossLog(), SampleGrids()]
+    from cyclegan.health import Health  # health.py builds on this module's Hook
+
+    # health before the sample grids: a step that diverged stops the run before its grid is drawn
+    hooks: list[Hook] = [LossLog(), *([] if cfg.no_health else [Health()]), SampleGrids()]
     if cfg.eval_every:
         hooks.append(TestSetEvaluator())
     if report:

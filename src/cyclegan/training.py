@@ -31,7 +31,7 @@ from cyclegan.data import (
 )
 from cyclegan.devices import resolve_device
 from cyclegan.errors import CycleGANError
-from cyclegan.hooks import Hook, RunState, default_hooks, note
+from cyclegan.hooks import Hook, RunState, StopRun, default_hooks, note
 from cyclegan.interrupts import catch_interrupts
 from cyclegan.model import CycleGAN, CycleGANTrainer, check_training_size
 from cyclegan.networks import size_multiple
@@ -44,6 +44,7 @@ class TrainResult:
     progress: Progress
     interrupted: bool = False
     skipped_files: set[str] = field(default_factory=set)
+    stopped: str | None = None  # why a hook stopped the run without saving (e.g. training diverged)
 
 
 def train(
@@ -59,7 +60,9 @@ def train(
 
     When resuming, ``cfg`` may differ from the run's saved config only in the options marked ``on_resume``
     (see :func:`cyclegan.runs.resume_config`). ``should_stop`` is asked once after every step; Ctrl-C or
-    SIGTERM also stop the run after the current step, with a checkpoint.
+    SIGTERM also stop the run after the current step, with a checkpoint. A hook that raises
+    :class:`~cyclegan.hooks.StopRun` (the health hook, when training diverges) stops it at once without
+    one: ``TrainResult.stopped`` says why.
     """
     cfg.validate()
     resuming = run_dir is not None
@@ -113,7 +116,11 @@ def train(
                     runs.save_checkpoint(run_dir, model, trainer, progress, states)
                 committed = where
 
-            while progress.epoch < cfg.total_epochs and progress.step < total and not interrupted:
+            while (
+                progress.epoch < cfg.total_epochs
+                and progress.step < total
+                and not (interrupted or run.stopped)
+            ):
                 for batch in epoch_loader(dataset, cfg, progress, device):
                     _warn_skipped(batch["skipped"], skipped)
                     model.train()
@@ -124,8 +131,12 @@ def train(
                     progress.step += 1
                     progress.seconds = round(time.time() - start, 3)
                     bar.update(1)
-                    for hook in all_hooks:
-                        hook.after_step(run, losses)
+                    try:
+                        for hook in all_hooks:
+                            hook.after_step(run, losses)
+                    except StopRun as stop:  # the weights are not worth saving: keep the last checkpoint
+                        run.stopped = str(stop)
+                        break
                     if progress.step % cfg.save_latest_freq == 0:
                         commit()
                     interrupted = interrupts.requested or (should_stop is not None and should_stop())
@@ -143,10 +154,11 @@ def train(
                             path, model.networks(), cfg.model, dataclasses.asdict(progress)
                         )
             bar.close()
-            commit()
+            if run.stopped is None:
+                commit()
             for hook in all_hooks:
                 hook.end(run)
-    return TrainResult(run_dir, progress, interrupted, skipped)
+    return TrainResult(run_dir, progress, interrupted, skipped, run.stopped)
 
 
 def training_data(cfg: TrainConfig) -> tuple[UnpairedDataset, set[str]]:
