@@ -330,3 +330,25 @@ def test_an_unreadable_result_file_is_a_user_error(tmp_path: Path) -> None:
         ResultTable.load(tmp_path / "eval.json")
     with pytest.raises(CycleGANError, match=r"cannot read .*missing\.json"):
         ResultTable.load(tmp_path / "missing.json")
+
+
+def test_several_snapshots_are_ranked_by_mean_kid(checkpoint: Path, unpaired: Path, tmp_path: Path) -> None:
+    torch.manual_seed(5)
+    other = CycleGAN(ModelConfig(ngf=4, ndf=4, netG="resnet_6blocks"))
+    second = tmp_path / "other.safetensors"
+    save_weights(second, other.networks(), other.config, {})
+    results = {
+        name: evaluate(path, unpaired, out_dir=tmp_path / name, inception=StandInInception(), **FAST)
+        for name, path in (("tiny", checkpoint), ("other", second))
+    }
+    ranking = evaluation.rank(results)
+    means = [r.scores["mean KID"] for r in ranking.rows]
+    assert means == sorted(means) and {r.method for r in ranking.rows} == {"tiny", "other"}
+    for r in ranking.rows:
+        kids = [r.scores["KID A→B"], r.scores["KID B→A"]]
+        assert r.scores["mean KID"] == pytest.approx(sum(kids) / 2)
+        assert r.scores["KID A→B"] == results[r.method].row("CycleGAN", "A→B").scores["KID"]
+    assert cli._unique_names([Path("a/epoch_005.safetensors"), Path("b/epoch_005.safetensors")]) == [
+        "1_epoch_005",
+        "2_epoch_005",
+    ]

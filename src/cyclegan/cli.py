@@ -104,6 +104,9 @@ def _run_train(args: argparse.Namespace) -> int:
     where = result.run_dir
     if result.skipped_files:
         print(f"{len(result.skipped_files)} unreadable image(s) were skipped", file=sys.stderr)
+    if result.stopped is not None:
+        print(f"Stopped at step {result.progress.step}: {result.stopped}", file=sys.stderr)
+        return 1
     if result.interrupted:
         print(f"Stopped at step {result.progress.step}. Resume with: cyclegan train --resume {where}")
     else:
@@ -337,10 +340,12 @@ def _eval_parser(sub: Any) -> None:
         "test images of the other domain, and print the scores beside the untranslated inputs as a baseline.",
     )
     p.add_argument(
-        "checkpoint",
+        "checkpoints",
         type=Path,
+        nargs="+",
         metavar="CKPT_OR_RUN",
-        help="a run folder, a .safetensors checkpoint, or a reference generator .pth (A→B only)",
+        help="a run folder, a .safetensors checkpoint, or a reference generator .pth (A→B only); give "
+        "several (e.g. RUN/checkpoints/epoch_*.safetensors) to rank them by KID",
     )
     p.add_argument("--dataroot", required=True, type=Path, help="folder with testA/ and testB/")
     p.add_argument(
@@ -364,25 +369,39 @@ def _eval_parser(sub: Any) -> None:
 
 def _run_eval(args: argparse.Namespace) -> int:
     from cyclegan.devices import resolve_device
-    from cyclegan.evaluation import evaluate, format_table
+    from cyclegan.evaluation import evaluate, format_table, rank
     from cyclegan.results import EVAL_FILE
 
-    run_dir = args.checkpoint if args.checkpoint.is_dir() else None
-    out = args.out or (run_dir / "eval" if run_dir else Path(f"eval_{args.checkpoint.stem}"))
-    result = evaluate(
-        args.checkpoint,
-        args.dataroot,
-        out_dir=out,
-        device=resolve_device(args.device),
-        inception_weights=args.inception_weights,
-        paired=args.paired,
-        kid_subsets=args.kid_subsets,
-    )
-    print(format_table(result))
+    first = args.checkpoints[0]
+    run_dir = first if len(args.checkpoints) == 1 and first.is_dir() else None
+    out = args.out or (run_dir / "eval" if run_dir else Path(f"eval_{first.stem}"))
+    names = _unique_names(args.checkpoints)
+    results = {}
+    for name, checkpoint in zip(names, args.checkpoints, strict=True):
+        results[name] = evaluate(
+            checkpoint,
+            args.dataroot,
+            out_dir=out if len(names) == 1 else out / name,
+            device=resolve_device(args.device),
+            inception_weights=args.inception_weights,
+            paired=args.paired,
+            kid_subsets=args.kid_subsets,
+        )
+        print(format_table(results[name]) + "\n")
+    if len(results) > 1:
+        ranking = rank(results)
+        ranking.save(out / "ranking.json")
+        print(format_table(ranking))
     if run_dir is not None:
-        result.save(run_dir / EVAL_FILE)
+        results[names[0]].save(run_dir / EVAL_FILE)
     print(f"Translations and {EVAL_FILE}: {out}")
     return 0
+
+
+def _unique_names(checkpoints: list[Path]) -> list[str]:
+    """A folder name per checkpoint: its file stem (or run folder name), numbered where two collide."""
+    stems = [p.name if p.is_dir() else p.stem for p in checkpoints]
+    return [f"{i + 1}_{stem}" if stems.count(stem) > 1 else stem for i, stem in enumerate(stems)]
 
 
 def _serve_parser(sub: Any) -> None:

@@ -345,6 +345,36 @@ def _cell(value: float | None, column: str) -> str:
     return "-" if value is None else FORMATS.get(column, "{:.4f}").format(value)
 
 
+RANK_COLUMNS = ("mean KID", "KID A→B", "KID B→A", "FID A→B", "FID B→A")
+
+
+def rank(results: dict[str, ResultTable]) -> ResultTable:
+    """Several snapshots' scores as one table, best (lowest mean KID over the directions) first.
+
+    KID rather than FID ranks because it is unbiased for the small test sets CycleGAN datasets have; the
+    checkpoint to keep is the first row. Snapshots scored with different protocols are not comparable.
+    """
+    rows = []
+    for name, result in results.items():
+        scores: dict[str, float | None] = {}
+        for arrow in ARROWS.values():
+            model = next((r for r in result.rows if r.method == METHOD and r.direction == arrow), None)
+            for metric in ("KID", "FID"):
+                scores[f"{metric} {arrow}"] = model.scores.get(metric) if model else None
+        kids = [v for k, v in scores.items() if k.startswith("KID") and v is not None]
+        scores["mean KID"] = sum(kids) / len(kids) if kids else None
+        rows.append(ResultRow(name, "both", scores))
+    rows.sort(key=lambda r: (r.scores["mean KID"] is None, r.scores["mean KID"] or 0.0))
+    first = next(iter(results.values()))
+    return ResultTable(
+        title=f"Ranking of {len(rows)} checkpoints by mean KID (lower is better)",
+        protocol=first.protocol,
+        columns=list(RANK_COLUMNS),
+        rows=rows,
+        notes=["each checkpoint's translations and eval.json are in its own folder under the output folder"],
+    )
+
+
 def format_table(result: ResultTable) -> str:
     """The result as a terminal table, with the protocol and notes underneath."""
     header = ["method", "direction", *result.columns]

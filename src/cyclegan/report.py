@@ -86,6 +86,7 @@ def render_report(run: Run) -> str:
     sections = (
         Section("evaluation", "Evaluation", evaluation_section(run)),
         Section("losses", "Loss curves", loss_section(run)),
+        Section("health", "Health", health_section(run)),
         Section("samples", "Samples", samples_section(run)),
         Section("config", "Config", config_section(run.config)),
     )
@@ -224,6 +225,24 @@ def loss_section(run: Run) -> str:
     )
     skipped = note(f"{run.log_skipped} unreadable line(s) of log.jsonl skipped.") if run.log_skipped else ""
     return f"{intro}<div class='plots'>{''.join(charts)}</div>{skipped}"
+
+
+def health_section(run: Run) -> str:
+    """The warnings training raised (``"event": "health"`` rows of log.jsonl), with the step each began."""
+    events = [row for row in run.log if row.get("event") == "health"]
+    if not events:
+        checked = not run.config.get("no_health", False)
+        return note("No health warnings: the run looked healthy." if checked else "Health checks were off.")
+    rows = "".join(
+        f"<tr><td class='num'>{esc(str(row.get('step', '')))}</td><td>{esc(str(row.get('signal', '')))}</td>"
+        f"<td>{esc(str(row.get('network', '')))}</td><td>{esc(str(row.get('message', '')))}</td></tr>"
+        for row in events
+    )
+    head = "<tr><th>step</th><th>signal</th><th>network</th><th>warning and likely fix</th></tr>"
+    intro = note(
+        "Each warning is raised once per episode, at the step where the problem had lasted long enough."
+    )
+    return f"{intro}<table><thead>{head}</thead><tbody>{rows}</tbody></table>"
 
 
 def metric_charts(metrics: dict[str, list[Point]]) -> str:
