@@ -311,3 +311,20 @@ def test_eval_of_images_too_small_for_its_metrics_is_one_line(
                  "--out", str(tmp_path / "eval"), "--kid_subsets", "2"])  # fmt: skip
     assert code == 2
     assert "SSIM needs images of at least" in one_line(capsys)
+
+
+def test_the_pixel_limit_is_a_flag(
+    tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_images(tmp_path / "in", 1, size=(40, 30))
+    args = [
+        "translate",
+        str(tmp_path / "in"),
+        "--checkpoint",
+        str(checkpoint),
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    assert main([*args, "--max_pixels", "1000"]) == 2
+    assert "above the limit of 0.001 megapixels" in capsys.readouterr().err
+    assert main([*args, "--max_pixels", "1200"]) == 0

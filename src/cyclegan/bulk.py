@@ -21,7 +21,7 @@ from tqdm import tqdm
 from cyclegan.data import list_images
 from cyclegan.errors import CycleGANError
 from cyclegan.files import atomic_write
-from cyclegan.images import DECODE_ERRORS, first_line, load_image, to_image, to_tensor
+from cyclegan.images import DECODE_ERRORS, DEFAULT_MAX_PIXELS, first_line, load_image, to_image, to_tensor
 from cyclegan.inference import AnyTranslator, load_translator
 
 FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
@@ -138,6 +138,7 @@ def translate_files(
     batch_size: int | None = None,
     num_workers: int | None = None,
     shard: Shard | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     show_progress: bool = True,
 ) -> Translated:
     """Translate image files and folders into ``out_dir`` as ``image_format`` files (lossless PNG by
@@ -160,6 +161,8 @@ def translate_files(
     Unreadable images get one warning each and are skipped; if there were any, :class:`UnreadableImages`
     is raised at the end, after everything readable has been written.
     """
+    if max_pixels < 1:
+        raise CycleGANError(f"--max_pixels must be at least 1, got {max_pixels}")
     if image_format not in FORMATS:
         raise CycleGANError(f"--format must be one of {', '.join(FORMATS)}, got {image_format!r}")
     if not 1 <= quality <= 100:
@@ -187,7 +190,7 @@ def translate_files(
     )
     with progress as bar:
         written, unreadable = _translate_all(
-            translator, todo, saver(image_format, quality), batch_size, num_workers, bar
+            translator, todo, saver(image_format, quality), batch_size, num_workers, max_pixels, bar
         )
     done = Translated(written, skipped, unreadable, shard)
     if unreadable:
@@ -228,6 +231,7 @@ def _translate_all(
     save: Callable[[Path, torch.Tensor], None],
     batch_size: int,
     workers: int,
+    max_pixels: int,
     bar: tqdm,
 ) -> tuple[list[Path], list[Path]]:
     """Decode ahead, translate same-size batches, write behind; returns (written, unreadable)."""
@@ -235,7 +239,9 @@ def _translate_all(
     sources = [src for src, _ in todo]
     with (
         Writer(save, workers, 2 * batch_size, on_written=bar.update) as writer,
-        closing(decode_ahead(sources, translator.in_channels, workers, 2 * batch_size + workers)) as decoded,
+        closing(
+            decode_ahead(sources, translator.in_channels, workers, 2 * batch_size + workers, max_pixels)
+        ) as decoded,
     ):
         for batch in same_size_batches(_readable(decoded, sources, unreadable, bar), batch_size):
             y = translator.translate_tensor(torch.stack([x for _, x in batch])).cpu()
@@ -256,7 +262,7 @@ def saver(image_format: str, quality: int) -> Callable[[Path, torch.Tensor], Non
 
 
 def decode_ahead(
-    paths: Sequence[Path], channels: int, threads: int, ahead: int
+    paths: Sequence[Path], channels: int, threads: int, ahead: int, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> Generator[torch.Tensor | str, None, None]:
     """Each image as a C×H×W tensor in [-1, 1] (or the reason it cannot be read), in order, decoded by
     ``threads`` threads at most ``ahead`` images ahead of the consumer.
@@ -267,7 +273,7 @@ def decode_ahead(
 
     def decode(path: Path) -> torch.Tensor | str:
         try:
-            return to_tensor(load_image(path, channels))
+            return to_tensor(load_image(path, channels, max_pixels))
         except DECODE_ERRORS as error:
             return first_line(error)
 

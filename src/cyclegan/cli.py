@@ -17,6 +17,7 @@ from typing import Any
 
 from cyclegan.config import DIRECTIONS, ModelConfig, TrainConfig
 from cyclegan.errors import CycleGANError
+from cyclegan.images import DEFAULT_MAX_PIXELS
 
 
 class Parser(argparse.ArgumentParser):
@@ -157,6 +158,10 @@ def _translate_parser(sub: Any) -> None:
         type=int,
         help="threads decoding, and as many writing (default: CPU count, at most 8)",
     )
+    p.add_argument(
+        "--max_pixels", type=int, default=DEFAULT_MAX_PIXELS,
+        help=f"larger images are skipped unread (default: {DEFAULT_MAX_PIXELS:,}, Pillow's bomb limit)",
+    )  # fmt: skip
     p.set_defaults(handler=_run_translate)
 
 
@@ -173,6 +178,7 @@ def _run_translate(args: argparse.Namespace) -> int:
         device=shard.device(resolve_device(args.device)),
         backend=args.backend,
         precision=args.precision,
+        max_pixels=args.max_pixels,
         overwrite=args.overwrite,
         image_format=args.image_format,
         quality=args.quality,
