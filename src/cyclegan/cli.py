@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 import typing
 from collections.abc import Sequence
@@ -152,7 +153,31 @@ def _translate_parser(sub: Any) -> None:
     p.add_argument("--direction", choices=("AtoB", "BtoA"), default="AtoB", help="which generator to use")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument(
+        "--tile",
+        type=int,
+        metavar="N",
+        help="translate in exact N-pixel tiles: the whole-image result in less memory"
+        " (a multiple of 4 for ResNets, of 128 or 256 for U-Nets)",
+    )
+    p.add_argument(
+        "--max_memory",
+        metavar="SIZE",
+        help="tile images whose translation would need more than SIZE of tensors, e.g. 3GB or 512MB"
+        " (powers of 1024; the process itself needs some 0.5 GB more)",
+    )
     p.set_defaults(handler=_run_translate)
+
+
+_SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _parse_size(text: str) -> int:
+    """Bytes from '3GB', '512MB', '1.5G' or a plain byte count."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*(?:([KMGT])I?)?B?\s*", text.upper())
+    if match is None or float(match[1]) <= 0:
+        raise CycleGANError(f"--max_memory takes a size such as 3GB or 512MB, got {text!r}")
+    return int(float(match[1]) * _SIZE_UNITS[match[2] or ""])
 
 
 def _run_translate(args: argparse.Namespace) -> int:
@@ -166,6 +191,8 @@ def _run_translate(args: argparse.Namespace) -> int:
         direction=args.direction,
         device=resolve_device(args.device),
         overwrite=args.overwrite,
+        tile=args.tile,
+        max_memory=None if args.max_memory is None else _parse_size(args.max_memory),
     )
     print(f"Wrote {len(written)} image(s) to {args.out}")
     return 0

@@ -17,6 +17,7 @@ from cyclegan.checkpoints import atomic_write, load_generator
 from cyclegan.config import ModelConfig
 from cyclegan.data import DECODE_ERRORS, list_images, load_image, pad_to_multiple
 from cyclegan.errors import CycleGANError
+from cyclegan.tiling import check_tile, choose_tile, translate_tiled
 
 
 def size_multiple(cfg: ModelConfig) -> int:
@@ -40,28 +41,61 @@ def to_image(y: torch.Tensor) -> Image.Image:
 
 
 class Translator:
-    """A loaded generator that maps images of any size: reflect-pad to the size it needs, crop back."""
+    """A loaded generator that maps images of any size: reflect-pad to the size it needs, crop back.
 
-    def __init__(self, generator: nn.Module, config: ModelConfig, device: torch.device | str = "cpu") -> None:
+    With ``tile`` (pixels) each image is translated in exact tiles (``cyclegan.tiling``): the whole-image
+    result in bounded memory. With ``max_memory`` (bytes of tensors) and no ``tile``, an image whose
+    whole-image forward would need more is tiled with the largest tile that fits.
+    """
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        config: ModelConfig,
+        device: torch.device | str = "cpu",
+        tile: int | None = None,
+        max_memory: int | None = None,
+    ) -> None:
         self.generator, self.config, self.device = generator, config, torch.device(device)
         self.generator.to(self.device)
         self.in_channels = next(m for m in generator.modules() if isinstance(m, nn.Conv2d)).in_channels
         self.multiple = size_multiple(config)
+        if tile is not None:
+            check_tile(generator, tile)
+        if max_memory is not None and max_memory <= 0:
+            raise CycleGANError(f"max_memory must be a positive number of bytes, got {max_memory}")
+        self.tile, self.max_memory = tile, max_memory
 
     @classmethod
     def load(
-        cls, checkpoint: Path, direction: str = "AtoB", device: torch.device | str = "cpu"
+        cls,
+        checkpoint: Path,
+        direction: str = "AtoB",
+        device: torch.device | str = "cpu",
+        tile: int | None = None,
+        max_memory: int | None = None,
     ) -> Translator:
         """From a run folder, one of our checkpoints, or a reference generator ``.pth``."""
         generator, config = load_generator(Path(checkpoint), direction)
-        return cls(generator, config, device)
+        return cls(generator, config, device, tile, max_memory)
+
+    def tile_for(self, height: int, width: int) -> int | None:
+        """The tile for an image of this (padded) size: ``tile``, or the one ``max_memory`` calls for."""
+        if self.tile is not None or self.max_memory is None:
+            return self.tile
+        return choose_tile(self.generator, height, width, self.max_memory)
 
     @torch.inference_mode()
     def translate_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        """C×H×W (or N×C×H×W) in [-1, 1] -> the translation, same spatial size."""
+        """C×H×W (or N×C×H×W) in [-1, 1] -> the translation, same spatial size. Tiling goes image by image."""
         padded, (h, w) = pad_to_multiple(x.to(self.device), self.multiple)
         batch = padded if padded.dim() == 4 else padded.unsqueeze(0)
-        y = self.generator(batch)[..., :h, :w]
+        tile = self.tile_for(*batch.shape[-2:])
+        if tile is None:
+            y = self.generator(batch)
+        else:
+            y = torch.cat([translate_tiled(self.generator, image[None], tile) for image in batch])
+        y = y[..., :h, :w]
         return y if x.dim() == 4 else y[0]
 
     def __call__(self, image: Image.Image) -> Image.Image:
@@ -99,8 +133,12 @@ def translate_files(
     device: torch.device | str = "cpu",
     overwrite: bool = False,
     show_progress: bool = True,
+    tile: int | None = None,
+    max_memory: int | None = None,
 ) -> list[Path]:
     """Translate image files and folders into ``out_dir``; returns the written files.
+
+    ``tile`` and ``max_memory`` are ``Translator``'s: exact tiled translation of large images.
 
     Unreadable images are reported and skipped; if any were, a CycleGANError naming them is raised at the end,
     after every readable image has been written. Existing outputs are kept unless ``overwrite``.
@@ -113,7 +151,7 @@ def translate_files(
             raise CycleGANError(
                 f"{existing[0]} exists ({len(existing)} outputs in all); pass --overwrite to replace"
             )
-    translator = Translator.load(checkpoint, direction, device)
+    translator = Translator.load(checkpoint, direction, device, tile, max_memory)
     written, failed = [], []
     for src, dst in tqdm(pairs, disable=not show_progress, unit="image"):
         try:
