@@ -158,7 +158,7 @@ def test_translate_backend_and_precision_errors_are_one_line(
         ([*ort_backend, "--checkpoint", str(resnet)], "as an ONNX model"),
         ([*ort_backend, "--checkpoint", str(foreign)], "not written by cyclegan export"),
         ([*ort_backend, "--checkpoint", str(model), "--direction", "BtoA"], "pass --direction AtoB"),
-        ([*ort_backend, "--checkpoint", str(model), "--precision", "bf16"], "applies to the torch backend"),
+        ([*ort_backend, "--checkpoint", str(model), "--precision", "bf16"], "apply to the torch backend"),
         (["--checkpoint", str(model)], "--backend onnxruntime"),
         (["--checkpoint", str(resnet), "--precision", "fp16"], "needs a CUDA device"),
     ]

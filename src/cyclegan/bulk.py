@@ -139,6 +139,8 @@ def translate_files(
     num_workers: int | None = None,
     shard: Shard | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    tile: int | None = None,
+    max_memory: int | None = None,
     show_progress: bool = True,
 ) -> Translated:
     """Translate image files and folders into ``out_dir`` as ``image_format`` files (lossless PNG by
@@ -179,7 +181,7 @@ def translate_files(
     skipped = [dst for _, dst in mine if dst in existing]
     todo = [(src, dst) for src, dst in mine if dst not in existing]
     translator = (
-        load_translator(Path(model), direction, device, backend, precision)
+        load_translator(Path(model), direction, device, backend, precision, tile, max_memory)
         if isinstance(model, (str, Path))
         else model
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
+import re
 import sys
 import typing
 from collections.abc import Sequence
@@ -159,10 +160,31 @@ def _translate_parser(sub: Any) -> None:
         help="threads decoding, and as many writing (default: CPU count, at most 8)",
     )
     p.add_argument(
+        "--tile", type=int, metavar="N",
+        help="translate in exact N-pixel tiles: the whole-image result in less memory"
+        " (a multiple of 4 for ResNets, of 128 or 256 for U-Nets)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max_memory", metavar="SIZE",
+        help="tile images whose translation would need more than SIZE of tensors, e.g. 3GB or 512MB"
+        " (powers of 1024; the process itself needs some 0.5 GB more)",
+    )  # fmt: skip
+    p.add_argument(
         "--max_pixels", type=int, default=DEFAULT_MAX_PIXELS,
         help=f"larger images are skipped unread (default: {DEFAULT_MAX_PIXELS:,}, Pillow's bomb limit)",
     )  # fmt: skip
     p.set_defaults(handler=_run_translate)
+
+
+_SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from '3GB', '512MB', '1.5G' or a plain byte count (powers of 1024)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*(?:([KMGT])I?)?B?\s*", text.upper())
+    if match is None or float(match[1]) <= 0:
+        raise CycleGANError(f"--max_memory takes a size such as 3GB or 512MB, got {text!r}")
+    return int(float(match[1]) * _SIZE_UNITS[match[2] or ""])
 
 
 def _run_translate(args: argparse.Namespace) -> int:
@@ -179,6 +201,8 @@ def _run_translate(args: argparse.Namespace) -> int:
         backend=args.backend,
         precision=args.precision,
         max_pixels=args.max_pixels,
+        tile=args.tile,
+        max_memory=None if args.max_memory is None else parse_size(args.max_memory),
         overwrite=args.overwrite,
         image_format=args.image_format,
         quality=args.quality,

@@ -15,6 +15,7 @@ from cyclegan.data import pad_to_multiple
 from cyclegan.errors import CycleGANError
 from cyclegan.images import to_image, to_tensor
 from cyclegan.networks import size_multiple
+from cyclegan.tiling import check_tile, choose_tile, translate_tiled
 
 if TYPE_CHECKING:
     from cyclegan.export import OnnxTranslator
@@ -25,9 +26,21 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Translator:
-    """A loaded generator that maps images of any size: reflect-pad to the size it needs, crop back."""
+    """A loaded generator that maps images of any size: reflect-pad to the size it needs, crop back.
 
-    def __init__(self, generator: nn.Module, config: ModelConfig, device: torch.device | str = "cpu") -> None:
+    With ``tile`` (pixels) each image is translated in exact tiles (``cyclegan.tiling``): the whole-image
+    result in bounded memory. With ``max_memory`` (bytes of tensors) and no ``tile``, an image whose
+    whole-image forward would need more is tiled with the largest tile that fits.
+    """
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        config: ModelConfig,
+        device: torch.device | str = "cpu",
+        tile: int | None = None,
+        max_memory: int | None = None,
+    ) -> None:
         self.generator, self.config, self.device = generator, config, torch.device(device)
         self.generator.to(self.device)
         self.in_channels = next(m for m in generator.modules() if isinstance(m, nn.Conv2d)).in_channels
@@ -36,29 +49,52 @@ class Translator:
                 f"the model takes {self.in_channels}-channel images; only 1 and 3 are supported"
             )
         self.multiple = size_multiple(config)
+        if (tile is not None or max_memory is not None) and isinstance(generator, Autocast):
+            raise CycleGANError("--tile and --max_memory translate in fp32; leave --precision at fp32")
+        if tile is not None:
+            check_tile(generator, tile)
+        if max_memory is not None and max_memory <= 0:
+            raise CycleGANError(f"--max_memory must be a positive number of bytes, got {max_memory}")
+        self.tile, self.max_memory = tile, max_memory
 
     @classmethod
     def load(
-        cls, checkpoint: Path, direction: str = "AtoB", device: torch.device | str = "cpu"
+        cls,
+        checkpoint: Path,
+        direction: str = "AtoB",
+        device: torch.device | str = "cpu",
+        tile: int | None = None,
+        max_memory: int | None = None,
     ) -> Translator:
         """From a run folder, one of our checkpoints, or a reference generator ``.pth``."""
         generator, config = load_generator(Path(checkpoint), direction)
-        return cls(generator, config, device)
+        return cls(generator, config, device, tile, max_memory)
+
+    def tile_for(self, height: int, width: int) -> int | None:
+        """The tile for an image of this (padded) size: ``tile``, or the one ``max_memory`` calls for."""
+        if self.tile is not None or self.max_memory is None:
+            return self.tile
+        return choose_tile(self.generator, height, width, self.max_memory)
 
     @torch.inference_mode()
     def translate_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        """C×H×W (or N×C×H×W) in [-1, 1] -> the translation, same spatial size."""
+        """C×H×W (or N×C×H×W) in [-1, 1] -> the translation, same spatial size. Tiling goes image by image."""
         padded, (h, w) = pad_to_multiple(x.to(self.device), self.multiple, MIN_SIZE)
         batch = padded if padded.dim() == 4 else padded.unsqueeze(0)
+        tile = self.tile_for(*batch.shape[-2:])
         try:
-            y = self.generator(batch)[..., :h, :w]
+            if tile is None:
+                y = self.generator(batch)
+            else:
+                y = torch.cat([translate_tiled(self.generator, image[None], tile) for image in batch])
         except (torch.OutOfMemoryError, RuntimeError) as err:
             if not isinstance(err, torch.OutOfMemoryError) and "memory" not in str(err):
                 raise
             raise CycleGANError(
-                f"not enough memory to translate a {w}x{h} image on {self.device}; try a smaller image"
-                " or a machine with more memory"
+                f"not enough memory to translate a {w}x{h} image on {self.device}; translate it in exact"
+                " tiles with --max_memory (e.g. 2GB) or --tile 512"
             ) from None
+        y = y[..., :h, :w]
         return y if x.dim() == 4 else y[0]
 
     def __call__(self, image: Image.Image) -> Image.Image:
@@ -94,13 +130,19 @@ def load_translator(
     device: torch.device | str = "cpu",
     backend: str = "torch",
     precision: str = "fp32",
+    tile: int | None = None,
+    max_memory: int | None = None,
 ) -> Translator | OnnxTranslator:
-    """A Translator for ``backend``: PyTorch (at ``precision``) on our checkpoints, or onnxruntime on a model
-    written by ``cyclegan export``. Both map PIL images and tensors the same way."""
+    """A Translator for ``backend``: PyTorch (at ``precision``, optionally in exact tiles) on our
+    checkpoints, or onnxruntime on a model written by ``cyclegan export``. Both map PIL images and tensors
+    the same way."""
     device = torch.device(device)
     if backend == "onnxruntime":
-        if precision != "fp32":
-            raise CycleGANError("--precision applies to the torch backend; an ONNX model runs in float32")
+        if precision != "fp32" or tile is not None or max_memory is not None:
+            raise CycleGANError(
+                "--precision, --tile and --max_memory apply to the torch backend; an ONNX model runs whole"
+                " images in float32"
+            )
         from cyclegan.export import load_onnx_translator
 
         return load_onnx_translator(Path(checkpoint), direction, device)
@@ -110,7 +152,8 @@ def load_translator(
     if Path(checkpoint).suffix == ".onnx":
         raise CycleGANError(f"{checkpoint} is an ONNX model; run it with --backend onnxruntime")
     generator, config = load_generator(Path(checkpoint), direction)
-    return Translator(generator if dtype is None else Autocast(generator, dtype), config, device)
+    model = generator if dtype is None else Autocast(generator, dtype)
+    return Translator(model, config, device, tile, max_memory)
 
 
 AnyTranslator = Union[Translator, "OnnxTranslator"]  # what load_translator returns; both map images alike
