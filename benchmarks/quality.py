@@ -26,11 +26,12 @@ import torch
 from PIL import Image
 
 from cyclegan.config import GENERATORS, ModelConfig, TrainConfig
-from cyclegan.data import list_images, load_image
+from cyclegan.data import list_images
 from cyclegan.devices import resolve_device
 from cyclegan.errors import CycleGANError
 from cyclegan.evaluation import evaluate, format_table
 from cyclegan.files import atomic_write, atomic_write_text
+from cyclegan.images import load_image
 from cyclegan.results import ResultTable
 from cyclegan.training import train
 

@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results.append(run_child(argv, mode, size))
         print(json.dumps(results[-1]), flush=True)
     if args.out:
-        from cyclegan.checkpoints import atomic_write_text
+        from cyclegan.files import atomic_write_text
 
         atomic_write_text(args.out, json.dumps(results, indent=2) + "\n")
     return 0

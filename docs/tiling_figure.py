@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from cyclegan.checkpoints import atomic_write
 from cyclegan.demo_data import random_scene, render
+from cyclegan.files import atomic_write
 from cyclegan.networks import ResnetGenerator, init_weights
 from cyclegan.tiling import translate_tiled
 

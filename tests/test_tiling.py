@@ -14,9 +14,9 @@ from cyclegan.cli import main
 from cyclegan.config import ModelConfig
 from cyclegan.errors import CycleGANError
 from cyclegan.inference import Translator
+from cyclegan.model import CycleGAN
 from cyclegan.networks import ResnetGenerator, UnetGenerator, init_weights
 from cyclegan.tiling import choose_tile, estimate_memory, translate_tiled
-from cyclegan.training import CycleGAN
 
 TOLERANCE = 1e-4  # in [-1, 1] output units
 
