@@ -42,15 +42,6 @@ class World:
     def distributed(self) -> bool:
         return self.size > 1
 
-    def local_batch(self, batch_size: int) -> int:
-        """``--batch_size`` is the global batch: the images of one step summed over all processes."""
-        if batch_size % self.size:
-            raise CycleGANError(
-                f"--batch_size {batch_size} is the global batch and must be divisible by the"
-                f" {self.size} processes"
-            )
-        return batch_size // self.size
-
     def wrap(self, module: nn.Module) -> nn.Module:
         """DDP around ``module`` when there are several processes: its gradients are averaged over them."""
         if not self.distributed or not any(p.requires_grad for p in module.parameters()):
@@ -103,6 +94,23 @@ class World:
         return value
 
 
+def check_global_batch(batch_size: int) -> None:
+    """``--batch_size`` is the global batch (the images of one step over all processes): each process
+    takes an equal share, so it must divide by the number of processes torchrun started."""
+    size = world_size()
+    if batch_size % size:
+        raise CycleGANError(
+            f"--batch_size {batch_size} is the global batch and must be divisible by the {size} processes"
+        )
+
+
+def world_size() -> int:
+    """The number of training processes: the caller's process group, else torchrun's WORLD_SIZE."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return _env_int("WORLD_SIZE", 1)
+
+
 def is_main_process() -> bool:
     """Whether this process writes files and prints notes (rank 0, or the only process)."""
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
@@ -120,15 +128,26 @@ def stopped_peer_error(err: BaseException, timeout_s: int) -> CycleGANError:
 def session(device_name: str, timeout_s: int) -> Iterator[World]:
     """The world of this process: joins torchrun's process group (NCCL on CUDA, gloo on CPU) and leaves
     it at the end; a collective waits at most ``timeout_s`` seconds for a peer that died or hangs."""
-    size = _env_int("WORLD_SIZE", 1)
+    size = world_size()
     if size <= 1:
         yield World(device=resolve_device(device_name))
         return
-    rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
-    device = rank_device(device_name, local_rank)
-    if dist.is_available() and dist.is_initialized():  # the caller's own process group: leave it to them
-        yield World(dist.get_rank(), dist.get_world_size(), device)
-        return
+    device = rank_device(device_name, _env_int("LOCAL_RANK", 0))
+    own = not (dist.is_available() and dist.is_initialized())  # else the caller's group, theirs to end
+    if own:
+        _join(device, timeout_s)
+    finished = False
+    try:
+        yield World(dist.get_rank(), size, device)
+        finished = True
+    finally:
+        if finished:
+            dist.barrier()  # rank 0 may still be saving the last checkpoint or writing the report
+        if own:
+            dist.destroy_process_group()
+
+
+def _join(device: torch.device, timeout_s: int) -> None:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_available() or (backend == "nccl" and not dist.is_nccl_available()):
         raise CycleGANError(f"this PyTorch build has no {backend.upper()} backend for several processes")
@@ -138,14 +157,6 @@ def session(device_name: str, timeout_s: int) -> Iterator[World]:
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     except (RuntimeError, ValueError) as err:
         raise CycleGANError(f"cannot join the other training processes: {first_line(err)}") from None
-    finished = False
-    try:
-        yield World(rank, size, device)
-        finished = True
-    finally:
-        if finished:
-            dist.barrier()  # rank 0 may still be saving the last checkpoint or writing the report
-        dist.destroy_process_group()
 
 
 def rank_device(device_name: str, local_rank: int) -> torch.device:

@@ -90,28 +90,31 @@ class GeneratorObjective(nn.Module):
         self.cfg, self.precision = cfg, precision
         self.gan_loss, self.l1 = GANLoss(cfg.gan_mode), nn.L1Loss()
 
-    def _run(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """A network's forward pass under the run's autocast, returned in float32 for the losses."""
-        with self.precision.autocast():
-            return net(x).float()
-
     def forward(
         self, real_A: torch.Tensor, real_B: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         """Returns (total loss, named losses, fake_A, fake_B)."""
+        with self.precision.autocast():  # one context: weights are cast to bf16/fp16 once per step
+            return self._losses(real_A, real_B)
+
+    def _losses(
+        self, real_A: torch.Tensor, real_B: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        # Network outputs go on in float32: the fakes feed the image pool, and the L1/MSE losses run in
+        # float32 under autocast anyway (autocast's float32 list).
         cfg, G_A, G_B, (D_A, D_B) = self.cfg, self.G_A, self.G_B, self.critics
-        fake_B = self._run(G_A, real_A)
-        rec_A = self._run(G_B, fake_B)
-        fake_A = self._run(G_B, real_B)
-        rec_B = self._run(G_A, fake_A)
+        fake_B = G_A(real_A).float()
+        rec_A = G_B(fake_B).float()
+        fake_A = G_B(real_B).float()
+        rec_B = G_A(fake_A).float()
         losses: dict[str, torch.Tensor] = {}
         if cfg.lambda_identity > 0:
-            losses["idt_A"] = self.l1(self._run(G_A, real_B), real_B) * cfg.lambda_B * cfg.lambda_identity
-            losses["idt_B"] = self.l1(self._run(G_B, real_A), real_A) * cfg.lambda_A * cfg.lambda_identity
+            losses["idt_A"] = self.l1(G_A(real_B).float(), real_B) * cfg.lambda_B * cfg.lambda_identity
+            losses["idt_B"] = self.l1(G_B(real_A).float(), real_A) * cfg.lambda_A * cfg.lambda_identity
         else:
             losses["idt_A"] = losses["idt_B"] = torch.zeros((), device=real_A.device)
-        losses["G_A"] = self.gan_loss(self._run(D_A, fake_B), True)
-        losses["G_B"] = self.gan_loss(self._run(D_B, fake_A), True)
+        losses["G_A"] = self.gan_loss(D_A(fake_B).float(), True)
+        losses["G_B"] = self.gan_loss(D_B(fake_A).float(), True)
         losses["cycle_A"] = self.l1(rec_A, real_A) * cfg.lambda_A
         losses["cycle_B"] = self.l1(rec_B, real_B) * cfg.lambda_B
         # Summed in the reference's order: autograd then accumulates gradients in the same order, which keeps
@@ -129,14 +132,17 @@ class DiscriminatorObjective(nn.Module):
         self.precision, self.gan_loss = precision, GANLoss(cfg.gan_mode)
 
     def _loss(self, net: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-        with self.precision.autocast():
-            on_real, on_fake = net(real).float(), net(fake.detach()).float()
+        on_real, on_fake = net(real).float(), net(fake.detach()).float()
         return 0.5 * (self.gan_loss(on_real, True) + self.gan_loss(on_fake, False))
 
     def forward(
         self, real_A: torch.Tensor, real_B: torch.Tensor, fake_A: torch.Tensor, fake_B: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        losses = {"D_A": self._loss(self.D_A, real_B, fake_B), "D_B": self._loss(self.D_B, real_A, fake_A)}
+        with self.precision.autocast():
+            losses = {
+                "D_A": self._loss(self.D_A, real_B, fake_B),
+                "D_B": self._loss(self.D_B, real_A, fake_A),
+            }
         return losses["D_A"] + losses["D_B"], losses
 
 

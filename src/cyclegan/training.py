@@ -36,7 +36,7 @@ from cyclegan.hooks import Hook, RunState, default_hooks, note
 from cyclegan.interrupts import catch_interrupts
 from cyclegan.model import CycleGAN, CycleGANTrainer, check_training_size
 from cyclegan.networks import size_multiple
-from cyclegan.precision import check_compiler
+from cyclegan.precision import check_compiler, resolve_precision
 from cyclegan.runs import Progress
 from cyclegan.seeds import Stream, item_seed
 
@@ -66,8 +66,11 @@ def train(
     this with the same ``cfg``: rank 0 alone writes the run folder and runs the hooks.
     """
     cfg.validate()
+    distributed.check_global_batch(cfg.batch_size)
     with distributed.session(cfg.device, cfg.dist_timeout) as world, ExitStack() as held:
-        world.local_batch(cfg.batch_size)
+        resolve_precision(cfg.precision, world.device)  # before any folder is made: fp16 needs CUDA
+        if cfg.compile != "none":
+            check_compiler(world.device)
         resuming = run_dir is not None
         run_dir, cfg.seed = world.on_main(lambda: _claim_run(cfg, run_dir, held))
         try:
@@ -104,8 +107,6 @@ def _train(
     assert cfg.seed is not None
     device = world.device
     dataset, skipped = training_data(cfg)
-    if cfg.compile != "none":
-        check_compiler(device)
     torch.manual_seed(cfg.seed)  # initial weights and dropout; a resumed run restores the saved RNG state
     model = CycleGAN(cfg.model).to(device)
     trainer = CycleGANTrainer(model, cfg, cfg.seed, world)
@@ -124,71 +125,75 @@ def _train(
     total = cfg.total_epochs * batches_per_epoch
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
-    bar = tqdm(
+    with tqdm(
         total=total,
         initial=progress.step,
         disable=not (show_progress and world.is_main),
         unit="step",
         dynamic_ncols=True,
-    )
-    run = RunState(cfg, run_dir, model, trainer, progress, device, total, bar.set_postfix_str, world)
-    all_hooks = [*default_hooks(cfg, report), *extra_hooks] if world.is_main else []
-    for hook in all_hooks:
-        hook.load_state_dict(hook_states.get(hook.name, {}))
-        hook.start(run)
-
-    interrupted, first_step = False, True
-    start = time.time() - progress.seconds
-    with catch_interrupts() as interrupts:
-        committed: tuple[int, int, int] | None = None
-
-        def commit() -> None:
-            nonlocal committed
-            where = (progress.epoch, progress.batch, progress.step)
-            if where == committed or not world.is_main:
-                return  # nothing changed since the last commit, or another process writes it
-            with interrupts.protect():
-                states = {hook.name: hook.state_dict() for hook in all_hooks}
-                runs.save_checkpoint(run_dir, model, trainer, progress, states)
-            committed = where
-
-        while progress.epoch < cfg.total_epochs and progress.step < total and not interrupted:
-            for batch in epoch_loader(dataset, cfg, progress, world):
-                _warn_skipped(batch["skipped"], skipped)
-                model.train()
-                if world.distributed and cfg.model.dropout:
-                    _seed_dropout(cfg.seed, progress.step, world.rank)
-                real_A = batch["A"].to(device, non_blocking=True)
-                real_B = batch["B"].to(device, non_blocking=True)
-                began = time.time()
-                losses = trainer.step(real_A, real_B)
-                if first_step and cfg.compile != "none":
-                    note(f"torch.compile warm-up: the first step took {time.time() - began:.1f} s")
-                first_step = False
-                progress.batch += 1
-                progress.step += 1
-                progress.seconds = round(time.time() - start, 3)
-                bar.update(1)
-                for hook in all_hooks:
-                    hook.after_step(run, losses)
-                if progress.step % cfg.save_latest_freq == 0:
-                    commit()
-                interrupted = world.any(interrupts.requested or (should_stop is not None and should_stop()))
-                if interrupted or (progress.step >= total and progress.batch < batches_per_epoch):
-                    break  # mid-epoch; at an epoch's end the epoch is closed below first
-            else:
-                trainer.end_epoch()
-                progress.epoch += 1
-                progress.batch = 0
-                for hook in all_hooks:
-                    hook.after_epoch(run)
-                if progress.epoch % cfg.save_epoch_freq == 0 and world.is_main:
-                    path = run_dir / runs.CHECKPOINTS / f"epoch_{progress.epoch:03d}.safetensors"
-                    checkpoints.save_weights(path, model.networks(), cfg.model, dataclasses.asdict(progress))
-        bar.close()
-        commit()
+    ) as bar:  # closed on errors too, so an error message starts on a line of its own
+        run = RunState(cfg, run_dir, model, trainer, progress, device, total, bar.set_postfix_str, world)
+        all_hooks = [*default_hooks(cfg, report), *extra_hooks] if world.is_main else []
         for hook in all_hooks:
-            hook.end(run)
+            hook.load_state_dict(hook_states.get(hook.name, {}))
+            hook.start(run)
+
+        interrupted, first_step = False, True
+        start = time.time() - progress.seconds
+        with catch_interrupts() as interrupts:
+            committed: tuple[int, int, int] | None = None
+
+            def commit() -> None:
+                nonlocal committed
+                where = (progress.epoch, progress.batch, progress.step)
+                if where == committed or not world.is_main:
+                    return  # nothing changed since the last commit, or another process writes it
+                with interrupts.protect():
+                    states = {hook.name: hook.state_dict() for hook in all_hooks}
+                    runs.save_checkpoint(run_dir, model, trainer, progress, states)
+                committed = where
+
+            while progress.epoch < cfg.total_epochs and progress.step < total and not interrupted:
+                for batch in epoch_loader(dataset, cfg, progress, world):
+                    _warn_skipped(batch["skipped"], skipped)
+                    model.train()
+                    if world.distributed and cfg.model.dropout:
+                        _seed_dropout(cfg.seed, progress.step, world.rank)
+                    real_A = batch["A"].to(device, non_blocking=True)
+                    real_B = batch["B"].to(device, non_blocking=True)
+                    began = time.time()
+                    losses = trainer.step(real_A, real_B)
+                    if first_step and cfg.compile != "none":
+                        note(f"torch.compile warm-up: the first step took {time.time() - began:.1f} s")
+                    first_step = False
+                    progress.batch += 1
+                    progress.step += 1
+                    progress.seconds = round(time.time() - start, 3)
+                    bar.update(1)
+                    for hook in all_hooks:
+                        hook.after_step(run, losses)
+                    if progress.step % cfg.save_latest_freq == 0:
+                        commit()
+                    interrupted = world.any(
+                        interrupts.requested or (should_stop is not None and should_stop())
+                    )
+                    if interrupted or (progress.step >= total and progress.batch < batches_per_epoch):
+                        break  # mid-epoch; at an epoch's end the epoch is closed below first
+                else:
+                    trainer.end_epoch()
+                    progress.epoch += 1
+                    progress.batch = 0
+                    for hook in all_hooks:
+                        hook.after_epoch(run)
+                    if progress.epoch % cfg.save_epoch_freq == 0 and world.is_main:
+                        path = run_dir / runs.CHECKPOINTS / f"epoch_{progress.epoch:03d}.safetensors"
+                        checkpoints.save_weights(
+                            path, model.networks(), cfg.model, dataclasses.asdict(progress)
+                        )
+            bar.close()
+            commit()
+            for hook in all_hooks:
+                hook.end(run)
     return TrainResult(run_dir, progress, interrupted, skipped)
 
 
@@ -251,7 +256,7 @@ def _seed_dropout(seed: int, step: int, rank: int) -> None:
 
 def _is_collective_failure(err: RuntimeError) -> bool:
     """Errors of gloo and NCCL collectives (a peer that died, or a timeout), not this process's own."""
-    text = str(err)
+    text = str(err).lower()
     return isinstance(err, getattr(torch.distributed, "DistError", ())) or any(
-        word in text for word in ("gloo", "NCCL", "Connection closed", "Connection reset", "timed out")
+        word in text for word in ("gloo", "nccl", "connection closed", "connection reset", "timed out")
     )
