@@ -17,12 +17,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import tiny_config
+from torch import nn
 
 from cyclegan import checkpoints
 from cyclegan.cli import main
 from cyclegan.config import ModelConfig, TrainConfig
 from cyclegan.data import EpochSampler, RankBatches
 from cyclegan.distributed import World
+from cyclegan.hooks import Hook, RunState
 from cyclegan.model import CycleGAN, CycleGANTrainer
 from cyclegan.training import train
 
@@ -80,7 +82,7 @@ def _worker(rank: int, ports: list[int], tmp: str, dataroot: str) -> None:
     env = {"MASTER_ADDR": "127.0.0.1", "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"}
     os.environ.update(env, MASTER_PORT=str(ports[0]))
     dist.init_process_group("gloo", rank=rank, world_size=2)
-    world = World(rank, 2, torch.device("cpu"))
+    world = World(rank, 2, torch.device("cpu"), distributed=True)
     results = {pool: _trajectory(pool, world, slice(rank, rank + 1)) for pool in (0, 3)}
     if rank == 0:
         torch.save(results, Path(tmp) / "ranks.pt")
@@ -162,6 +164,26 @@ def test_a_two_process_run_resumes_on_one_process(two_processes: Path) -> None:
     outputs = [_translations(two_processes / name / "run") for name in ("whole", "split_copy")]
     # Measured: 6e-4 of the [-1, 1] output range after 3 steps on 2 processes and 3 on 1.
     assert max((a - b).abs().max().item() for a, b in zip(*outputs, strict=True)) < 5e-3
+
+
+def test_torchrun_with_one_process_takes_the_process_group_path(
+    dataroot: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0", "WORLD_SIZE": "1"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    worlds: list[World] = []
+
+    class Spy(Hook):
+        def start(self, run: RunState) -> None:
+            worlds.append(run.world)
+            assert isinstance(run.trainer.generators, nn.parallel.DistributedDataParallel)
+
+    result = train(
+        tiny_config(dataroot, tmp_path, max_steps=2), hooks=[Spy()], show_progress=False, report=False
+    )
+    assert result.progress.step == 2 and worlds[0].distributed and worlds[0].size == 1
+    assert not dist.is_initialized()  # the group it joined is left again
 
 
 def test_rank_batches_split_each_global_batch_and_pad_the_last() -> None:

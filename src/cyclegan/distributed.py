@@ -28,19 +28,17 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class World:
-    """This process's place among the processes of a run (one process: rank 0 of 1)."""
+    """This process's place among the processes of a run; ``distributed`` when they form a process group
+    (under torchrun, even a group of one: the code path is then the same as on many GPUs)."""
 
     rank: int = 0
     size: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    distributed: bool = False
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.size > 1
 
     def wrap(self, module: nn.Module) -> nn.Module:
         """DDP around ``module`` when there are several processes: its gradients are averaged over them."""
@@ -126,19 +124,19 @@ def stopped_peer_error(err: BaseException, timeout_s: int) -> CycleGANError:
 
 @contextmanager
 def session(device_name: str, timeout_s: int) -> Iterator[World]:
-    """The world of this process: joins torchrun's process group (NCCL on CUDA, gloo on CPU) and leaves
-    it at the end; a collective waits at most ``timeout_s`` seconds for a peer that died or hangs."""
-    size = world_size()
-    if size <= 1:
+    """The world of this process. Started by torchrun (WORLD_SIZE is set), it joins the process group
+    (NCCL on CUDA, gloo on CPU) and leaves it at the end; a collective then waits at most ``timeout_s``
+    seconds for a peer that died or hangs. A process group the caller made is used and left to them."""
+    own = not (dist.is_available() and dist.is_initialized())  # else the caller's group, theirs to end
+    if own and "WORLD_SIZE" not in os.environ:
         yield World(device=resolve_device(device_name))
         return
     device = rank_device(device_name, _env_int("LOCAL_RANK", 0))
-    own = not (dist.is_available() and dist.is_initialized())  # else the caller's group, theirs to end
     if own:
         _join(device, timeout_s)
     finished = False
     try:
-        yield World(dist.get_rank(), size, device)
+        yield World(dist.get_rank(), dist.get_world_size(), device, distributed=True)
         finished = True
     finally:
         if finished:
