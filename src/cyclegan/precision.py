@@ -88,6 +88,13 @@ def adam_options(precision: Precision) -> dict[str, bool]:
     return {"fused": True} if precision.mixed else {}
 
 
+def pick_conv_algorithms(device: torch.device, fixed_size: bool) -> None:
+    """On CUDA, let cuDNN time its convolution algorithms for each input shape and keep the fastest, as the
+    reference does whenever all training images share one size (with varying sizes it would re-time)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = fixed_size
+
+
 def check_compiler(device: torch.device) -> None:
     """Refuse ``--compile`` in one line where torch.compile cannot build kernels (no C++ compiler,
     no Triton), before any data is loaded; this costs a few seconds only when compiling was asked for."""

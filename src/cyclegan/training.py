@@ -36,7 +36,7 @@ from cyclegan.hooks import Hook, RunState, default_hooks, note
 from cyclegan.interrupts import catch_interrupts
 from cyclegan.model import CycleGAN, CycleGANTrainer, check_training_size
 from cyclegan.networks import size_multiple
-from cyclegan.precision import check_compiler, resolve_precision
+from cyclegan.precision import check_compiler, pick_conv_algorithms, resolve_precision
 from cyclegan.runs import Progress
 from cyclegan.seeds import Stream, item_seed
 
@@ -107,6 +107,7 @@ def _train(
     assert cfg.seed is not None
     device = world.device
     dataset, skipped = training_data(cfg)
+    pick_conv_algorithms(device, fixed_size=cfg.preprocess not in ("scale_width", "none"))
     torch.manual_seed(cfg.seed)  # initial weights and dropout; a resumed run restores the saved RNG state
     model = CycleGAN(cfg.model).to(device)
     trainer = CycleGANTrainer(model, cfg, cfg.seed, world)
