@@ -202,3 +202,28 @@ def test_eval_every_logs_fid_kid_and_keeps_the_best_checkpoint(
         cfg = tiny_config(dataroot, tmp_path / "x", eval_every=1)
         cfg.dataroot, cfg.domain_a, cfg.domain_b = None, str(dataroot / "trainA"), str(dataroot / "trainB")
         train(cfg, show_progress=False)
+
+
+def test_a_batch_normalises_each_image_alone() -> None:
+    from cyclegan.config import ModelConfig
+    from cyclegan.model import CycleGAN
+
+    torch.manual_seed(0)
+    model = CycleGAN(ModelConfig(ngf=4, ndf=4, netG="resnet_6blocks")).train()
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        together = model.G_A(x)
+        alone = torch.cat([model.G_A(x[i : i + 1]) for i in range(3)])
+    assert (together - alone).abs().max().item() < 1e-5
+
+
+def test_batches_of_two_keep_the_epoch_and_learning_rate_rule(dataroot: Path, tmp_path: Path) -> None:
+    # 6 items (the larger domain) in batches of 2: 3 steps per epoch; the rate decays once per epoch.
+    cfg = tiny_config(dataroot, tmp_path, batch_size=2, n_epochs=1, n_epochs_decay=1, print_freq=1)
+    result = train(cfg, show_progress=False, report=False)
+    assert (result.progress.step, result.progress.epoch) == (6, 2)
+    rows = [json.loads(line) for line in (result.run_dir / "log.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 1, 1, 2, 2, 2]
+    assert [row["lr"] for row in rows] == pytest.approx([2e-4] * 3 + [1e-4] * 3)
+    state = checkpoints.read_state(result.run_dir / "checkpoints" / "latest.safetensors")
+    assert len(state["trainer"]["pool_A"]["images"]) == 3  # the pool holds images, not batches

@@ -72,6 +72,11 @@ def _train_parser(sub: Any) -> None:
     p.add_argument(
         "--gpu_ids", default=argparse.SUPPRESS, help="reference-style device: -1 for CPU, N for cuda:N"
     )
+    p.add_argument(
+        "--exact",
+        action="store_true",
+        help="the reference's arithmetic: --precision fp32, no --channels_last, --compile none",
+    )
     p.set_defaults(handler=_run_train)
 
 
@@ -89,6 +94,17 @@ def _device_from_gpu_ids(gpu_ids: str) -> str:
     raise CycleGANError(f"--gpu_ids takes -1 (CPU) or one GPU id, got {gpu_ids!r}")
 
 
+EXACT = {"precision": "fp32", "channels_last": False, "compile": "none"}
+
+
+def _exact_options(given: dict[str, Any]) -> dict[str, Any]:
+    """``--exact`` with a fast-path option that contradicts it is refused rather than silently dropped."""
+    for name, value in EXACT.items():
+        if name in given and given[name] != value:
+            raise CycleGANError(f"--exact means --{name} {value}; leave out --{name} {given[name]}")
+    return EXACT
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from cyclegan.runs import resume_config
     from cyclegan.training import train
@@ -96,6 +112,8 @@ def _run_train(args: argparse.Namespace) -> int:
     train_opts, model_opts = _given(args, TrainConfig), _given(args, ModelConfig)
     if hasattr(args, "gpu_ids"):
         train_opts["device"] = _device_from_gpu_ids(args.gpu_ids)
+    if args.exact:
+        train_opts |= _exact_options(train_opts)
     if args.resume is not None:
         run_dir = args.resume
         cfg = resume_config(run_dir, train_opts, model_opts)

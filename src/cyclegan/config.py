@@ -27,6 +27,9 @@ PREPROCESS = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", 
 DIRECTIONS = ("AtoB", "BtoA")
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+COMPILE_MODES = ("none", "networks", "step")
+
 MAX_WIDTH = 1024  # ngf/ndf: the paper uses 64; wider networks would not fit any GPU memory
 MAX_D_LAYERS = 8
 
@@ -86,7 +89,11 @@ class TrainConfig:
     max_steps: int | None = _opt(
         None, "stop after this many training steps (for short runs and benchmarks)", on_resume=True
     )
-    batch_size: int = _opt(1, "images per batch")
+    batch_size: int = _opt(
+        1,
+        "images per step, summed over all processes under torchrun (the global batch); see the README on"
+        " what else to change when raising it",
+    )
     lr: float = _opt(2e-4, "initial learning rate of Adam")
     beta1: float = _opt(0.5, "Adam beta1")
     beta2: float = _opt(0.999, "Adam beta2")
@@ -107,7 +114,35 @@ class TrainConfig:
     max_dataset_size: int | None = _opt(None, "use at most this many images of each domain")
     num_workers: int = _opt(2, "data loader worker processes", on_resume=True)
     seed: int | None = _opt(None, "random seed; a run with the same seed repeats exactly (default: random)")
-    device: str = _opt("auto", "auto, cpu, cuda or cuda:N", on_resume=True)
+    device: str = _opt(
+        "auto", "auto, cpu, cuda or cuda:N (under torchrun each process uses cuda:LOCAL_RANK)", on_resume=True
+    )
+    precision: str = _opt(
+        "auto",
+        "arithmetic of the training step: fp32 is the reference's; bf16 and fp16 run the convolutions under"
+        " autocast while norm statistics, losses, weights and Adam stay float32 (fp16 needs CUDA and scales"
+        " the loss). auto is fp32 on CPU and, until bf16 is measured on GPUs, fp32 on CUDA too",
+        PRECISIONS,
+        on_resume=True,
+    )
+    channels_last: bool = _opt(
+        False,
+        "channels-last memory layout for the networks and batches (see benchmarks/speed.py for its effect)",
+        on_resume=True,
+    )
+    compile: str = _opt(
+        "none",
+        "torch.compile the four networks, or the generator and discriminator steps (forward and backward);"
+        " the compile warm-up is reported apart from the step times",
+        COMPILE_MODES,
+        on_resume=True,
+    )
+    dist_timeout: int = _opt(
+        1800,
+        "under torchrun: seconds a process waits for the others (a rank that died, or rank 0 writing a"
+        " checkpoint or evaluating) before it stops with an error",
+        on_resume=True,
+    )
     print_freq: int = _opt(100, "log losses every this many steps", on_resume=True)
     sample_freq: int = _opt(400, "save a sample grid every this many steps", on_resume=True)
     save_latest_freq: int = _opt(5000, "save the latest checkpoint every this many steps", on_resume=True)
@@ -152,7 +187,7 @@ class TrainConfig:
         for name in (
             "batch_size", "load_size", "crop_size", "print_freq", "sample_freq", "save_latest_freq",
             "save_epoch_freq", "max_steps", "max_dataset_size", "eval_every", "health_every",
-            "health_patience",
+            "health_patience", "dist_timeout",
         ):  # fmt: skip
             value = getattr(self, name)
             if value is not None and value < 1:

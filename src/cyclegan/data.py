@@ -171,6 +171,29 @@ class EpochSampler(Sampler[int]):
         return max(0, self.size - self.start)
 
 
+class RankBatches(Sampler[list[int]]):
+    """This process's slice of each global batch of an epoch, from global batch ``start`` on.
+
+    Global batch k is items k*B .. k*B+B-1 of the epoch's order. Process r of n takes the r-th contiguous
+    slice of it, so the slices in rank order are the batch one process would see. A short last batch is
+    topped up with the epoch's first items to a multiple of n, so every process gets an equal share.
+    """
+
+    def __init__(self, epoch: EpochSampler, batch_size: int, rank: int = 0, world: int = 1, start: int = 0):
+        self.epoch, self.batch_size, self.rank, self.world, self.start = epoch, batch_size, rank, world, start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = self.epoch.order()
+        for first in range(self.start * self.batch_size, len(order), self.batch_size):
+            batch = order[first : first + self.batch_size]
+            batch += [order[i % len(order)] for i in range(-len(batch) % self.world)]
+            share = len(batch) // self.world
+            yield batch[self.rank * share : (self.rank + 1) * share]
+
+    def __len__(self) -> int:
+        return max(0, -(-self.epoch.size // self.batch_size) - self.start)
+
+
 def ignore_interrupts(worker_id: int) -> None:
     """Loader workers leave Ctrl-C to the main process, which stops cleanly after the current step."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from tqdm import tqdm
 from cyclegan import checkpoints, metrics, runs
 from cyclegan.config import TrainConfig
 from cyclegan.data import domain_folders, eval_transform, list_images
+from cyclegan.distributed import World, is_main_process
 from cyclegan.errors import CycleGANError
 from cyclegan.evaluation import evaluate_model, real_features
 from cyclegan.files import atomic_write
@@ -42,6 +43,7 @@ class RunState:
     device: torch.device
     total_steps: int
     status: Callable[[str], None]  # shows a short text beside the progress bar
+    world: World = field(default_factory=World)  # hooks run on rank 0 only
     stopped: str | None = None  # why a hook stopped the run without saving its weights (see StopRun)
 
 
@@ -77,8 +79,9 @@ class Hook:
 
 
 def note(message: str) -> None:
-    """A line for the user that does not break the progress bar."""
-    tqdm.write(message, file=sys.stderr)
+    """A line for the user that does not break the progress bar (from rank 0 only under torchrun)."""
+    if is_main_process():
+        tqdm.write(message, file=sys.stderr)
 
 
 class LossLog(Hook):

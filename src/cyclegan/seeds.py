@@ -17,6 +17,7 @@ class Stream(IntEnum):
     EPOCH_ORDER = 2**32 - 1  # the sampler's permutation of an epoch
     POOL_A = 2**32 - 3  # the image pool of fake A images
     POOL_B = 2**32 - 4  # the image pool of fake B images
+    DROPOUT = 2**32 - 5  # dropout masks of one step, per process, in multi-process runs
 
 
 def item_seed(seed: int, epoch: int, index: int) -> int:

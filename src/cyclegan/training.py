@@ -11,6 +11,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,23 +20,26 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from cyclegan import checkpoints, runs
+from cyclegan import checkpoints, distributed, runs
 from cyclegan.config import TrainConfig
 from cyclegan.data import (
     EpochSampler,
+    RankBatches,
     UnpairedDataset,
     collate,
     domain_folders,
     ignore_interrupts,
     scan_domain,
 )
-from cyclegan.devices import resolve_device
+from cyclegan.distributed import World
 from cyclegan.errors import CycleGANError
 from cyclegan.hooks import Hook, RunState, StopRun, default_hooks, note
 from cyclegan.interrupts import catch_interrupts
 from cyclegan.model import CycleGAN, CycleGANTrainer, check_training_size
 from cyclegan.networks import size_multiple
+from cyclegan.precision import check_compiler, pick_conv_algorithms, resolve_precision
 from cyclegan.runs import Progress
+from cyclegan.seeds import Stream, item_seed
 
 
 @dataclass
@@ -62,46 +66,84 @@ def train(
     (see :func:`cyclegan.runs.resume_config`). ``should_stop`` is asked once after every step; Ctrl-C or
     SIGTERM also stop the run after the current step, with a checkpoint. A hook that raises
     :class:`~cyclegan.hooks.StopRun` (the health hook, when training diverges) stops it at once without
-    one: ``TrainResult.stopped`` says why.
+    one: ``TrainResult.stopped`` says why. Under torchrun every process calls this with the same ``cfg``:
+    rank 0 alone writes the run folder and runs the hooks.
     """
     cfg.validate()
-    resuming = run_dir is not None
+    distributed.check_global_batch(cfg.batch_size)
+    with distributed.session(cfg.device, cfg.dist_timeout) as world, ExitStack() as held:
+        resolve_precision(cfg.precision, world.device)  # before any folder is made: fp16 needs CUDA
+        if cfg.compile != "none":
+            check_compiler(world.device)
+        resuming = run_dir is not None
+        run_dir, cfg.seed = world.on_main(lambda: _claim_run(cfg, run_dir, held))
+        try:
+            return _train(cfg, run_dir, world, resuming, hooks, report, show_progress, should_stop)
+        except RuntimeError as err:
+            if world.distributed and _is_collective_failure(err):
+                raise distributed.stopped_peer_error(err, cfg.dist_timeout) from None
+            raise
+
+
+def _claim_run(cfg: TrainConfig, run_dir: Path | None, held: ExitStack) -> tuple[Path, int]:
+    """Rank 0: check the resume or claim a new folder (choosing the seed), and hold the run's lock."""
     if run_dir is not None:
         run_dir = Path(run_dir)
         runs.check_resume(runs.resume_config(run_dir), cfg)
+        held.enter_context(runs.locked(run_dir, created=False))
     else:
         run_dir = runs.create_run(cfg)
+        held.enter_context(runs.locked(run_dir, created=True))
     assert cfg.seed is not None
-    with runs.locked(run_dir, created=not resuming):
-        device = resolve_device(cfg.device)
-        dataset, skipped = training_data(cfg)
-        torch.manual_seed(cfg.seed)  # initial weights and dropout; a resumed run restores the saved RNG state
-        model = CycleGAN(cfg.model).to(device)
-        trainer = CycleGANTrainer(model, cfg, cfg.seed)
-        progress, hook_states = Progress(), dict[str, Any]()
-        if resuming and _has_checkpoint(run_dir):
-            progress, hook_states, message = runs.load_checkpoint(run_dir, model, trainer, device)
-            note(message)
-        elif resuming:
-            note(f"{run_dir} has no checkpoint yet: starting it from step 0")
+    return run_dir, cfg.seed
+
+
+def _train(
+    cfg: TrainConfig,
+    run_dir: Path,
+    world: World,
+    resuming: bool,
+    extra_hooks: Sequence[Hook],
+    report: bool,
+    show_progress: bool,
+    should_stop: Callable[[], bool] | None,
+) -> TrainResult:
+    assert cfg.seed is not None
+    device = world.device
+    dataset, skipped = training_data(cfg)
+    pick_conv_algorithms(device, fixed_size=cfg.preprocess not in ("scale_width", "none"))
+    torch.manual_seed(cfg.seed)  # initial weights and dropout; a resumed run restores the saved RNG state
+    model = CycleGAN(cfg.model).to(device)
+    trainer = CycleGANTrainer(model, cfg, cfg.seed, world)
+    progress, hook_states = Progress(), dict[str, Any]()
+    if resuming and _has_checkpoint(run_dir):
+        progress, hook_states, message = runs.load_checkpoint(run_dir, model, trainer, device)
+        note(message)
+    elif resuming:
+        note(f"{run_dir} has no checkpoint yet: starting it from step 0")
+    if world.is_main:
         for name in (runs.LOG, runs.EVAL_LOG):
             runs.drop_rows_after(run_dir / name, progress.step)
         runs.save_config(run_dir, cfg)  # only now: every option has been validated and the data checked
 
-        batches_per_epoch = math.ceil(len(dataset) / cfg.batch_size)
-        total = cfg.total_epochs * batches_per_epoch
-        if cfg.max_steps is not None:
-            total = min(total, cfg.max_steps)
-        bar = tqdm(
-            total=total, initial=progress.step, disable=not show_progress, unit="step", dynamic_ncols=True
-        )
-        run = RunState(cfg, run_dir, model, trainer, progress, device, total, bar.set_postfix_str)
-        all_hooks = [*default_hooks(cfg, report), *hooks]
+    batches_per_epoch = math.ceil(len(dataset) / cfg.batch_size)
+    total = cfg.total_epochs * batches_per_epoch
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    with tqdm(
+        total=total,
+        initial=progress.step,
+        disable=not (show_progress and world.is_main),
+        unit="step",
+        dynamic_ncols=True,
+    ) as bar:  # closed on errors too, so an error message starts on a line of its own
+        run = RunState(cfg, run_dir, model, trainer, progress, device, total, bar.set_postfix_str, world)
+        all_hooks = [*default_hooks(cfg, report), *extra_hooks] if world.is_main else []
         for hook in all_hooks:
             hook.load_state_dict(hook_states.get(hook.name, {}))
             hook.start(run)
 
-        interrupted = False
+        interrupted, first_step = False, True
         start = time.time() - progress.seconds
         with catch_interrupts() as interrupts:
             committed: tuple[int, int, int] | None = None
@@ -109,8 +151,8 @@ def train(
             def commit() -> None:
                 nonlocal committed
                 where = (progress.epoch, progress.batch, progress.step)
-                if where == committed:
-                    return  # nothing changed since the last commit
+                if where == committed or not world.is_main:
+                    return  # nothing changed since the last commit, or another process writes it
                 with interrupts.protect():
                     states = {hook.name: hook.state_dict() for hook in all_hooks}
                     runs.save_checkpoint(run_dir, model, trainer, progress, states)
@@ -121,12 +163,18 @@ def train(
                 and progress.step < total
                 and not (interrupted or run.stopped)
             ):
-                for batch in epoch_loader(dataset, cfg, progress, device):
+                for batch in epoch_loader(dataset, cfg, progress, world):
                     _warn_skipped(batch["skipped"], skipped)
                     model.train()
+                    if world.distributed and cfg.model.dropout:
+                        _seed_dropout(cfg.seed, progress.step, world.rank)
                     real_A = batch["A"].to(device, non_blocking=True)
                     real_B = batch["B"].to(device, non_blocking=True)
+                    began = time.time()
                     losses = trainer.step(real_A, real_B)
+                    if first_step and cfg.compile != "none":
+                        note(f"torch.compile warm-up: the first step took {time.time() - began:.1f} s")
+                    first_step = False
                     progress.batch += 1
                     progress.step += 1
                     progress.seconds = round(time.time() - start, 3)
@@ -136,10 +184,14 @@ def train(
                             hook.after_step(run, losses)
                     except StopRun as stop:  # the weights are not worth saving: keep the last checkpoint
                         run.stopped = str(stop)
+                    if world.any(run.stopped is not None):
+                        run.stopped = run.stopped or "the main process stopped the run"
                         break
                     if progress.step % cfg.save_latest_freq == 0:
                         commit()
-                    interrupted = interrupts.requested or (should_stop is not None and should_stop())
+                    interrupted = world.any(
+                        interrupts.requested or (should_stop is not None and should_stop())
+                    )
                     if interrupted or (progress.step >= total and progress.batch < batches_per_epoch):
                         break  # mid-epoch; at an epoch's end the epoch is closed below first
                 else:
@@ -148,7 +200,7 @@ def train(
                     progress.batch = 0
                     for hook in all_hooks:
                         hook.after_epoch(run)
-                    if progress.epoch % cfg.save_epoch_freq == 0:
+                    if progress.epoch % cfg.save_epoch_freq == 0 and world.is_main:
                         path = run_dir / runs.CHECKPOINTS / f"epoch_{progress.epoch:03d}.safetensors"
                         checkpoints.save_weights(
                             path, model.networks(), cfg.model, dataclasses.asdict(progress)
@@ -193,20 +245,34 @@ def _warn_skipped(paths: list[str], skipped: set[str]) -> None:
         note(f"warning: skipping {path}: the image could not be decoded")
 
 
-def epoch_loader(
-    dataset: UnpairedDataset, cfg: TrainConfig, progress: Progress, device: torch.device
-) -> DataLoader:
-    """Batches of the current epoch from ``progress.batch`` on, in the epoch's seeded order."""
+def epoch_loader(dataset: UnpairedDataset, cfg: TrainConfig, progress: Progress, world: World) -> DataLoader:
+    """This process's batches of the current epoch from ``progress.batch`` on, in the epoch's seeded order.
+
+    Pinned host memory on CUDA lets the copies to the GPU run asynchronously (``non_blocking``).
+    """
     assert cfg.seed is not None
     dataset.epoch = progress.epoch
-    start = progress.batch * cfg.batch_size
+    order = EpochSampler(len(dataset), cfg.seed, progress.epoch, not cfg.serial_batches)
     return DataLoader(
         dataset,
-        batch_size=cfg.batch_size,
-        sampler=EpochSampler(len(dataset), cfg.seed, progress.epoch, not cfg.serial_batches, start),
+        batch_sampler=RankBatches(order, cfg.batch_size, world.rank, world.size, progress.batch),
         num_workers=cfg.num_workers,
         collate_fn=collate,
-        pin_memory=device.type == "cuda",
+        pin_memory=world.device.type == "cuda",
         worker_init_fn=ignore_interrupts,
         generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG untouched
+    )
+
+
+def _seed_dropout(seed: int, step: int, rank: int) -> None:
+    """Several processes: each draws its own dropout masks from a seed of (step, rank), so a resumed run
+    replays them without saving every process's RNG state."""
+    torch.manual_seed(item_seed(item_seed(seed, step, Stream.DROPOUT), rank, 0))
+
+
+def _is_collective_failure(err: RuntimeError) -> bool:
+    """Errors of gloo and NCCL collectives (a peer that died, or a timeout), not this process's own."""
+    text = str(err).lower()
+    return isinstance(err, getattr(torch.distributed, "DistError", ())) or any(
+        word in text for word in ("gloo", "nccl", "connection closed", "connection reset", "timed out")
     )
