@@ -71,6 +71,12 @@ def _train_parser(sub: Any) -> None:
     p.add_argument(
         "--gpu_ids", default=argparse.SUPPRESS, help="reference-style device: -1 for CPU, N for cuda:N"
     )
+    p.add_argument(
+        "--memory_budget",
+        metavar="SIZE",
+        help="before training, predict its peak memory with cyclegan plan's dry runs (a minute or two on a"
+        " CPU) and stop with the numbers if it exceeds SIZE, e.g. 12GB",
+    )
     p.set_defaults(handler=_run_train)
 
 
@@ -101,6 +107,10 @@ def _run_train(args: argparse.Namespace) -> int:
     else:
         run_dir = None
         cfg = TrainConfig(**train_opts, model=ModelConfig(**model_opts))
+    if args.memory_budget is not None:
+        from cyclegan.planner import check_budget, parse_memory
+
+        print(check_budget(cfg, parse_memory(args.memory_budget)))
     result = train(cfg, run_dir)
     where = result.run_dir
     if result.skipped_files:
@@ -111,6 +121,37 @@ def _run_train(args: argparse.Namespace) -> int:
         print(
             f"Done: {result.progress.step} steps. Checkpoint: {where / 'checkpoints' / 'latest.safetensors'}"
         )
+    return 0
+
+
+def _plan_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "plan",
+        help="predict the peak memory of training and translating, and what fits a memory budget",
+        description="Run a few short training steps at small crops on the device, fit peak = fixed +"
+        " per-pixel x pixels x batch, and predict the peak memory of training (and of translating one image)"
+        " at --crop_size and --batch_size, in fp32 and bf16, with and without --checkpoint_activations."
+        " With --memory, also the largest crop and batch that fit.",
+    )
+    p.add_argument("--memory", metavar="SIZE", help="a memory budget, e.g. 12GB (binary units: GB = GiB)")
+    p.add_argument(
+        "--probe_sizes",
+        type=int,
+        nargs="+",
+        metavar="PX",
+        help="crop sizes of the dry runs (default: three small sizes the networks accept)",
+    )
+    _add_config_options(p, TrainConfig, "training")
+    _add_config_options(p, ModelConfig, "architecture")
+    p.set_defaults(handler=_run_plan)
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    from cyclegan.planner import format_plan, parse_memory, plan
+
+    cfg = TrainConfig(**_given(args, TrainConfig), model=ModelConfig(**_given(args, ModelConfig)))
+    budget = None if args.memory is None else parse_memory(args.memory)
+    print(format_plan(cfg, plan(cfg, sizes=args.probe_sizes), budget))
     return 0
 
 
@@ -428,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="cyclegan", description="Unpaired image-to-image translation with CycleGAN.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
     _train_parser(sub)
+    _plan_parser(sub)
     _translate_parser(sub)
     _export_parser(sub)
     _eval_parser(sub)

@@ -15,7 +15,7 @@ from torch import nn
 from cyclegan.config import ModelConfig, TrainConfig
 from cyclegan.errors import CycleGANError
 from cyclegan.losses import GANLoss, ImagePool
-from cyclegan.networks import build_discriminator, build_generator
+from cyclegan.networks import build_discriminator, build_generator, set_checkpointing
 from cyclegan.seeds import Stream, item_seed
 
 LOSS_NAMES = ("D_A", "G_A", "cycle_A", "idt_A", "D_B", "G_B", "cycle_B", "idt_B")
@@ -75,6 +75,7 @@ class CycleGANTrainer:
 
     def __init__(self, model: CycleGAN, cfg: TrainConfig, seed: int = 0) -> None:
         self.model, self.cfg = model, cfg
+        set_checkpointing(model, cfg.checkpoint_activations)
         betas = (cfg.beta1, cfg.beta2)
         self.opt_G = torch.optim.Adam(
             itertools.chain(model.G_A.parameters(), model.G_B.parameters()), lr=cfg.lr, betas=betas
