@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
-import re
 import sys
 import typing
 from collections.abc import Sequence
@@ -77,6 +76,12 @@ def _train_parser(sub: Any) -> None:
         action="store_true",
         help="the reference's arithmetic: --precision fp32, no --channels_last, --compile none",
     )
+    p.add_argument(
+        "--memory_budget",
+        metavar="SIZE",
+        help="before training, predict its peak memory with cyclegan plan's dry runs (a minute or two on a"
+        " CPU) and stop with the numbers if it exceeds SIZE, e.g. 12GB",
+    )
     p.set_defaults(handler=_run_train)
 
 
@@ -120,6 +125,11 @@ def _run_train(args: argparse.Namespace) -> int:
     else:
         run_dir = None
         cfg = TrainConfig(**train_opts, model=ModelConfig(**model_opts))
+    if args.memory_budget is not None:
+        from cyclegan.devices import parse_memory
+        from cyclegan.planner import check_budget
+
+        print(check_budget(cfg, parse_memory(args.memory_budget)))
     result = train(cfg, run_dir)
     where = result.run_dir
     if result.skipped_files:
@@ -133,6 +143,38 @@ def _run_train(args: argparse.Namespace) -> int:
         print(
             f"Done: {result.progress.step} steps. Checkpoint: {where / 'checkpoints' / 'latest.safetensors'}"
         )
+    return 0
+
+
+def _plan_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "plan",
+        help="predict the peak memory of training and translating, and what fits a memory budget",
+        description="Run a few short training steps at small crops on the device, fit peak = fixed +"
+        " per-pixel x pixels x batch, and predict the peak memory of training (and of translating one image)"
+        " at --crop_size and --batch_size, in fp32 and bf16, with and without --checkpoint_activations."
+        " With --memory, also the largest crop and batch that fit.",
+    )
+    p.add_argument("--memory", metavar="SIZE", help="a memory budget, e.g. 12GB (binary units: GB = GiB)")
+    p.add_argument(
+        "--probe_sizes",
+        type=int,
+        nargs="+",
+        metavar="PX",
+        help="crop sizes of the dry runs (default: three small sizes the networks accept)",
+    )
+    _add_config_options(p, TrainConfig, "training")
+    _add_config_options(p, ModelConfig, "architecture")
+    p.set_defaults(handler=_run_plan)
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    from cyclegan.devices import parse_memory
+    from cyclegan.planner import format_plan, plan
+
+    cfg = TrainConfig(**_given(args, TrainConfig), model=ModelConfig(**_given(args, ModelConfig)))
+    budget = None if args.memory is None else parse_memory(args.memory)
+    print(format_plan(cfg, plan(cfg, sizes=args.probe_sizes), budget))
     return 0
 
 
@@ -194,20 +236,9 @@ def _translate_parser(sub: Any) -> None:
     p.set_defaults(handler=_run_translate)
 
 
-_SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-
-
-def parse_size(text: str) -> int:
-    """Bytes from '3GB', '512MB', '1.5G' or a plain byte count (powers of 1024)."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*(?:([KMGT])I?)?B?\s*", text.upper())
-    if match is None or float(match[1]) <= 0:
-        raise CycleGANError(f"--max_memory takes a size such as 3GB or 512MB, got {text!r}")
-    return int(float(match[1]) * _SIZE_UNITS[match[2] or ""])
-
-
 def _run_translate(args: argparse.Namespace) -> int:
     from cyclegan.bulk import Shard, translate_files
-    from cyclegan.devices import resolve_device
+    from cyclegan.devices import parse_memory, resolve_device
 
     shard = Shard.from_env()
     done = translate_files(
@@ -220,7 +251,7 @@ def _run_translate(args: argparse.Namespace) -> int:
         precision=args.precision,
         max_pixels=args.max_pixels,
         tile=args.tile,
-        max_memory=None if args.max_memory is None else parse_size(args.max_memory),
+        max_memory=None if args.max_memory is None else parse_memory(args.max_memory),
         overwrite=args.overwrite,
         image_format=args.image_format,
         quality=args.quality,
@@ -509,6 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="cyclegan", description="Unpaired image-to-image translation with CycleGAN.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
     _train_parser(sub)
+    _plan_parser(sub)
     _translate_parser(sub)
     _export_parser(sub)
     _eval_parser(sub)

@@ -143,6 +143,12 @@ class TrainConfig:
         " checkpoint or evaluating) before it stops with an error",
         on_resume=True,
     )
+    checkpoint_activations: bool = _opt(
+        False,
+        "recompute the networks' activations in the backward pass instead of keeping them: the same"
+        " gradients in less memory, for some more time per step (see cyclegan plan)",
+        on_resume=True,
+    )
     print_freq: int = _opt(100, "log losses every this many steps", on_resume=True)
     sample_freq: int = _opt(400, "save a sample grid every this many steps", on_resume=True)
     save_latest_freq: int = _opt(5000, "save the latest checkpoint every this many steps", on_resume=True)

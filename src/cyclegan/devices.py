@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from cyclegan.errors import CycleGANError
@@ -23,3 +25,12 @@ def resolve_device(name: str) -> torch.device:
     elif device.type != "cpu":
         raise CycleGANError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
     return device
+
+
+def parse_memory(text: str) -> int:
+    """``12GB``, ``12G``, ``800MiB``, ``1.5T`` or plain bytes; units are binary (GB = GiB = 2**30 bytes, as
+    nvidia-smi counts)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b)?\s*", text, re.IGNORECASE)
+    if not match or float(match[1]) <= 0:
+        raise CycleGANError(f"a memory size looks like 12GB or 800MB, got {text!r}")
+    return int(float(match[1]) * 1024 ** " kmgt".index(match[2].lower() or " "))

@@ -16,7 +16,7 @@ from cyclegan.config import ModelConfig, TrainConfig
 from cyclegan.distributed import World
 from cyclegan.errors import CycleGANError
 from cyclegan.losses import GANLoss, ImagePool
-from cyclegan.networks import build_discriminator, build_generator
+from cyclegan.networks import build_discriminator, build_generator, set_checkpointing
 from cyclegan.precision import (
     Precision,
     adam_options,
@@ -157,6 +157,7 @@ class CycleGANTrainer:
 
     def __init__(self, model: CycleGAN, cfg: TrainConfig, seed: int = 0, world: World | None = None) -> None:
         self.model, self.cfg = model, cfg
+        set_checkpointing(model, cfg.checkpoint_activations)
         self.world = world or World(device=next(model.parameters()).device)
         device = self.world.device
         self.precision = Precision(resolve_precision(cfg.precision, device), device.type)

@@ -6,11 +6,13 @@ Module trees mirror the reference implementation layer for layer, so its ``state
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from cyclegan.config import GENERATORS, ModelConfig
 from cyclegan.errors import CycleGANError
@@ -25,6 +27,60 @@ def norm_layer(norm: str, channels: int) -> nn.Module:
     if norm == "none":
         return nn.Identity()
     raise CycleGANError(f"unknown norm {norm!r}")
+
+
+class Checkpointed(nn.Module):
+    """A network that can trade compute for memory: with ``checkpoint_activations`` set (a plain attribute,
+    so module trees and ``state_dict`` keys stay the reference's), training forwards keep only the inputs of
+    their segments and recompute the rest in the backward pass. Gradients are the same; set it with
+    :func:`set_checkpointing`."""
+
+    checkpoint_activations = False
+
+    def checkpointing(self) -> bool:
+        return self.checkpoint_activations and self.training and torch.is_grad_enabled()
+
+
+def set_checkpointing(net: nn.Module, on: bool) -> None:
+    """Turn activation checkpointing on or off in every part of ``net`` that supports it."""
+    for module in net.modules():
+        if isinstance(module, Checkpointed):
+            module.checkpoint_activations = on
+
+
+def run_checkpointed(layers: nn.Sequential | Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """``layers`` applied in turn, keeping only ``x`` for the backward pass (the rest is recomputed there).
+
+    Leading in-place activations run outside the checkpoint: they change ``x`` itself, so replaying them on
+    it would apply them twice. Dropout replays the same mask (the RNG state is restored for the recompute),
+    autocast is replayed as it was, and batch-norm running statistics are not updated a second time.
+    """
+    start = 0
+    while start < len(layers) and getattr(layers[start], "inplace", False):
+        x = layers[start](x)
+        start += 1
+    segment = list(layers[start:])
+    stats = [b for layer in segment for b in layer.buffers()]
+    context = {"context_fn": lambda: (contextlib.nullcontext(), _kept(stats))} if stats else {}
+    return checkpoint(_chain, segment, x, use_reentrant=False, **context)  # type: ignore[call-overload]
+
+
+def _chain(layers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    for layer in layers:
+        x = layer(x)
+    return x
+
+
+@contextlib.contextmanager
+def _kept(buffers: list[torch.Tensor]) -> Iterator[None]:
+    """Restores the buffers (running statistics) a recomputation would update again."""
+    saved = [b.clone() for b in buffers]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in zip(buffers, saved, strict=True):
+                buffer.copy_(value)
 
 
 def uses_bias(norm: str) -> bool:
@@ -61,9 +117,13 @@ class ResnetBlock(nn.Module):
         return x + self.conv_block(x)
 
 
-class ResnetGenerator(nn.Module):
+class ResnetGenerator(Checkpointed):
     """Encoder (7x7 conv, two stride-2 convs), ``n_blocks`` residual blocks, decoder (two transposed convs,
-    7x7 conv, tanh). Works on any size divisible by 4."""
+    7x7 conv, tanh). Works on any size divisible by 4.
+
+    Checkpointed, it keeps the input of the encoder, of each block and of the decoder: about one
+    quarter-resolution map per block instead of every full-resolution one.
+    """
 
     def __init__(
         self,
@@ -102,11 +162,21 @@ class ResnetGenerator(nn.Module):
         self.model = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        if not self.checkpointing():
+            return self.model(x)
+        blocks = [i for i, layer in enumerate(self.model) if isinstance(layer, ResnetBlock)]
+        x = run_checkpointed(self.model[: blocks[0]], x)
+        for i in blocks:
+            x = run_checkpointed([self.model[i]], x)
+        return run_checkpointed(self.model[blocks[-1] + 1 :], x)
 
 
-class UnetSkipConnectionBlock(nn.Module):
-    """One U-Net level: downsample, the inner levels, upsample, and concatenate the input (skip)."""
+class UnetSkipConnectionBlock(Checkpointed):
+    """One U-Net level: downsample, the inner levels, upsample, and concatenate the input (skip).
+
+    Checkpointed, an inner level keeps only the inputs of its down and up stages (the outermost level's
+    stages are single convolutions, with nothing to save).
+    """
 
     def __init__(
         self,
@@ -147,7 +217,15 @@ class UnetSkipConnectionBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.outermost:
             return self.model(x)
-        return torch.cat([x, self.model(x)], 1)
+        return torch.cat([x, self._inner(x) if self.checkpointing() else self.model(x)], 1)
+
+    def _inner(self, x: torch.Tensor) -> torch.Tensor:
+        subs = [i for i, layer in enumerate(self.model) if isinstance(layer, UnetSkipConnectionBlock)]
+        if not subs:
+            return run_checkpointed(self.model, x)
+        sub = subs[0]
+        x = self.model[sub](run_checkpointed(self.model[:sub], x))
+        return run_checkpointed(self.model[sub + 1 :], x)
 
 
 class UnetGenerator(nn.Module):
@@ -176,8 +254,11 @@ class UnetGenerator(nn.Module):
         return self.model(x)
 
 
-class NLayerDiscriminator(nn.Module):
-    """PatchGAN: classifies overlapping patches as real or fake; 3 layers see 70x70 patches."""
+class NLayerDiscriminator(Checkpointed):
+    """PatchGAN: classifies overlapping patches as real or fake; 3 layers see 70x70 patches.
+
+    Checkpointed, it keeps only its input: recomputing it costs a few percent of a generator's forward.
+    """
 
     def __init__(self, input_nc: int = 3, ndf: int = 64, n_layers: int = 3, norm: str = "instance") -> None:
         super().__init__()
@@ -196,11 +277,11 @@ class NLayerDiscriminator(nn.Module):
         self.model = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        return run_checkpointed(self.model, x) if self.checkpointing() else self.model(x)
 
 
-class PixelDiscriminator(nn.Module):
-    """1x1 PatchGAN: judges each pixel's colour alone."""
+class PixelDiscriminator(Checkpointed):
+    """1x1 PatchGAN: judges each pixel's colour alone (checkpointed, it keeps only its input)."""
 
     def __init__(self, input_nc: int = 3, ndf: int = 64, norm: str = "instance") -> None:
         super().__init__()
@@ -215,7 +296,7 @@ class PixelDiscriminator(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return run_checkpointed(self.net, x) if self.checkpointing() else self.net(x)
 
 
 def init_weights(net: nn.Module, init_type: str = "normal", gain: float = 0.02) -> None:

@@ -1,0 +1,170 @@
+"""Activation checkpointing (the same step, less memory kept) and the memory planner (measured, fitted)."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from cyclegan import runs
+from cyclegan.cli import main
+from cyclegan.config import ModelConfig, TrainConfig
+from cyclegan.devices import parse_memory
+from cyclegan.errors import CycleGANError
+from cyclegan.model import CycleGAN, CycleGANTrainer, check_training_size
+from cyclegan.networks import build_generator, set_checkpointing
+from cyclegan.planner import DryRuns, Line, Plan, Variant, plan, smallest_crop
+
+CPU = torch.device("cpu")
+
+
+def one_step(
+    model_cfg: ModelConfig, checkpointing: bool, size: int, bf16: bool = False
+) -> tuple[dict[str, float], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Losses, gradients and updated state (running statistics included) after one step on batch 2."""
+    torch.manual_seed(0)
+    model = CycleGAN(model_cfg)
+    cfg = TrainConfig(pool_size=0, checkpoint_activations=checkpointing, model=model_cfg)
+    trainer = CycleGANTrainer(model, cfg)
+    inputs = torch.Generator().manual_seed(1)
+    a, b = (torch.rand(2, 3, size, size, generator=inputs) * 2 - 1 for _ in range(2))
+    torch.manual_seed(2)  # the dropout masks
+    autocast = torch.autocast("cpu", torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with autocast:
+        losses = trainer.step(a, b)
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    return losses, grads, {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize(
+    "model_cfg, size",
+    [
+        (ModelConfig(ngf=4, ndf=4, netG="resnet_6blocks", dropout=True), 32),
+        (ModelConfig(ngf=4, ndf=4, netG="unet_128", norm="batch", dropout=True), 128),
+        (ModelConfig(ngf=4, ndf=4, netG="unet_128", netD="pixel"), 128),
+    ],
+    ids=["resnet-dropout", "unet-batchnorm-dropout", "unet-pixelD"],
+)
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+def test_checkpointed_step_matches_the_plain_step(model_cfg: ModelConfig, size: int, bf16: bool) -> None:
+    plain_losses, plain_grads, plain_state = one_step(model_cfg, False, size, bf16)
+    losses, grads, state = one_step(model_cfg, True, size, bf16)
+    assert losses == pytest.approx(plain_losses, rel=1e-6)
+    assert grads.keys() == plain_grads.keys() and state.keys() == plain_state.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, plain_grads[name], rtol=1e-5, atol=1e-8, msg=name)
+    for name, value in state.items():  # batch-norm statistics are not updated twice by the recomputation
+        torch.testing.assert_close(value, plain_state[name], rtol=1e-5, atol=1e-8, msg=name)
+
+
+def saved_bytes(net: torch.nn.Module, x: torch.Tensor) -> int:
+    """Bytes the autograd graph keeps outside checkpointed segments for one forward pass."""
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        net(x).sum().backward()
+    return total
+
+
+@pytest.mark.parametrize("netG, size", [("resnet_9blocks", 64), ("unet_128", 128)])
+def test_checkpointing_keeps_far_fewer_activations_and_the_same_weights(netG: str, size: int) -> None:
+    net = build_generator(ModelConfig(ngf=8, netG=netG)).train()
+    keys = list(net.state_dict())
+    x = torch.rand(1, 3, size, size)
+    plain, expected = saved_bytes(net, x), net(x)
+    set_checkpointing(net, True)
+    assert list(net.state_dict()) == keys  # reference weights and checkpoints still load
+    assert saved_bytes(net, x) < plain / 2
+    assert torch.equal(net(x), expected)
+
+
+def test_checkpointing_may_change_when_resuming() -> None:
+    assert runs.is_resumable_option("checkpoint_activations")
+
+
+def test_planner_fit_predicts_a_larger_crop_and_batch_on_cpu() -> None:
+    """Dry runs at 64 and 128 px predict a 160 px, batch 2 run's peak within 20% of its activation memory
+    (the part that grows; the fixed part is mostly the Python process itself). Measured: 5-9%."""
+    cfg = TrainConfig(device="cpu", crop_size=160, pool_size=0, model=ModelConfig(ngf=8, ndf=8))
+    with DryRuns(CPU) as dry_runs:
+        (fitted,) = plan(cfg, [Variant()], sizes=[64, 128], runs=dry_runs)
+        actual = dry_runs.train(cfg, Variant(), 160, batch=2).peak_bytes
+    predicted = fitted.training_bytes(160, 2)
+    assert fitted.train.fixed > 0 and fitted.translate_bytes(160) < predicted
+    assert abs(predicted - actual) <= 0.2 * (actual - fitted.train.fixed)
+
+
+def test_largest_crop_and_batch_follow_the_budget_and_the_size_rules() -> None:
+    per_pixel = Line(fixed=2**30, per_pixel=20_000.0)
+    unet = Plan(Variant(), ModelConfig(ngf=4, ndf=4, netG="unet_256"), per_pixel, per_pixel, 0.0, ())
+    crop = unet.largest_crop(12 * 2**30)
+    assert crop is not None and crop % 256 == 0 and unet.training_bytes(crop) <= 12 * 2**30
+    assert unet.training_bytes(crop + 256) > 12 * 2**30
+    assert unet.largest_crop(2**30) is None  # nothing left after the fixed part
+    assert unet.largest_batch(12 * 2**30, 512) == 11 * 2**30 // (20_000 * 512 * 512)
+    # a deep discriminator refuses small crops that the generator's multiple of 4 would allow
+    deep = ModelConfig(ngf=4, ndf=4, netG="resnet_6blocks", netD="n_layers", n_layers_D=6)
+    smallest = smallest_crop(deep)
+    assert smallest > 4 and smallest % 4 == 0
+    with pytest.raises(CycleGANError):
+        check_training_size(deep, smallest - 4, smallest - 4)
+    area = Plan(Variant(), deep, Line(0.0, 1.0), None, 0.0, ())
+    assert area.largest_crop(float(smallest - 4) ** 2) is None
+    assert area.largest_crop(float(smallest + 7) ** 2) == smallest + 4
+    pooled = Plan(Variant(), ModelConfig(), per_pixel, None, 1200.0, ())
+    assert pooled.training_bytes(512) == pytest.approx(per_pixel(512 * 512) + 1200 * 512 * 512)
+
+
+def test_parse_memory() -> None:
+    assert parse_memory("12GB") == parse_memory("12 GiB") == parse_memory("12g") == 12 * 2**30
+    assert parse_memory("800MB") == 800 * 2**20
+    assert parse_memory("1.5T") == int(1.5 * 2**40)
+    assert parse_memory("4096") == 4096
+    for bad in ("lots", "", "-1GB", "0", "12XB"):
+        with pytest.raises(CycleGANError):
+            parse_memory(bad)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--memory", "lots"], "a memory size looks like"),
+        (["--crop_size", "30"], "30x30 training images do not fit"),
+        (["--ngf", "0"], "--ngf must be at least 1"),
+        (["--probe_sizes", "64", "--crop_size", "64"], "two or more different sizes"),
+    ],
+)
+def test_plan_refuses_bad_input_in_one_line(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["plan", "--device", "cpu", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_plan_on_missing_cuda_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "CUDA is not available" in err and err.count("\n") == 1
+
+
+def test_train_memory_budget_stops_before_training_with_the_numbers(
+    dataroot: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tiny_config(dataroot, tmp_path / "runs")
+    args = ["train", "--dataroot", str(dataroot), "--checkpoints_dir", str(tmp_path / "runs")]
+    args += ["--ngf", "4", "--ndf", "4", "--netG", "resnet_6blocks", "--crop_size", str(cfg.crop_size)]
+    args += ["--load_size", "36", "--num_workers", "0", "--device", "cpu", "--memory_budget", "1MB"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "over the 1 MiB budget" in err and "no crop fits" in err
+    assert not (tmp_path / "runs").exists()  # nothing was started
