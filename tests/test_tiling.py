@@ -195,7 +195,7 @@ def test_translate_cli_tiles_exactly_and_rejects_bad_values(
     capsys.readouterr()
     for args, message in (
         (("--tile", "6"), "tile must be a positive multiple of 4 for this generator, got 6"),
-        (("--max_memory", "3XB"), "--max_memory takes a size such as 3GB or 512MB, got '3XB'"),
+        (("--max_memory", "3XB"), "a memory size looks like 12GB or 800MB, got '3XB'"),
         (("--max_memory", "1KB"), "translating a 48x40 image needs about"),
     ):
         assert run("bad", *args) == 2
