@@ -120,6 +120,8 @@ def _run_train(args: argparse.Namespace) -> int:
         run_dir = None
         cfg = TrainConfig(**train_opts, model=ModelConfig(**model_opts))
     result = train(cfg, run_dir)
+    if not result.is_main:
+        return 0  # rank 0 reports for all processes
     where = result.run_dir
     if result.skipped_files:
         print(f"{len(result.skipped_files)} unreadable image(s) were skipped", file=sys.stderr)
