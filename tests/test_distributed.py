@@ -24,6 +24,7 @@ from cyclegan.cli import main
 from cyclegan.config import ModelConfig, TrainConfig
 from cyclegan.data import EpochSampler, RankBatches
 from cyclegan.distributed import World
+from cyclegan.errors import CycleGANError
 from cyclegan.hooks import Hook, RunState
 from cyclegan.model import CycleGAN, CycleGANTrainer
 from cyclegan.training import train
@@ -100,6 +101,12 @@ def _worker(rank: int, ports: list[int], tmp: str, dataroot: str) -> None:
     cfg = tiny_config(Path(dataroot), Path(tmp) / "split", max_steps=6, batch_size=2, save_latest_freq=2)
     train(cfg, run, show_progress=False, report=False)
 
+    os.environ["MASTER_PORT"] = str(ports[4])  # rank 0 refuses to reuse a run folder: every rank hears why
+    try:
+        train(tiny_config(Path(dataroot), Path(tmp) / "whole", batch_size=2), show_progress=False)
+    except CycleGANError as err:
+        (Path(tmp) / f"refusal_{rank}.txt").write_text(str(err))
+
 
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -109,7 +116,7 @@ def two_processes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp / "data"
     write_images(root / "trainA", 5, seed=1)
     write_images(root / "trainB", 6, seed=2)
-    mp.spawn(_worker, args=([_free_port() for _ in range(4)], str(tmp), str(root)), nprocs=2)
+    mp.spawn(_worker, args=([_free_port() for _ in range(5)], str(tmp), str(root)), nprocs=2)
     return tmp
 
 
@@ -154,6 +161,11 @@ def test_stopped_and_resumed_two_process_run_equals_an_uninterrupted_one(two_pro
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
     log = (two_processes / "split" / "run" / "log.jsonl").read_text().splitlines()
     assert len(log) == 3  # rank 0 alone writes: steps 2, 4, 6
+
+
+def test_rank_zeros_refusal_reaches_every_process(two_processes: Path) -> None:
+    refusals = [(two_processes / f"refusal_{rank}.txt").read_text() for rank in range(2)]
+    assert refusals[0] == refusals[1] and "already exists" in refusals[0]
 
 
 def test_a_two_process_run_resumes_on_one_process(two_processes: Path) -> None:

@@ -131,6 +131,8 @@ def _run_train(args: argparse.Namespace) -> int:
 
         print(check_budget(cfg, parse_memory(args.memory_budget)))
     result = train(cfg, run_dir)
+    if not result.is_main:
+        return 0  # rank 0 reports for all processes
     where = result.run_dir
     if result.skipped_files:
         print(f"{len(result.skipped_files)} unreadable image(s) were skipped", file=sys.stderr)

@@ -102,6 +102,11 @@ def check_global_batch(batch_size: int) -> None:
         )
 
 
+def launched() -> bool:
+    """Whether this process is one of a process group: started by torchrun, or in the caller's group."""
+    return "WORLD_SIZE" in os.environ or (dist.is_available() and dist.is_initialized())
+
+
 def world_size() -> int:
     """The number of training processes: the caller's process group, else torchrun's WORLD_SIZE."""
     if dist.is_available() and dist.is_initialized():
@@ -127,10 +132,10 @@ def session(device_name: str, timeout_s: int) -> Iterator[World]:
     """The world of this process. Started by torchrun (WORLD_SIZE is set), it joins the process group
     (NCCL on CUDA, gloo on CPU) and leaves it at the end; a collective then waits at most ``timeout_s``
     seconds for a peer that died or hangs. A process group the caller made is used and left to them."""
-    own = not (dist.is_available() and dist.is_initialized())  # else the caller's group, theirs to end
-    if own and "WORLD_SIZE" not in os.environ:
+    if not launched():
         yield World(device=resolve_device(device_name))
         return
+    own = not (dist.is_available() and dist.is_initialized())  # else the caller's group, theirs to end
     device = rank_device(device_name, _env_int("LOCAL_RANK", 0))
     if own:
         _join(device, timeout_s)

@@ -49,6 +49,7 @@ class TrainResult:
     interrupted: bool = False
     skipped_files: set[str] = field(default_factory=set)
     stopped: str | None = None  # why a hook stopped the run without saving (e.g. training diverged)
+    is_main: bool = True  # under torchrun: whether this process is rank 0, the one that reports
 
 
 def train(
@@ -71,18 +72,18 @@ def train(
     """
     cfg.validate()
     distributed.check_global_batch(cfg.batch_size)
-    with distributed.session(cfg.device, cfg.dist_timeout) as world, ExitStack() as held:
-        resolve_precision(cfg.precision, world.device)  # before any folder is made: fp16 needs CUDA
-        if cfg.compile != "none":
-            check_compiler(world.device)
-        resuming = run_dir is not None
-        run_dir, cfg.seed = world.on_main(lambda: _claim_run(cfg, run_dir, held))
-        try:
+    try:
+        with distributed.session(cfg.device, cfg.dist_timeout) as world, ExitStack() as held:
+            resolve_precision(cfg.precision, world.device)  # before any folder is made: fp16 needs CUDA
+            if cfg.compile != "none":
+                check_compiler(world.device)
+            resuming = run_dir is not None
+            run_dir, cfg.seed = world.on_main(lambda: _claim_run(cfg, run_dir, held))
             return _train(cfg, run_dir, world, resuming, hooks, report, show_progress, should_stop)
-        except RuntimeError as err:
-            if world.distributed and _is_collective_failure(err):
-                raise distributed.stopped_peer_error(err, cfg.dist_timeout) from None
-            raise
+    except RuntimeError as err:
+        if distributed.launched() and _is_collective_failure(err):
+            raise distributed.stopped_peer_error(err, cfg.dist_timeout) from None
+        raise
 
 
 def _claim_run(cfg: TrainConfig, run_dir: Path | None, held: ExitStack) -> tuple[Path, int]:
@@ -210,7 +211,7 @@ def _train(
                 commit()
             for hook in all_hooks:
                 hook.end(run)
-    return TrainResult(run_dir, progress, interrupted, skipped, run.stopped)
+    return TrainResult(run_dir, progress, interrupted, skipped, run.stopped, world.is_main)
 
 
 def training_data(cfg: TrainConfig) -> tuple[UnpairedDataset, set[str]]:
