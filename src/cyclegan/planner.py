@@ -147,11 +147,12 @@ def smallest_crop(model: ModelConfig) -> int:
 
 
 def probe_sizes(model: ModelConfig) -> list[int]:
-    """Two small crops the networks accept, far enough apart for a stable fit (the peak is linear in the
-    pixels: more sizes do not change the fit, see the tests)."""
+    """Two small crops the networks accept, far enough apart for a stable fit, and large enough that
+    activations dominate (below ~128 px a CPU step's memory grows slower than its pixels)."""
     multiple = size_multiple(model)
-    base = max(smallest_crop(model), math.ceil(64 / multiple) * multiple)
-    return [base, 2 * base]
+    base = max(smallest_crop(model), math.ceil(128 / multiple) * multiple)
+    larger = 3 * base // 2 // multiple * multiple
+    return [base, larger if larger > base else 2 * base]
 
 
 def plan(

@@ -1,0 +1,114 @@
+"""Memory benchmark: peak training memory and step time at high resolution, fp32 and bf16, with and without
+activation checkpointing, beside what ``cyclegan plan`` predicts from its small dry runs.
+
+Batch 1 of the paper's networks (resnet_9blocks, ngf/ndf 64, basic D) by default. Each configuration is
+measured as the planner measures: on CUDA the allocator's ``max_memory_allocated`` in this process, on the
+CPU the peak resident size of a fresh process; the step time is the fastest of ``--steps`` steps (after a
+warm-up step at the smallest crop). The prediction comes from the planner's dry runs at ``--probe_sizes``.
+Prints a table and JSON (also written to ``--out``).
+
+    PYTHONPATH=src .venv/bin/python benchmarks/memory.py --crops 256 512 1024 --out memory.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cyclegan.config import ModelConfig, TrainConfig
+from cyclegan.devices import resolve_device
+from cyclegan.files import atomic_write_text
+from cyclegan.planner import DryRuns, GiB, Variant, plan
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--crops", type=int, nargs="+", default=[256, 512, 1024], help="crop sizes to measure")
+    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument(
+        "--checkpointing", nargs="+", default=["off", "on"], choices=["off", "on"], help="(default: both)"
+    )
+    p.add_argument("--steps", type=int, default=2, help="timed steps per configuration (default: 2)")
+    p.add_argument("--netG", default="resnet_9blocks")
+    p.add_argument("--ngf", type=int, default=64)
+    p.add_argument("--ndf", type=int, default=64)
+    p.add_argument("--probe_sizes", type=int, nargs="+", help="crops of the planner's dry runs")
+    p.add_argument("--out", type=Path, help="also write the JSON here")
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    device = resolve_device(args.device)
+    cfg = TrainConfig(
+        device=str(device), pool_size=0, model=ModelConfig(ngf=args.ngf, ndf=args.ndf, netG=args.netG)
+    )
+    variants = [Variant(c == "on", p) for p in args.precisions for c in args.checkpointing]
+    rows = []
+    with DryRuns(device) as runs:
+        for fitted in plan(cfg, variants, args.probe_sizes, runs, translate=False):
+            for crop in sorted(args.crops):
+                got = runs.train(cfg, fitted.variant, crop, steps=args.steps)
+                predicted = fitted.training_bytes(crop)
+                rows.append(
+                    {
+                        "crop": crop,
+                        "precision": fitted.variant.precision,
+                        "checkpointing": fitted.variant.checkpointing,
+                        "peak_gib": round(got.peak_bytes / GiB, 3),
+                        "predicted_gib": round(predicted / GiB, 3),
+                        "prediction_error_pct": round(100 * (predicted - got.peak_bytes) / got.peak_bytes, 1),
+                        "step_s": round(got.seconds, 3),
+                        "probe_crops": [m.crop for m in fitted.measurements],
+                    }
+                )
+    for row in rows:  # the price of checkpointing: its step time against the same precision without it
+        plain = next(
+            (r for r in rows if r["crop"] == row["crop"] and r["precision"] == row["precision"]), None
+        )
+        if row["checkpointing"] and plain is not None and not plain["checkpointing"]:
+            row["time_vs_plain"] = round(row["step_s"] / plain["step_s"], 3)
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine(),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "model": {"netG": args.netG, "ngf": args.ngf, "ndf": args.ndf, "netD": "basic", "batch": 1},
+        "measure": "max_memory_allocated" if device.type == "cuda" else "peak RSS of a fresh process",
+        "rows": rows,
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = [
+        "| crop | precision | checkpointing | peak GiB | predicted GiB | error | step s | time vs plain |",
+        "|---:|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        ratio = f"{r['time_vs_plain']:.2f}x" if "time_vs_plain" in r else ""
+        saver = "on" if r["checkpointing"] else "off"
+        lines.append(
+            f"| {r['crop']} | {r['precision']} | {saver} | {r['peak_gib']:.2f} | {r['predicted_gib']:.2f}"
+            f" | {r['prediction_error_pct']:+.1f}% | {r['step_s']:.2f} | {ratio} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    result = run(args)
+    print(table(result))
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        atomic_write_text(args.out, text + "\n")
+
+
+if __name__ == "__main__":
+    main()
