@@ -331,3 +331,17 @@ def test_the_page_in_a_real_browser_shows_and_offers_the_translations(
         assert driver.find_element("css selector", "figure:not([data-direction]) img").get_attribute("alt")
     finally:
         driver.quit()
+
+
+def test_images_beyond_the_memory_budget_are_translated_in_exact_tiles(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    write_images(tmp_path / "in", 1, size=(60, 44))
+    image = tmp_path / "in" / "img_000.png"
+    tiny_budget = serve.ServeOptions(max_pixels=5000, max_upload_mb=0.05, max_memory=2**16)
+    assert serve.load_translators(checkpoint, "cpu", 2**16)["AtoB"].tile_for(44, 60) is not None  # tiled
+    with TestClient(serve.create_app(checkpoint, options=tiny_budget)) as client:
+        answer = client.post("/translate", files={"image": ("img_000.png", image.read_bytes(), "image/png")})
+    assert answer.status_code == 200
+    want = expected(checkpoint, [image], "AtoB", tmp_path / "whole")["img_000.png"]
+    assert np.abs(pixels(answer.content).astype(int) - want.astype(int)).max() <= 1

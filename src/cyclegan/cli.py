@@ -522,13 +522,20 @@ def _serve_parser(sub: Any) -> None:
         "--max_queued", type=int, default=o.max_queued,
         help=f"requests beyond this many waiting get 503 (default: {o.max_queued})",
     )  # fmt: skip
+    p.add_argument(
+        "--max_memory", metavar="SIZE", default=f"{o.max_memory // 2**20}MB",
+        help="images needing more tensor memory than SIZE are translated in exact tiles"
+        f" (default: {o.max_memory // 2**20}MB)",
+    )  # fmt: skip
     p.set_defaults(handler=_run_serve)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
+    from cyclegan.devices import parse_memory
     from cyclegan.serve import ServeOptions, serve
 
     options = ServeOptions(
+        max_memory=parse_memory(args.max_memory),
         max_pixels=args.max_pixels,
         max_upload_mb=args.max_upload_mb,
         max_batch=args.max_batch,

@@ -83,9 +83,10 @@ class ServeOptions:
     max_batch: int = 8  # images run together at most (1: no batching)
     batch_window_ms: float = 5.0  # how long the worker waits for more images of a batchable size
     max_queued: int = 64  # requests waiting beyond this get 503, so a burst cannot exhaust memory
+    max_memory: int = 2 * 2**30  # bytes of tensors one translation may use; larger images go in exact tiles
 
     def validate(self) -> None:
-        for name in ("max_pixels", "max_upload_mb", "max_batch", "max_queued"):
+        for name in ("max_pixels", "max_upload_mb", "max_batch", "max_queued", "max_memory"):
             if getattr(self, name) <= 0:
                 raise CycleGANError(f"--{name} must be positive, got {getattr(self, name)}")
         if self.batch_window_ms < 0:
@@ -205,17 +206,20 @@ def require_web() -> None:
         )
 
 
-def load_translators(checkpoint: Path, device: torch.device | str = "cpu") -> dict[str, Translator]:
+def load_translators(
+    checkpoint: Path, device: torch.device | str = "cpu", max_memory: int | None = None
+) -> dict[str, Translator]:
     """Both directions of one of our checkpoints or run folders; A→B alone for a reference ``.pth``, which
-    holds one generator."""
+    holds one generator. An image whose translation would need more than ``max_memory`` bytes of tensors
+    is translated in exact tiles (the same pixels, in bounded memory)."""
     path = resolve_checkpoint(Path(checkpoint))
     directions = DIRECTIONS if path.suffix == ".safetensors" else DIRECTIONS[:1]
-    return {d: Translator.load(path, d, device) for d in directions}
+    return {d: Translator.load(path, d, device, max_memory=max_memory) for d in directions}
 
 
 def run_model(translator: Translator, batch: torch.Tensor) -> torch.Tensor:
-    """N×C×H×W in [-1, 1] -> translations. The one place the server runs a generator: the seam where a large
-    single image can be routed through tiled translation."""
+    """N×C×H×W in [-1, 1] -> translations: the one place the server runs a generator (the translator tiles
+    images beyond its memory budget)."""
     return translator.translate_tensor(batch)
 
 
@@ -336,7 +340,7 @@ def create_app(
     require_web()
     options = options or ServeOptions()
     options.validate()
-    translators = load_translators(checkpoint, device)
+    translators = load_translators(checkpoint, device, options.max_memory)
     directions = tuple(translators)
     first = translators[directions[0]]
     batcher = Batcher(
