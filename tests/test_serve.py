@@ -336,12 +336,14 @@ def test_the_page_in_a_real_browser_shows_and_offers_the_translations(
 def test_images_beyond_the_memory_budget_are_translated_in_exact_tiles(
     checkpoint: Path, tmp_path: Path
 ) -> None:
-    write_images(tmp_path / "in", 1, size=(60, 44))
-    image = tmp_path / "in" / "img_000.png"
-    tiny_budget = serve.ServeOptions(max_pixels=5000, max_upload_mb=0.05, max_memory=2**16)
-    assert serve.load_translators(checkpoint, "cpu", 2**16)["AtoB"].tile_for(44, 60) is not None  # tiled
-    with TestClient(serve.create_app(checkpoint, options=tiny_budget)) as client:
+    image = write_images(tmp_path / "in", 1, size=(600, 400))[0]
+    budget = (
+        75 * 2**20
+    )  # this image needs about 84 MiB whole and 72 MiB in 64-pixel tiles (tiling's estimate)
+    assert serve.load_translators(checkpoint, "cpu", budget)["AtoB"].tile_for(400, 600) is not None
+    options = serve.ServeOptions(max_pixels=300_000, max_upload_mb=2, max_memory=budget)
+    with TestClient(serve.create_app(checkpoint, options=options)) as client:
         answer = client.post("/translate", files={"image": ("img_000.png", image.read_bytes(), "image/png")})
-    assert answer.status_code == 200
+    assert answer.status_code == 200, answer.text
     want = expected(checkpoint, [image], "AtoB", tmp_path / "whole")["img_000.png"]
     assert np.abs(pixels(answer.content).astype(int) - want.astype(int)).max() <= 1
