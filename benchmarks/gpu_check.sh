@@ -31,6 +31,9 @@ cd "$here" || exit 2
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
     "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
     nproc
+    # the package's dependencies and pytest must be installed (the GPU machine may have no network)
+    "$py" -c "import torchvision, PIL, numpy, safetensors, tqdm, matplotlib, pytest" \
+        || echo "MISSING DEPENDENCIES: install cyclegan's dependencies and pytest first"
 
     echo "== 1. CUDA tests"
     timeout 150 "$py" -m pytest -q -m cuda tests/test_cuda.py

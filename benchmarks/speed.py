@@ -130,7 +130,7 @@ def timed_steps(trainer: CycleGANTrainer, a: torch.Tensor, b: torch.Tensor, step
     began = time.perf_counter()
     for _ in range(steps):
         trainer.step(a, b)
-    return (time.perf_counter() - began) / steps
+    return (time.perf_counter() - began) / max(steps, 1)
 
 
 def prepare(setup: Setup, args: argparse.Namespace, device: torch.device) -> Any:
@@ -143,7 +143,8 @@ def prepare(setup: Setup, args: argparse.Namespace, device: torch.device) -> Any
         began = time.perf_counter()
         trainer.step(a, b)
         first = time.perf_counter() - began
-        timed_steps(trainer, a, b, args.warmup)
+        if args.warmup:
+            timed_steps(trainer, a, b, args.warmup)
     except (CycleGANError, RuntimeError) as err:
         setup.results["error"] = first_line(err)
         return None

@@ -202,8 +202,8 @@ def load_checkpoint(
     try:
         trainer.load_state_dict(state["trainer"], device)
         torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and state["cuda_rng"]:
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if device.type == "cuda" and state["cuda_rng"]:  # a machine with fewer GPUs restores the first ones
+            torch.cuda.set_rng_state_all(state["cuda_rng"][: torch.cuda.device_count()])
         hooks = state.get("hooks", {})
         if not isinstance(hooks, dict):
             raise TypeError("hook states are not a mapping")

@@ -116,7 +116,8 @@ def _train(
     torch.manual_seed(cfg.seed)  # initial weights and dropout; a resumed run restores the saved RNG state
     model = CycleGAN(cfg.model).to(device)
     trainer = CycleGANTrainer(model, cfg, cfg.seed, world)
-    progress, hook_states = Progress(), dict[str, Any]()
+    progress = Progress()
+    hook_states: dict[str, Any] = {}
     if resuming and _has_checkpoint(run_dir):
         progress, hook_states, message = runs.load_checkpoint(run_dir, model, trainer, device)
         note(message)
