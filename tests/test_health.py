@@ -16,11 +16,11 @@ from cyclegan.cli import main
 from cyclegan.config import ModelConfig, TrainConfig
 from cyclegan.demo_data import make_demo_dataset
 from cyclegan.errors import CycleGANError
-from cyclegan.hooks import Hook, RunState, default_hooks
+from cyclegan.hooks import Hook, RunState
 from cyclegan.model import LOSS_NAMES, CycleGAN
 from cyclegan.report import render_report
 from cyclegan.runfiles import read_run
-from cyclegan.training import train
+from cyclegan.training import default_hooks, train
 
 # --- synthetic signals ----------------------------------------------------------------------------------
 

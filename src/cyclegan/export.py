@@ -35,8 +35,7 @@ from cyclegan.data import pad_to_multiple
 from cyclegan.errors import CycleGANError
 from cyclegan.files import atomic_write
 from cyclegan.images import first_line, to_image, to_tensor
-from cyclegan.inference import MIN_SIZE
-from cyclegan.networks import size_multiple
+from cyclegan.networks import MIN_SIZE, size_multiple
 
 FORMAT = "cyclegan-onnx/1"
 OPSET = 17

@@ -202,18 +202,6 @@ def save_sample_grid(path: Path, model: CycleGAN, real_A: torch.Tensor, real_B: 
     atomic_write(path, lambda tmp: save_image(grid, tmp, format="png"))
 
 
-def default_hooks(cfg: TrainConfig, report: bool = True) -> list[Hook]:
-    from cyclegan.health import Health  # health.py builds on this module's Hook
-
-    # health before the sample grids: a step that diverged stops the run before its grid is drawn
-    hooks: list[Hook] = [LossLog(), *([] if cfg.no_health else [Health()]), SampleGrids()]
-    if cfg.eval_every:
-        hooks.append(TestSetEvaluator())
-    if report:
-        hooks.append(Report())
-    return hooks
-
-
 def sample_images(cfg: TrainConfig, count: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed handful of A and B images (test split when there is one) for sample grids."""
     out = []

@@ -14,13 +14,12 @@ from cyclegan.config import ModelConfig
 from cyclegan.data import pad_to_multiple
 from cyclegan.errors import CycleGANError
 from cyclegan.images import to_image, to_tensor
-from cyclegan.networks import size_multiple
+from cyclegan.networks import MIN_SIZE, size_multiple
 from cyclegan.tiling import check_tile, choose_tile, translate_tiled
 
 if TYPE_CHECKING:
     from cyclegan.export import OnnxTranslator
 
-MIN_SIZE = 8  # a ResNet's bottleneck must be at least 2x2 for its reflection padding
 BACKENDS = ("torch", "onnxruntime")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

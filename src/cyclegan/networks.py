@@ -453,6 +453,9 @@ def _norm_from_state(state: Mapping[str, torch.Tensor]) -> str:
     return "instance" if f"{first_conv}.bias" in state else "none"
 
 
+MIN_SIZE = 8  # the smallest side to translate: a ResNet's bottleneck must be 2x2 for its reflection padding
+
+
 def size_multiple(cfg: ModelConfig) -> int:
     """Sizes a generator maps back to themselves: ResNets halve twice, U-Nets 7 or 8 times."""
     return {"unet_128": 2**7, "unet_256": 2**8}.get(cfg.netG, 4)

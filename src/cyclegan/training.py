@@ -33,7 +33,8 @@ from cyclegan.data import (
 )
 from cyclegan.distributed import World
 from cyclegan.errors import CycleGANError
-from cyclegan.hooks import Hook, RunState, StopRun, default_hooks, note
+from cyclegan.health import Health
+from cyclegan.hooks import Hook, LossLog, Report, RunState, SampleGrids, StopRun, TestSetEvaluator, note
 from cyclegan.interrupts import catch_interrupts
 from cyclegan.model import CycleGAN, CycleGANTrainer, check_training_size
 from cyclegan.networks import size_multiple
@@ -213,6 +214,17 @@ def _train(
             for hook in all_hooks:
                 hook.end(run)
     return TrainResult(run_dir, progress, interrupted, skipped, run.stopped, world.is_main)
+
+
+def default_hooks(cfg: TrainConfig, report: bool = True) -> list[Hook]:
+    """The hooks every run has: its log, health checks, sample grids, evaluation if asked, the report."""
+    # health before the sample grids: a step that diverged stops the run before its grid is drawn
+    hooks: list[Hook] = [LossLog(), *([] if cfg.no_health else [Health()]), SampleGrids()]
+    if cfg.eval_every:
+        hooks.append(TestSetEvaluator())
+    if report:
+        hooks.append(Report())
+    return hooks
 
 
 def training_data(cfg: TrainConfig) -> tuple[UnpairedDataset, set[str]]:
