@@ -60,6 +60,8 @@ def run_checkpointed(layers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tens
         x = layers[start](x)
         start += 1
     segment = list(layers[start:])
+    if not segment:
+        return x
     stats = [b for layer in segment for b in layer.buffers()]
     context = {"context_fn": lambda: (contextlib.nullcontext(), _kept(stats))} if stats else {}
     return checkpoint(_chain, segment, x, use_reentrant=False, **context)

@@ -157,10 +157,11 @@ def smallest_crop(model: ModelConfig) -> int:
 
 
 def probe_sizes(model: ModelConfig) -> list[int]:
-    """Two small crops the networks accept, far enough apart for a stable fit, and large enough that
-    activations dominate (below ~128 px a CPU step's memory grows slower than its pixels)."""
+    """Two small crops the networks accept, far enough apart for a stable fit and large enough for the
+    activations to dominate: below ~192 px a CPU step's peak grows slower than its pixels (the allocator
+    reuses small blocks), so smaller probes under-predict large crops."""
     multiple = size_multiple(model)
-    base = max(smallest_crop(model), math.ceil(128 / multiple) * multiple)
+    base = max(smallest_crop(model), math.ceil(192 / multiple) * multiple)
     larger = 3 * base // 2 // multiple * multiple
     return [base, larger if larger > base else 2 * base]
 
