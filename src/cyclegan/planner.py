@@ -292,8 +292,8 @@ def serve_dry_runs() -> None:
             finally:
                 os._exit(code)  # never back into the helper's loop
         os.close(write)
-        with os.fdopen(read) as answer:
-            text = answer.read()
+        with os.fdopen(read) as pipe:
+            text = pipe.read()
         _, status = os.waitpid(pid, 0)
         if not text and os.WIFSIGNALED(status):
             text = json.dumps({"error": f"killed by signal {os.WTERMSIG(status)}, most likely out of memory"})
