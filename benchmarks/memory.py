@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 
 from cyclegan.config import ModelConfig, TrainConfig
-from cyclegan.devices import resolve_device
+from cyclegan.devices import parse_memory, resolve_device
 from cyclegan.files import atomic_write_text
 from cyclegan.planner import DryRuns, GiB, Variant, plan
 
@@ -40,6 +41,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--ngf", type=int, default=64)
     p.add_argument("--ndf", type=int, default=64)
     p.add_argument("--probe_sizes", type=int, nargs="+", help="crops of the planner's dry runs")
+    p.add_argument(
+        "--limit",
+        help="skip configurations predicted to need more than this, e.g. 20GB (default: 90%% of the device's"
+        " memory, so that none is killed or swaps)",
+    )
     p.add_argument("--out", type=Path, help="also write the JSON here")
     return p.parse_args(argv)
 
@@ -50,29 +56,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         device=str(device), pool_size=0, model=ModelConfig(ngf=args.ngf, ndf=args.ndf, netG=args.netG)
     )
     variants = [Variant(c == "on", p) for p in args.precisions for c in args.checkpointing]
+    limit = parse_memory(args.limit) if args.limit else int(0.9 * device_memory(device))
     rows = []
     with DryRuns(device) as runs:
         for fitted in plan(cfg, variants, args.probe_sizes, runs, translate=False):
             for crop in sorted(args.crops):
-                got = runs.train(cfg, fitted.variant, crop, steps=args.steps)
                 predicted = fitted.training_bytes(crop)
-                rows.append(
-                    {
-                        "crop": crop,
-                        "precision": fitted.variant.precision,
-                        "checkpointing": fitted.variant.checkpointing,
+                row = {
+                    "crop": crop,
+                    "precision": fitted.variant.precision,
+                    "checkpointing": fitted.variant.checkpointing,
+                    "predicted_gib": round(predicted / GiB, 3),
+                    "probe_crops": [m.crop for m in fitted.measurements],
+                }
+                if predicted > limit:
+                    row["skipped"] = f"predicted {predicted / GiB:.1f} GiB > {limit / GiB:.1f} GiB limit"
+                else:
+                    got = runs.train(cfg, fitted.variant, crop, steps=args.steps)
+                    row |= {
                         "peak_gib": round(got.peak_bytes / GiB, 3),
-                        "predicted_gib": round(predicted / GiB, 3),
                         "prediction_error_pct": round(100 * (predicted - got.peak_bytes) / got.peak_bytes, 1),
                         "step_s": round(got.seconds, 3),
-                        "probe_crops": [m.crop for m in fitted.measurements],
                     }
-                )
+                rows.append(row)
     for row in rows:  # the price of checkpointing: its step time against the same precision without it
         plain = next(
             (r for r in rows if r["crop"] == row["crop"] and r["precision"] == row["precision"]), None
         )
-        if row["checkpointing"] and plain is not None and not plain["checkpointing"]:
+        if (
+            row["checkpointing"]
+            and "step_s" in row
+            and plain
+            and "step_s" in plain
+            and not plain["checkpointing"]
+        ):
             row["time_vs_plain"] = round(row["step_s"] / plain["step_s"], 3)
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine(),
@@ -81,6 +98,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "model": {"netG": args.netG, "ngf": args.ngf, "ndf": args.ndf, "netD": "basic", "batch": 1},
         "measure": "max_memory_allocated" if device.type == "cuda" else "peak RSS of a fresh process",
+        "limit_gib": round(limit / GiB, 2),
         "rows": rows,
     }
 
@@ -93,11 +111,21 @@ def table(result: dict[str, Any]) -> str:
     for r in result["rows"]:
         ratio = f"{r['time_vs_plain']:.2f}x" if "time_vs_plain" in r else ""
         saver = "on" if r["checkpointing"] else "off"
+        if "skipped" in r:
+            lines.append(f"| {r['crop']} | {r['precision']} | {saver} | not run: {r['skipped']} | | | | |")
+            continue
         lines.append(
             f"| {r['crop']} | {r['precision']} | {saver} | {r['peak_gib']:.2f} | {r['predicted_gib']:.2f}"
             f" | {r['prediction_error_pct']:+.1f}% | {r['step_s']:.2f} | {ratio} |"
         )
     return "\n".join(lines)
+
+
+def device_memory(device: torch.device) -> int:
+    """The device's total memory in bytes: the GPU's, or the machine's RAM."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -79,8 +79,8 @@ def _train_parser(sub: Any) -> None:
     p.add_argument(
         "--memory_budget",
         metavar="SIZE",
-        help="before training, predict its peak memory with cyclegan plan's dry runs (a minute or two on a"
-        " CPU) and stop with the numbers if it exceeds SIZE, e.g. 12GB",
+        help="before training, predict its peak memory with cyclegan plan's dry runs (a minute on a CPU)"
+        " and stop with the numbers if it exceeds SIZE, e.g. 12GB",
     )
     p.set_defaults(handler=_run_train)
 
@@ -163,7 +163,8 @@ def _plan_parser(sub: Any) -> None:
         type=int,
         nargs="+",
         metavar="PX",
-        help="crop sizes of the dry runs (default: three small sizes the networks accept)",
+        help="crop sizes of the dry runs (default: two small sizes the networks accept, 192 and 288 for a"
+        " ResNet)",
     )
     _add_config_options(p, TrainConfig, "training")
     _add_config_options(p, ModelConfig, "architecture")

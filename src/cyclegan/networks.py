@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import checkpoint, noop_context_fn
 
 from cyclegan.config import GENERATORS, ModelConfig
 from cyclegan.errors import CycleGANError
@@ -48,21 +48,24 @@ def set_checkpointing(net: nn.Module, on: bool) -> None:
             module.checkpoint_activations = on
 
 
-def run_checkpointed(layers: nn.Sequential | Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
-    """``layers`` applied in turn, keeping only ``x`` for the backward pass (the rest is recomputed there).
+def run_checkpointed(modules: Iterable[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """``modules`` applied in turn, keeping only ``x`` for the backward pass (the rest is recomputed there).
 
     Leading in-place activations run outside the checkpoint: they change ``x`` itself, so replaying them on
     it would apply them twice. Dropout replays the same mask (the RNG state is restored for the recompute),
     autocast is replayed as it was, and batch-norm running statistics are not updated a second time.
     """
+    layers = list(modules)
     start = 0
     while start < len(layers) and getattr(layers[start], "inplace", False):
         x = layers[start](x)
         start += 1
-    segment = list(layers[start:])
+    segment = layers[start:]
+    if not segment:
+        return x
     stats = [b for layer in segment for b in layer.buffers()]
-    context = {"context_fn": lambda: (contextlib.nullcontext(), _kept(stats))} if stats else {}
-    return checkpoint(_chain, segment, x, use_reentrant=False, **context)  # type: ignore[call-overload]
+    context_fn = (lambda: (contextlib.nullcontext(), _kept(stats))) if stats else noop_context_fn
+    return checkpoint(_chain, segment, x, use_reentrant=False, context_fn=context_fn)
 
 
 def _chain(layers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:

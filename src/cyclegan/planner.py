@@ -36,6 +36,7 @@ from cyclegan.images import first_line
 from cyclegan.inference import Autocast, Translator, autocast_dtype
 from cyclegan.model import CycleGAN, CycleGANTrainer, check_training_size
 from cyclegan.networks import build_generator, size_multiple
+from cyclegan.precision import resolve_precision
 
 GiB = 2**30
 MAX_CROP = 16384  # the largest crop the search considers
@@ -147,10 +148,11 @@ def smallest_crop(model: ModelConfig) -> int:
 
 
 def probe_sizes(model: ModelConfig) -> list[int]:
-    """Two small crops the networks accept, far enough apart for a stable fit, and large enough that
-    activations dominate (below ~128 px a CPU step's memory grows slower than its pixels)."""
+    """Two small crops the networks accept, far enough apart for a stable fit and large enough for the
+    activations to dominate: below ~192 px a CPU step's peak grows slower than its pixels (the allocator
+    reuses small blocks), so smaller probes under-predict large crops."""
     multiple = size_multiple(model)
-    base = max(smallest_crop(model), math.ceil(128 / multiple) * multiple)
+    base = max(smallest_crop(model), math.ceil(192 / multiple) * multiple)
     larger = 3 * base // 2 // multiple * multiple
     return [base, larger if larger > base else 2 * base]
 
@@ -302,10 +304,14 @@ def _answer(job: dict[str, Any]) -> dict[str, Any]:
 def _measure(job: dict[str, Any]) -> Measurement:
     device, variant, crop = torch.device(job["device"]), Variant(**job["variant"]), job["crop"]
     cfg = dataclasses.replace(
-        TrainConfig.from_dict(job["config"]), pool_size=0, checkpoint_activations=variant.checkpointing
+        TrainConfig.from_dict(job["config"]),
+        pool_size=0,
+        checkpoint_activations=variant.checkpointing,
+        precision=variant.precision,
+        compile="none",
     )
-    dtype = autocast_dtype(variant.precision, device)
     if job["kind"] == "translate":
+        dtype = autocast_dtype(variant.precision, device)
         with _peak_memory(device) as peak:
             generator = build_generator(cfg.model).to(device).eval()
             net = generator if dtype is None else Autocast(generator, dtype)
@@ -314,9 +320,9 @@ def _measure(job: dict[str, Any]) -> Measurement:
             _sync(device)
             return Measurement(crop, 1, peak(), time.perf_counter() - start)
     trainer = CycleGANTrainer(CycleGAN(cfg.model).to(device).train(), cfg)
-    _train_steps(trainer, cfg, 1, smallest_crop(cfg.model), device, dtype)  # Adam's state exists from now on
+    _train_steps(trainer, cfg, 1, smallest_crop(cfg.model), device)  # Adam's state exists from now on
     with _peak_memory(device) as peak:
-        seconds = _train_steps(trainer, cfg, job["batch"], crop, device, dtype, job["steps"])
+        seconds = _train_steps(trainer, cfg, job["batch"], crop, device, job["steps"])
         return Measurement(crop, job["batch"], peak(), seconds)
 
 
@@ -326,18 +332,17 @@ def _train_steps(
     batch: int,
     crop: int,
     device: torch.device,
-    dtype: torch.dtype | None,
     steps: int = 1,
 ) -> float:
-    """The fastest of ``steps`` training steps on random images, in seconds."""
+    """The fastest of ``steps`` training steps on random images, in seconds (the trainer runs them in the
+    variant's precision, as a real run would)."""
     a = torch.rand(batch, cfg.model.input_nc, crop, crop, device=device) * 2 - 1
     b = torch.rand(batch, cfg.model.output_nc, crop, crop, device=device) * 2 - 1
     best = math.inf
     for _ in range(steps):
         _sync(device)
         start = time.perf_counter()
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            trainer.step(a, b)
+        trainer.step(a, b)
         _sync(device)
         best = min(best, time.perf_counter() - start)
     return best
@@ -402,14 +407,14 @@ def format_plan(cfg: TrainConfig, plans: Sequence[Plan], budget: int | None = No
     return "\n".join(lines)
 
 
-def check_budget(
-    cfg: TrainConfig, budget: int, precision: str = "fp32", sizes: Sequence[int] | None = None
-) -> str:
+def check_budget(cfg: TrainConfig, budget: int, sizes: Sequence[int] | None = None) -> str:
     """A one-line summary when ``cfg`` trains within ``budget`` bytes, else a one-line error with the numbers
     and what would fit (with every memory saver on, measured only then)."""
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
     own = Variant(cfg.checkpoint_activations, precision)
     where = f"{cfg.crop_size} px crops at batch {cfg.batch_size} ({own.label})"
-    with DryRuns(resolve_device(cfg.device)) as runs:
+    with DryRuns(device) as runs:
         mine = plan(cfg, [own], sizes, runs, translate=False)[0]
         need = mine.training_bytes(cfg.crop_size, cfg.batch_size)
         if need <= budget:
