@@ -57,7 +57,7 @@ def run_arm(cfg: TrainConfig, dataroot: Path) -> dict[str, Any]:
     result = train(cfg, show_progress=False, report=False)
     seconds = time.perf_counter() - began
     scores = score(result.run_dir, dataroot, resolve_device(cfg.device))
-    cyclegan = {r["direction"]: r for r in scores["rows"] if r["method"] == "CycleGAN"}
+    cyclegan = {d: scores.row("CycleGAN", d).scores for d in ("A→B", "B→A")}
     images = result.progress.step * cfg.batch_size
     return {
         "name": cfg.name,
@@ -70,11 +70,15 @@ def run_arm(cfg: TrainConfig, dataroot: Path) -> dict[str, Any]:
         "train_seconds": round(seconds, 1),
         "images_per_s": round(images / seconds, 2),
         **{
-            f"{metric} {d}": round(row[metric], 4)
+            f"{metric} {d}": _rounded(row[metric])
             for d, row in cyclegan.items()
             for metric in ("PSNR", "SSIM")
         },
     }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The GPU checks in one run, under 8 minutes on one H200:
+# The GPU checks in one run on one GPU; each step has a time limit, together at most 10 minutes:
 #   1. the CUDA tests (pytest -m cuda: bf16 step, fp16 loss-scale resume, NCCL/DDP group of one, pinned memory);
 #   2. benchmarks/speed.py at 256 px (exact fp32 step against bf16/fp16, channels_last, batches, compile);
 #   3. a short horse2zebra training at 256 px with the fast path (bf16, channels_last), stopped by SIGINT
-#      after TRAIN_SECONDS, then testA/testB translated and packed for FID/KID elsewhere.
+#      after TRAIN_SECONDS, then testA/testB translated and packed for FID/KID elsewhere;
+#   4. benchmarks/memory.py: peak memory and step time at 256/512/1024 px, fp32/bf16, with and without
+#      activation checkpointing, beside the planner's prediction (its table and JSON go to the log).
 #
 #   benchmarks/gpu_check.sh OUT_DIR DATAROOT [TRAIN_SECONDS]
 #
@@ -18,7 +20,7 @@ if [ $# -lt 2 ]; then
 fi
 out=$1
 data=$2
-train_seconds=${3:-100}
+train_seconds=${3:-90}
 here=$(cd "$(dirname "$0")/.." && pwd)
 py=${PYTHON:-python3}
 work=${WORK:-$(mktemp -d)}
@@ -36,14 +38,14 @@ cd "$here" || exit 2
         || echo "MISSING DEPENDENCIES: install cyclegan's dependencies and pytest first"
 
     echo "== 1. CUDA tests"
-    timeout 150 "$py" -m pytest -q -m cuda tests/test_cuda.py
+    timeout 100 "$py" -m pytest -q -m cuda tests/test_cuda.py
 
     echo "== 2. step speed at 256 px"
-    timeout 240 "$py" benchmarks/speed.py --device cuda --size 256 --rounds 3 --steps 10 --deadline 170 \
+    timeout 180 "$py" benchmarks/speed.py --device cuda --size 256 --rounds 3 --steps 10 --deadline 140 \
         --out "$out/speed_cuda.json"
 
     echo "== 3. horse2zebra at 256 px with the fast path, ${train_seconds} s"
-    timeout -s INT -k 60 "$train_seconds" "$py" -m cyclegan train --dataroot "$data" \
+    timeout -s INT -k 30 "$train_seconds" "$py" -m cyclegan train --dataroot "$data" \
         --checkpoints_dir "$work" --name h2z_fast --device cuda --precision bf16 --channels_last \
         --num_workers 8 --seed 0 --print_freq 100 --sample_freq 1000000 --save_latest_freq 1000000
     echo "training exit status: $? (124: stopped by the time limit, with a checkpoint)"
@@ -55,7 +57,7 @@ print(f\"{r['step']} steps in {r['time']:.0f} s: {r['step'] / r['time']:.1f} ste
     for direction in AtoB BtoA; do
         split=$([ "$direction" = AtoB ] && echo testA || echo testB)
         [ -d "$data/$split" ] || { echo "no $data/$split: $direction not translated"; continue; }
-        timeout 120 "$py" -m cyclegan translate "$data/$split" --checkpoint "$work/h2z_fast" \
+        timeout 45 "$py" -m cyclegan translate "$data/$split" --checkpoint "$work/h2z_fast" \
             --out "$work/$direction" --direction "$direction" --device cuda
         "$py" - "$work/$direction" "$out/translations_$direction" <<'EOF'
 import sys
@@ -72,5 +74,8 @@ for part, chunk in enumerate(c for c in (paths[:half], paths[half:]) if c):
     print(f"{prefix}_{part}.npz: {len(chunk)} images")
 EOF
     done
+
+    echo "== 4. peak training memory at 256, 512 and 1024 px"
+    timeout 110 "$py" benchmarks/memory.py --device cuda --crops 256 512 1024 --steps 2
     date
 } 2>&1 | tee "$out/gpu_check.log"

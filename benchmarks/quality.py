@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -104,13 +105,17 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     )
 
 
+def save_png(image: Image.Image, path: Path) -> None:
+    image.save(path, format="PNG")
+
+
 def resize_test_set(dataroot: Path, size: int, dest: Path) -> Path:
     """testA/ and testB/ resized (bicubic, as in training) to size×size PNGs under ``dest``."""
     for split in ("testA", "testB"):
         for path in list_images(dataroot / split):
-            image = load_image(path).resize((size, size), Image.BICUBIC)
+            image = load_image(path).resize((size, size), Image.Resampling.BICUBIC)
             target = dest / split / path.relative_to(dataroot / split).with_suffix(".png")
-            atomic_write(target, lambda tmp, image=image: image.save(tmp, format="PNG"))
+            atomic_write(target, partial(save_png, image))
     return dest
 
 

@@ -107,6 +107,12 @@ def _worker(rank: int, ports: list[int], tmp: str, dataroot: str) -> None:
     except CycleGANError as err:
         (Path(tmp) / f"refusal_{rank}.txt").write_text(str(err))
 
+    os.environ["MASTER_PORT"] = str(ports[5])  # in file order, rank 1 alone reads the damaged image
+    data, out = Path(tmp) / "damaged", Path(tmp) / "damaged_run"
+    cfg = tiny_config(data, out, batch_size=2, serial_batches=True, max_steps=1)
+    result = train(cfg, show_progress=False, report=False)
+    (Path(tmp) / f"skipped_{rank}.txt").write_text("\n".join(sorted(result.skipped_files)))
+
 
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -116,7 +122,11 @@ def two_processes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp / "data"
     write_images(root / "trainA", 5, seed=1)
     write_images(root / "trainB", 6, seed=2)
-    mp.spawn(_worker, args=([_free_port() for _ in range(5)], str(tmp), str(root)), nprocs=2)
+    damaged = tmp / "damaged"
+    shutil.copytree(root, damaged)
+    good = damaged / "trainB" / "img_000.png"
+    (damaged / "trainB" / "img_000_truncated.png").write_bytes(good.read_bytes()[:200])
+    mp.spawn(_worker, args=([_free_port() for _ in range(6)], str(tmp), str(root)), nprocs=2)
     return tmp
 
 
@@ -166,6 +176,11 @@ def test_stopped_and_resumed_two_process_run_equals_an_uninterrupted_one(two_pro
 def test_rank_zeros_refusal_reaches_every_process(two_processes: Path) -> None:
     refusals = [(two_processes / f"refusal_{rank}.txt").read_text() for rank in range(2)]
     assert refusals[0] == refusals[1] and "already exists" in refusals[0]
+
+
+def test_an_image_only_another_process_could_not_read_is_counted(two_processes: Path) -> None:
+    skipped = [(two_processes / f"skipped_{rank}.txt").read_text() for rank in range(2)]
+    assert skipped[0] == skipped[1] == str(two_processes / "damaged" / "trainB" / "img_000_truncated.png")
 
 
 def test_a_two_process_run_resumes_on_one_process(two_processes: Path) -> None:

@@ -328,3 +328,34 @@ def test_the_pixel_limit_is_a_flag(
     assert main([*args, "--max_pixels", "1000"]) == 2
     assert "above the limit of 0.001 megapixels" in capsys.readouterr().err
     assert main([*args, "--max_pixels", "1200"]) == 0
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory"),
+    ],
+    ids=["cuda", "cpu"],
+)
+def test_running_out_of_memory_in_a_step_is_one_line_and_keeps_the_checkpoint(
+    dataroot: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    error: RuntimeError,
+) -> None:
+    cfg = tiny_config(dataroot, tmp_path, max_steps=2, save_latest_freq=1)
+    run = train(cfg, show_progress=False, report=False).run_dir
+    saved = (run / "checkpoints" / "latest.safetensors").read_bytes()
+
+    def out_of_memory(*args: object) -> None:
+        raise error
+
+    monkeypatch.setattr("cyclegan.model.CycleGANTrainer.step", out_of_memory)
+    assert main(["train", "--resume", str(run), "--max_steps", "4"]) == 2
+    lines = capsys.readouterr().err.splitlines()  # "Resuming ..." first, then the error alone
+    assert [line for line in lines if "error" in line] == lines[-1:]
+    assert lines[-1].startswith("cyclegan train: error: out of memory in training step 3 (32 px crops, batch")
+    assert "try --checkpoint_activations, --precision bf16, a smaller --crop_size" in lines[-1]
+    assert (run / "checkpoints" / "latest.safetensors").read_bytes() == saved

@@ -70,6 +70,46 @@ def test_bf16_losses_stay_close_to_fp32() -> None:
             assert got[name] == pytest.approx(value, rel=0.1, abs=1e-2), (step, name)
 
 
+@pytest.mark.parametrize(
+    "mode, norm", [("networks", "instance"), ("step", "batch")], ids=["networks-instance", "step-batch"]
+)
+def test_compiled_checkpointed_step_matches_the_eager_step(
+    mode: str, norm: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--compile`` with activation checkpointing inside the compiled graphs trains as the plain eager step
+    does, batch-norm statistics included (updated once, not again by the recomputation).
+
+    The graphs are captured by TorchDynamo and differentiated by AOTAutograd, as with the default backend,
+    but run by the ``aot_eager`` backend: inductor's C++ code generation would take minutes on 2 cores, and
+    it is PyTorch's own part (``benchmarks/speed.py`` times it)."""
+    compile_module = nn.Module.compile
+    monkeypatch.setattr(nn.Module, "compile", lambda self: compile_module(self, backend="aot_eager"))
+
+    model_cfg, size = ModelConfig(ngf=4, ndf=4, netG="resnet_6blocks", norm=norm), 32
+
+    def trainer(**options: object) -> CycleGANTrainer:
+        torch.manual_seed(0)
+        cfg = TrainConfig(pool_size=2, batch_size=2, model=model_cfg, **options)
+        return CycleGANTrainer(CycleGAN(model_cfg), cfg, seed=1)
+
+    eager, compiled = trainer(), trainer(compile=mode, checkpoint_activations=True)
+    inputs = torch.Generator().manual_seed(3)
+    for step in range(2):
+        a, b = (torch.rand(2, 3, size, size, generator=inputs) * 2 - 1 for _ in range(2))
+        want, got = eager.step(a, b), compiled.step(a, b)
+        for name, value in want.items():
+            assert got[name] == pytest.approx(value, rel=1e-4, abs=1e-6), (step, name)
+    for name, value in eager.model.state_dict().items():
+        if "running" in name:
+            torch.testing.assert_close(compiled.model.state_dict()[name], value, msg=name)
+    x = torch.rand(1, 3, size, size, generator=inputs) * 2 - 1
+    for net in ("G_A", "G_B"):
+        with torch.no_grad():
+            want_y = getattr(eager.model, net).eval()(x)
+            got_y = getattr(compiled.model, net).eval()(x)
+        torch.testing.assert_close(got_y, want_y, rtol=0, atol=1e-3, msg=net)
+
+
 def test_fp16_loss_scale_is_saved_and_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # fp16 is refused on CPU for training; its loss scaling works there, which is what is checked here.
     monkeypatch.setattr(model_module, "resolve_precision", lambda name, device: name)
@@ -120,6 +160,11 @@ def _train_argv(dataroot: Path, out: Path, *extra: str) -> list[str]:
         (["--precision", "fp16"], "--precision fp16 needs a CUDA device; on CPU use --precision bf16"),
         (["--exact", "--precision", "bf16"], "--exact means --precision fp32; leave out --precision bf16"),
         (["--compile", "step"], "--compile: torch.compile does not work here (no C++ compiler)"),
+        (
+            ["--compile", "networks", "--checkpoint_activations", "--norm", "batch"],
+            "--compile networks cannot recompute batch-norm networks (--checkpoint_activations);"
+            " use --compile step",
+        ),
     ],
 )
 def test_unsupported_fast_paths_are_one_line_errors(

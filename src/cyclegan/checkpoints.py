@@ -15,7 +15,7 @@ import errno
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -89,20 +89,17 @@ def commit_resumable(folder: Path, save: Any) -> Path:
     return latest
 
 
-def read_weights(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], ModelConfig, dict[str, Any]]:
-    """Return ({network name: state_dict}, architecture, info) of one of our checkpoints.
+def read_weights(
+    path: Path, networks: Collection[str] = NETWORKS
+) -> tuple[dict[str, dict[str, torch.Tensor]], ModelConfig, dict[str, Any]]:
+    """Return ({network name: state_dict}, architecture, info) of one of our checkpoints, reading the
+    tensors of ``networks`` only (a generator for translation leaves the rest on disk).
 
     The architecture is validated and checked against the file's tensor shapes before anything is built.
     """
-    states: dict[str, dict[str, torch.Tensor]] = {}
     with _open(path) as f:
-        metadata = f.metadata() or {}
-        model_config, info = _read_metadata(path, metadata)
-        for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
-            name, _, rest = key.partition(".")
-            if name in NETWORKS:
-                states.setdefault(name, {})[rest] = f.get_tensor(key)
-    return states, model_config, info
+        model_config, info = _read_metadata(path, f.metadata() or {})
+        return _networks(f, networks), model_config, info
 
 
 def read_info(path: Path) -> dict[str, Any]:
@@ -116,9 +113,31 @@ def read_state(path: Path) -> dict[str, Any]:
     with _open(path) as f:
         metadata = f.metadata() or {}
         _read_metadata(path, metadata)
-        if "training_state" not in metadata:
-            raise CycleGANError(f"{path} holds weights only, no training state to resume from")
-        tensors = {k: f.get_tensor(k) for k in f.keys() if k.startswith(STATE_PREFIX)}  # noqa: SIM118
+        return _training_state(path, f, metadata)
+
+
+def read_resumable(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], ModelConfig, dict[str, Any]]:
+    """The networks' weights, the architecture and the training state of a resumable checkpoint, read in
+    one opening of the file (so all three come from the same commit)."""
+    with _open(path) as f:
+        metadata = f.metadata() or {}
+        model_config, _ = _read_metadata(path, metadata)
+        return _networks(f), model_config, _training_state(path, f, metadata)
+
+
+def _networks(f: Any, networks: Collection[str] = NETWORKS) -> dict[str, dict[str, torch.Tensor]]:
+    states: dict[str, dict[str, torch.Tensor]] = {}
+    for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
+        name, _, rest = key.partition(".")
+        if name in networks:
+            states.setdefault(name, {})[rest] = f.get_tensor(key)
+    return states
+
+
+def _training_state(path: Path, f: Any, metadata: dict[str, str]) -> dict[str, Any]:
+    if "training_state" not in metadata:
+        raise CycleGANError(f"{path} holds weights only, no training state to resume from")
+    tensors = {k: f.get_tensor(k) for k in f.keys() if k.startswith(STATE_PREFIX)}  # noqa: SIM118
     try:
         return _unflatten(json.loads(metadata["training_state"]), tensors)
     except (ValueError, KeyError, TypeError) as err:
@@ -176,8 +195,8 @@ def load_generator(checkpoint: Path, direction: str = "AtoB") -> tuple[nn.Module
         raise CycleGANError(f"--direction must be AtoB or BtoA, got {direction!r}")
     _refuse_lfs_pointer(path)
     if path.suffix == ".safetensors" or _is_safetensors(path):
-        states, model_config, _ = read_weights(path)
         name = "G_A" if direction == "AtoB" else "G_B"
+        states, model_config, _ = read_weights(path, (name,))
         if name not in states:
             raise CycleGANError(f"{path} holds no generator {name}")
         in_nc, out_nc = model_config.input_nc, model_config.output_nc

@@ -217,6 +217,13 @@ class TrainConfig:
             raise CycleGANError(
                 "the identity loss needs --input_nc equal to --output_nc; set --lambda_identity 0"
             )
+        if self.compile == "networks" and self.checkpoint_activations and self.model.norm == "batch":
+            # each network a graph of its own: a second call's running-statistics update breaks the first
+            # call's recomputation in the backward pass (compiling the whole step keeps them in one graph)
+            raise CycleGANError(
+                "--compile networks cannot recompute batch-norm networks (--checkpoint_activations);"
+                " use --compile step"
+            )
 
     @property
     def total_epochs(self) -> int:

@@ -70,6 +70,14 @@ class World:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
 
+    def union(self, items: set[str]) -> set[str]:
+        """The union of every process's ``items`` (say, the files each could not read), on every process."""
+        if not self.distributed:
+            return items
+        parts: list[Any] = [None] * self.size
+        dist.all_gather_object(parts, sorted(items))
+        return set().union(*parts)
+
     def on_main(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on rank 0 only and hand its result, or its one-line error, to every process."""
         if not self.distributed:

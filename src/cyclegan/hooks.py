@@ -27,7 +27,6 @@ from cyclegan.evaluation import evaluate_model, real_features
 from cyclegan.files import atomic_write
 from cyclegan.images import DECODE_ERRORS, load_image
 from cyclegan.model import LOSS_NAMES, CycleGAN, CycleGANTrainer
-from cyclegan.report import write_report
 from cyclegan.runs import Progress
 
 
@@ -177,6 +176,8 @@ class Report(Hook):
     name = "report"
 
     def end(self, run: RunState) -> None:
+        from cyclegan.report import write_report  # on use: matplotlib adds half a second to every start
+
         try:
             write_report(run.run_dir)
         except Exception as err:  # the trained model matters more than its page

@@ -86,8 +86,8 @@ class Translator:
                 y = self.generator(batch)
             else:
                 y = torch.cat([translate_tiled(self.generator, image[None], tile) for image in batch])
-        except (torch.OutOfMemoryError, RuntimeError) as err:
-            if not isinstance(err, torch.OutOfMemoryError) and "memory" not in str(err):
+        except RuntimeError as err:  # CUDA's OutOfMemoryError is one; the CPU allocator raises a plain one
+            if not isinstance(err, torch.cuda.OutOfMemoryError) and "memory" not in str(err):
                 raise
             raise CycleGANError(
                 f"not enough memory to translate a {w}x{h} image on {self.device}; translate it in exact"

@@ -52,7 +52,8 @@ def check_training_size(cfg: ModelConfig, height: int, width: int) -> None:
     catches every rule at once: the generators' size multiples, reflection padding on tiny maps, and
     instance norm's need for more than one value per channel in the discriminators' last layers.
     """
-    model = CycleGAN(cfg).to("meta").train()
+    with torch.device("meta"):  # built without allocating or initialising any weights
+        model = CycleGAN(cfg).train()
     a = torch.empty(1, cfg.input_nc, height, width, device="meta")
     b = torch.empty(1, cfg.output_nc, height, width, device="meta")
     try:

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint, noop_context_fn
+from torch.utils.checkpoint import checkpoint
 
 from cyclegan.config import GENERATORS, ModelConfig
 from cyclegan.errors import CycleGANError
@@ -64,8 +64,11 @@ def run_checkpointed(modules: Iterable[nn.Module], x: torch.Tensor) -> torch.Ten
     if not segment:
         return x
     stats = [b for layer in segment for b in layer.buffers()]
-    context_fn = (lambda: (contextlib.nullcontext(), _kept(stats))) if stats else noop_context_fn
-    return checkpoint(_chain, segment, x, use_reentrant=False, context_fn=context_fn)
+    if not stats or torch.compiler.is_compiling():  # a compiled graph's recomputation updates nothing
+        return checkpoint(_chain, segment, x, use_reentrant=False)
+    return checkpoint(
+        _chain, segment, x, use_reentrant=False, context_fn=lambda: (contextlib.nullcontext(), _kept(stats))
+    )
 
 
 def _chain(layers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:

@@ -6,8 +6,9 @@ a batch; weights, gradients, Adam's state and the runtime do not. On CUDA a meas
 ``max_memory_allocated`` in this process; on the CPU it is the peak resident size of a fresh process per
 measurement (see :class:`DryRuns`).
 
-The image pools are left out of the dry runs (they fill over many steps) and added from their size: each
-keeps up to ``pool_size`` float32 images of its domain.
+Dry runs train as the configuration would (its precision, checkpointing and layout) but uncompiled:
+compiling every dry run would take minutes. The image pools are left out (they fill over many steps) and
+added from their size: each keeps up to ``pool_size`` float32 images of its domain.
 """
 
 from __future__ import annotations

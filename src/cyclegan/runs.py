@@ -188,7 +188,7 @@ def load_checkpoint(
     """Restore the newest complete checkpoint; returns its progress, the hook states and what was done."""
     path, info, passed = checkpoints.newest_resumable(run_dir / CHECKPOINTS)
     progress = Progress.from_info(info, path)
-    states, model_config, _ = checkpoints.read_weights(path)
+    states, model_config, state = checkpoints.read_resumable(path)
     if model_config != model.config:
         raise CycleGANError(f"{path} holds another architecture than {run_dir / CONFIG}")
     for name, net in model.networks().items():
@@ -198,7 +198,6 @@ def load_checkpoint(
             net.load_state_dict(check_weights(net, states[name]), strict=True)
         except CycleGANError as err:
             raise CycleGANError(f"{path}: {name}: {err}") from None
-    state = checkpoints.read_state(path)
     try:
         trainer.load_state_dict(state["trainer"], device)
         torch.set_rng_state(state["torch_rng"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -167,14 +168,14 @@ def _train(
                 and not (interrupted or run.stopped)
             ):
                 for batch in epoch_loader(dataset, cfg, progress, world):
-                    _warn_skipped(batch["skipped"], skipped)
+                    _warn_skipped(batch["skipped"], skipped, world)
                     model.train()
                     if world.distributed and cfg.model.dropout:
                         _seed_dropout(cfg.seed, progress.step, world.rank)
                     real_A = batch["A"].to(device, non_blocking=True)
                     real_B = batch["B"].to(device, non_blocking=True)
                     began = time.time()
-                    losses = trainer.step(real_A, real_B)
+                    losses = _step(trainer, real_A, real_B, cfg, progress.step)
                     if first_step and cfg.compile != "none":
                         note(f"torch.compile warm-up: the first step took {time.time() - began:.1f} s")
                     first_step = False
@@ -213,6 +214,7 @@ def _train(
                 commit()
             for hook in all_hooks:
                 hook.end(run)
+    skipped = world.union(skipped)  # each process decodes its own share of the images
     return TrainResult(run_dir, progress, interrupted, skipped, run.stopped, world.is_main)
 
 
@@ -253,10 +255,32 @@ def _has_checkpoint(run_dir: Path) -> bool:
     return any((folder / name).exists() for name in (checkpoints.LATEST, checkpoints.PREVIOUS))
 
 
-def _warn_skipped(paths: list[str], skipped: set[str]) -> None:
+def _step(
+    trainer: CycleGANTrainer, real_A: torch.Tensor, real_B: torch.Tensor, cfg: TrainConfig, step: int
+) -> dict[str, float]:
+    """One training step; running out of memory is a one-line error that says what to change (the last
+    committed checkpoint stays as it was)."""
+    try:
+        return trainer.step(real_A, real_B)
+    except RuntimeError as err:  # CUDA's OutOfMemoryError is one; the CPU allocator raises a plain one
+        if not isinstance(err, torch.cuda.OutOfMemoryError) and "allocate memory" not in str(err):
+            raise
+        tips = [] if cfg.checkpoint_activations else ["--checkpoint_activations"]
+        tips += [] if trainer.precision.mixed else ["--precision bf16"]
+        tips += ["a smaller --crop_size or --batch_size"]
+        raise CycleGANError(
+            f"out of memory in training step {step + 1} ({cfg.crop_size} px crops, batch {cfg.batch_size},"
+            f" {trainer.precision.name}): try {', '.join(tips)};"
+            " `cyclegan plan --memory SIZE` predicts what fits"
+        ) from None
+
+
+def _warn_skipped(paths: list[str], skipped: set[str], world: World) -> None:
+    """Named by the process that met it: under torchrun each process reads its own images."""
+    where = f" (rank {world.rank})" if world.distributed else ""
     for path in sorted(set(paths) - skipped):
         skipped.add(path)
-        note(f"warning: skipping {path}: the image could not be decoded")
+        tqdm.write(f"warning{where}: skipping {path}: the image could not be decoded", file=sys.stderr)
 
 
 def epoch_loader(dataset: UnpairedDataset, cfg: TrainConfig, progress: Progress, world: World) -> DataLoader:
