@@ -3,7 +3,8 @@ the exact arithmetic (fp32, batch 1) and with a fast path, each scored by PSNR/S
 translations (``cyclegan.demo.score``), beside the training speed of each.
 
 GAN training varies from seed to seed, so with several ``--seeds`` each arm is run once per seed and the
-seed-to-seed spread of the exact arm is the yardstick for the gap between the arms.
+seed-to-seed spread of the exact arm is the yardstick for the gap between the arms. Runs already in ``--out``
+are reused (finished) or resumed, so several fast arms can share one set of exact runs.
 
     PYTHONPATH=src python3 benchmarks/fastpath_quality.py --quick --out runs/fastpath_quick    # ~3 min
     PYTHONPATH=src python3 benchmarks/fastpath_quality.py --seeds 0 1 --out runs/fastpath      # ~35 min
@@ -16,7 +17,6 @@ import dataclasses
 import json
 import statistics
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,10 +34,13 @@ def arm_config(args: argparse.Namespace, dataroot: Path, seed: int, fast: bool) 
     """The demo's training config for ``args.images`` images; the fast arm differs only in how it runs."""
     settings = DemoSettings(out=args.out, steps=args.images, size=args.size, seed=seed, device=args.device)
     cfg = settings.train_config(dataroot)  # epochs of TRAIN_IMAGES images: the same schedule for every batch
-    cfg.name = f"{'fast' if fast else 'exact'}_seed{seed}"
+    cfg.name = f"exact_seed{seed}"
     cfg.sample_freq = cfg.save_latest_freq = 10**9
     if fast:
         batch = args.batch_size
+        layout = "_channels_last" if args.channels_last else ""
+        compiled = f"_compile_{args.compile}" if args.compile != "none" else ""
+        cfg.name = f"fast_{args.precision}_b{batch}{layout}{compiled}_seed{seed}"
         cfg = dataclasses.replace(
             cfg,
             precision=args.precision,
@@ -53,9 +56,11 @@ def arm_config(args: argparse.Namespace, dataroot: Path, seed: int, fast: bool) 
 
 
 def run_arm(cfg: TrainConfig, dataroot: Path) -> dict[str, Any]:
-    began = time.perf_counter()
-    result = train(cfg, show_progress=False, report=False)
-    seconds = time.perf_counter() - began
+    """Train (or finish, or reuse: an arm is deterministic for its seed) one arm and score it; the speed is
+    the run's own training time, start-up and scoring left out."""
+    run_dir = Path(cfg.checkpoints_dir) / cfg.name
+    result = train(cfg, run_dir if run_dir.exists() else None, show_progress=False, report=False)
+    seconds = result.progress.seconds
     scores = score(result.run_dir, dataroot, resolve_device(cfg.device))
     cyclegan = {d: scores.row("CycleGAN", d).scores for d in ("A→B", "B→A")}
     images = result.progress.step * cfg.batch_size

@@ -58,13 +58,15 @@ def _batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def _trajectory(pool_size: int, world: World | None, part: slice) -> dict[str, Any]:
-    """Losses of every step, the gradients of the first, and the final weights."""
+    """Losses of every step, the gradients of the first, and the final weights. The processes recompute
+    activations (checkpointing); one process alone keeps them: the arithmetic is the same."""
     model_cfg = ModelConfig(ngf=4, ndf=4, netG="resnet_6blocks")
     torch.manual_seed(0)
     model = CycleGAN(model_cfg)
-    trainer = CycleGANTrainer(
-        model, TrainConfig(pool_size=pool_size, batch_size=2, model=model_cfg), 5, world
+    cfg = TrainConfig(
+        pool_size=pool_size, batch_size=2, checkpoint_activations=world is not None, model=model_cfg
     )
+    trainer = CycleGANTrainer(model, cfg, 5, world)
     losses, grads = [], {}
     for step, (a, b) in enumerate(_batches()):
         losses.append(trainer.step(a[part], b[part]))

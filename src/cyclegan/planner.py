@@ -56,8 +56,15 @@ class Variant:
         return self.precision + (" + checkpointing" if self.checkpointing else "")
 
 
-VARIANTS = tuple(Variant(c, p) for p in ("fp32", "bf16") for c in (False, True))
-ALL_SAVERS = Variant(True, "bf16")
+def half_precision(device: torch.device) -> str:
+    """The memory-saving precision of ``device``: bf16, or fp16 on GPUs without bfloat16."""
+    return "fp16" if device.type == "cuda" and not torch.cuda.is_bf16_supported() else "bf16"
+
+
+def default_variants(cfg: TrainConfig, device: torch.device) -> list[Variant]:
+    """fp32, the device's half precision and the run's own precision, each without and with checkpointing."""
+    precisions = dict.fromkeys(["fp32", half_precision(device), resolve_precision(cfg.precision, device)])
+    return [Variant(c, p) for p in precisions for c in (False, True)]
 
 
 @dataclass(frozen=True)
@@ -160,15 +167,17 @@ def probe_sizes(model: ModelConfig) -> list[int]:
 
 def plan(
     cfg: TrainConfig,
-    variants: Sequence[Variant] = VARIANTS,
+    variants: Sequence[Variant] | None = None,
     sizes: Sequence[int] | None = None,
     runs: DryRuns | None = None,
     translate: bool = True,
 ) -> list[Plan]:
-    """Dry-run ``cfg`` at ``sizes`` (default :func:`probe_sizes`) for each variant and fit its memory
-    (of training, and with ``translate`` of translating one image)."""
+    """Dry-run ``cfg`` at ``sizes`` (default :func:`probe_sizes`) for each variant (default:
+    :func:`default_variants`) and fit its memory (of training, and with ``translate`` of translating one
+    image)."""
     dataclasses.replace(cfg, dataroot=cfg.dataroot or "unused").validate()  # the data is not needed here
     device = resolve_device(cfg.device)
+    variants = default_variants(cfg, device) if variants is None else variants
     check_training_size(cfg.model, cfg.crop_size, cfg.crop_size)
     sizes = sorted(set(sizes or probe_sizes(cfg.model)))
     if len(sizes) < 2:
@@ -420,14 +429,16 @@ def check_budget(cfg: TrainConfig, budget: int, sizes: Sequence[int] | None = No
         need = mine.training_bytes(cfg.crop_size, cfg.batch_size)
         if need <= budget:
             return f"memory plan: {where} need about {_size(need)} of the {_size(budget)} budget"
-        best = mine if own == ALL_SAVERS else plan(cfg, [ALL_SAVERS], sizes, runs, translate=False)[0]
+        half = precision if precision != "fp32" else half_precision(device)
+        all_savers = Variant(True, half)
+        best = mine if own == all_savers else plan(cfg, [all_savers], sizes, runs, translate=False)[0]
     saved = best.training_bytes(cfg.crop_size, cfg.batch_size)
     if saved <= budget:
-        hint = f"with checkpointing and bf16 they need {_size(saved)}: add --checkpoint_activations"
-        hint += " and bf16 precision" if precision != "bf16" else ""
+        hint = f"with checkpointing and {half} they need {_size(saved)}: add --checkpoint_activations"
+        hint += f" and --precision {half}" if precision != half else ""
     else:
         largest = best.largest_crop(budget, cfg.batch_size)
-        hint = f"even with checkpointing and bf16 they need {_size(saved)}; " + (
+        hint = f"even with checkpointing and {half} they need {_size(saved)}; " + (
             f"the largest crop that fits is {largest} px" if largest else "no crop fits"
         )
     raise CycleGANError(f"{where} need about {_size(need)}, over the {_size(budget)} budget; {hint}")
