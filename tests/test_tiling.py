@@ -201,3 +201,19 @@ def test_translate_cli_tiles_exactly_and_rejects_bad_values(
         assert run("bad", *args) == 2
         error = capsys.readouterr().err.strip().splitlines()[-1]
         assert error.startswith("cyclegan translate: error: ") and message in error, error
+
+
+def test_a_translation_the_cpu_cannot_allocate_is_one_line_naming_tiles() -> None:
+    class Greedy(torch.nn.Module):
+        """A generator whose forward asks the CPU allocator for 256 TiB, past any address space."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.empty(2**48, dtype=torch.uint8)
+
+    translator = Translator(Greedy(), ModelConfig(ngf=4, netG="resnet_6blocks"))
+    with pytest.raises(CycleGANError, match="not enough memory to translate a 40x36 image on cpu; translate"):
+        translator.translate_tensor(image(36, 40, seed=1)[0])

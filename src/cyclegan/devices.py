@@ -27,6 +27,12 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is a device running out of memory: CUDA's OutOfMemoryError, or the CPU allocator's
+    plain RuntimeError ("DefaultCPUAllocator: can't allocate memory")."""
+    return isinstance(err, torch.cuda.OutOfMemoryError) or "can't allocate memory" in str(err)
+
+
 def parse_memory(text: str) -> int:
     """``12GB``, ``12G``, ``800MiB``, ``1.5T`` or plain bytes; units are binary (GB = GiB = 2**30 bytes, as
     nvidia-smi counts)."""

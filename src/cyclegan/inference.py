@@ -12,6 +12,7 @@ from torch import nn
 from cyclegan.checkpoints import load_generator
 from cyclegan.config import ModelConfig
 from cyclegan.data import pad_to_multiple
+from cyclegan.devices import is_out_of_memory
 from cyclegan.errors import CycleGANError
 from cyclegan.images import to_image, to_tensor
 from cyclegan.networks import MIN_SIZE, size_multiple
@@ -86,8 +87,8 @@ class Translator:
                 y = self.generator(batch)
             else:
                 y = torch.cat([translate_tiled(self.generator, image[None], tile) for image in batch])
-        except RuntimeError as err:  # CUDA's OutOfMemoryError is one; the CPU allocator raises a plain one
-            if not isinstance(err, torch.cuda.OutOfMemoryError) and "memory" not in str(err):
+        except RuntimeError as err:
+            if not is_out_of_memory(err):
                 raise
             raise CycleGANError(
                 f"not enough memory to translate a {w}x{h} image on {self.device}; translate it in exact"

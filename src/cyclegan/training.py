@@ -32,6 +32,7 @@ from cyclegan.data import (
     ignore_interrupts,
     scan_domain,
 )
+from cyclegan.devices import is_out_of_memory
 from cyclegan.distributed import World
 from cyclegan.errors import CycleGANError
 from cyclegan.health import Health
@@ -262,8 +263,8 @@ def _step(
     committed checkpoint stays as it was)."""
     try:
         return trainer.step(real_A, real_B)
-    except RuntimeError as err:  # CUDA's OutOfMemoryError is one; the CPU allocator raises a plain one
-        if not isinstance(err, torch.cuda.OutOfMemoryError) and "allocate memory" not in str(err):
+    except RuntimeError as err:
+        if not is_out_of_memory(err):
             raise
         tips = [] if cfg.checkpoint_activations else ["--checkpoint_activations"]
         tips += [] if trainer.precision.mixed else ["--precision bf16"]
