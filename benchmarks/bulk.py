@@ -27,15 +27,15 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from cyclegan.bulk import decode_ahead, default_batch_size, default_workers, translate_files
 from cyclegan.config import GENERATORS, ModelConfig
-from cyclegan.data import list_images
+from cyclegan.data.datasets import list_images
+from cyclegan.data.images import load_image, to_tensor
 from cyclegan.devices import resolve_device
 from cyclegan.errors import CycleGANError
 from cyclegan.files import atomic_write, atomic_write_text
-from cyclegan.images import load_image, to_tensor
-from cyclegan.inference import Translator
-from cyclegan.networks import build_generator
+from cyclegan.nets.networks import build_generator
+from cyclegan.translate.bulk import decode_ahead, default_batch_size, default_workers, translate_files
+from cyclegan.translate.translator import Translator
 
 DEFAULT_DATAROOT = Path(__file__).resolve().parents[2] / "shared/datasets/horse2zebra"
 

@@ -27,16 +27,16 @@ import onnxruntime
 import torch
 from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Resize
 
-from cyclegan.checkpoints import save_weights
 from cyclegan.config import ModelConfig
-from cyclegan.data import list_images
-from cyclegan.demo_data import random_scene, render
-from cyclegan.export import export_onnx
+from cyclegan.data.datasets import list_images
+from cyclegan.data.demo_scenes import random_scene, render
+from cyclegan.data.images import load_image, to_image, to_tensor, to_unit_tensor
+from cyclegan.evaluate.metrics import psnr
 from cyclegan.files import atomic_write_text
-from cyclegan.images import load_image, to_image, to_tensor, to_unit_tensor
-from cyclegan.inference import load_translator
-from cyclegan.metrics import psnr
-from cyclegan.networks import build_generator
+from cyclegan.models.checkpoints import save_weights
+from cyclegan.nets.networks import build_generator
+from cyclegan.translate.export import export_onnx
+from cyclegan.translate.translator import load_translator
 
 DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared/datasets/horse2zebra/testA"
 

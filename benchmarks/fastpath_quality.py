@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from cyclegan.config import COMPILE_MODES, PRECISIONS, TrainConfig
+from cyclegan.data.demo_scenes import make_demo_dataset
 from cyclegan.demo import TRAIN_IMAGES, DemoSettings, score
-from cyclegan.demo_data import make_demo_dataset
 from cyclegan.devices import resolve_device
 from cyclegan.errors import CycleGANError
 from cyclegan.files import atomic_write_text
-from cyclegan.training import train
+from cyclegan.train.loop import train
 
 
 def arm_config(args: argparse.Namespace, dataroot: Path, seed: int, fast: bool) -> TrainConfig:

@@ -42,14 +42,14 @@ from typing import Any
 
 import torch
 
-from cyclegan import health, runs
 from cyclegan.config import TrainConfig
+from cyclegan.data.demo_scenes import make_demo_dataset
 from cyclegan.demo import DemoSettings
-from cyclegan.demo_data import make_demo_dataset
 from cyclegan.files import atomic_write_text
-from cyclegan.hooks import Hook, RunState, sample_images
-from cyclegan.model import LOSS_NAMES
-from cyclegan.training import train
+from cyclegan.models.cycle_gan import LOSS_NAMES
+from cyclegan.train import health, runs
+from cyclegan.train.hooks import Hook, RunState, sample_images
+from cyclegan.train.loop import train
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

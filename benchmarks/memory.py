@@ -25,7 +25,7 @@ import torch
 from cyclegan.config import ModelConfig, TrainConfig
 from cyclegan.devices import parse_memory, resolve_device
 from cyclegan.files import atomic_write_text
-from cyclegan.planner import DryRuns, GiB, Variant, plan
+from cyclegan.train.planner import DryRuns, GiB, Variant, plan
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -1,5 +1,5 @@
 """Quality benchmark: train a CycleGAN on horse2zebra at a small resolution and step budget, then score it
-with ``cyclegan.evaluation.evaluate`` beside the no-op baseline (the untranslated input).
+with ``cyclegan.evaluate.evaluation.evaluate`` beside the no-op baseline (the untranslated input).
 
 The learning rate is constant for the first half of the budget and decays linearly over the second, as the
 paper's schedule does over its 200 epochs. The test images are resized to the training resolution first,
@@ -27,14 +27,14 @@ import torch
 from PIL import Image
 
 from cyclegan.config import GENERATORS, ModelConfig, TrainConfig
-from cyclegan.data import list_images
+from cyclegan.data.datasets import list_images
+from cyclegan.data.images import load_image
 from cyclegan.devices import resolve_device
 from cyclegan.errors import CycleGANError
-from cyclegan.evaluation import evaluate, format_table
+from cyclegan.evaluate.evaluation import evaluate, format_table
+from cyclegan.evaluate.results import ResultTable
 from cyclegan.files import atomic_write, atomic_write_text
-from cyclegan.images import load_image
-from cyclegan.results import ResultTable
-from cyclegan.training import train
+from cyclegan.train.loop import train
 
 DEFAULT_DATAROOT = Path(__file__).resolve().parents[2] / "shared/datasets/horse2zebra"
 SPLITS = ("trainA", "trainB", "testA", "testB")

@@ -31,10 +31,10 @@ import torch
 from PIL import Image
 
 import cyclegan
-from cyclegan.checkpoints import save_weights
 from cyclegan.config import ModelConfig
 from cyclegan.files import atomic_write_text
-from cyclegan.networks import build_generator
+from cyclegan.models.checkpoints import save_weights
+from cyclegan.nets.networks import build_generator
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -32,10 +32,9 @@ import torch
 from cyclegan.config import ModelConfig, TrainConfig
 from cyclegan.demo import DemoSettings
 from cyclegan.devices import resolve_device
-from cyclegan.errors import CycleGANError
+from cyclegan.errors import CycleGANError, first_line
 from cyclegan.files import atomic_write_text
-from cyclegan.images import first_line
-from cyclegan.model import CycleGAN, CycleGANTrainer
+from cyclegan.models.cycle_gan import CycleGAN, CycleGANTrainer
 from cyclegan.precision import check_compiler, pick_conv_algorithms
 
 

@@ -3,9 +3,9 @@
 Each measurement runs in a fresh child process that builds a randomly initialised generator, makes a
 SIZE×SIZE input, translates it, and reports its peak resident memory (``ru_maxrss``) and the wall time of
 the translation alone. ``baseline_rss`` is the peak before translating (Python, PyTorch, weights, input), so
-``peak_rss - baseline_rss`` is what the translation added; ``estimate`` is ``cyclegan.tiling.estimate_memory``
-for the same run less the input, which the baseline holds (tensor bytes only), to show how close the
-derived estimate comes.
+``peak_rss - baseline_rss`` is what the translation added; ``estimate`` is
+``cyclegan.translate.tiling.estimate_memory`` for the same run less the input, which the baseline holds
+(tensor bytes only), to show how close the derived estimate comes.
 Prints one JSON object per run and writes them all to --out.
 
     .venv/bin/python benchmarks/tiling.py --size 4096 --ngf 64 --compare_size 2048 --out runs/tiling.json
@@ -50,8 +50,8 @@ def measure(args: argparse.Namespace, mode: str, size: int) -> dict[str, Any]:
     import torch
 
     from cyclegan.config import ModelConfig
-    from cyclegan.networks import build_generator
-    from cyclegan.tiling import estimate_memory, translate_tiled
+    from cyclegan.nets.networks import build_generator
+    from cyclegan.translate.tiling import estimate_memory, translate_tiled
 
     torch.manual_seed(0)
     generator = build_generator(ModelConfig(ngf=args.ngf, netG=args.netG)).eval()

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from cyclegan.demo_data import random_scene, render
+from cyclegan.data.demo_scenes import random_scene, render
 from cyclegan.files import atomic_write
-from cyclegan.networks import ResnetGenerator, init_weights
-from cyclegan.tiling import translate_tiled
+from cyclegan.nets.networks import ResnetGenerator, init_weights
+from cyclegan.translate.tiling import translate_tiled
 
 SIZE, TILE, CROP = 256, 64, 64
 OUT = Path(__file__).resolve().parent / "tiling_seams.png"

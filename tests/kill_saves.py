@@ -18,9 +18,11 @@ from pathlib import Path
 
 import torch
 
-from cyclegan import checkpoints, files, runs
+from cyclegan import files
 from cyclegan.config import ModelConfig, TrainConfig
-from cyclegan.model import CycleGAN, CycleGANTrainer
+from cyclegan.models import checkpoints
+from cyclegan.models.cycle_gan import CycleGAN, CycleGANTrainer
+from cyclegan.train import runs
 
 CALLS_PER_COMMIT = 7  # save_file, fsync, rename to staged, fsync folder, 2 renames, fsync folder
 

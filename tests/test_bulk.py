@@ -13,13 +13,14 @@ import torch
 from conftest import write_images
 from PIL import Image
 
-from cyclegan import bulk, checkpoints
-from cyclegan.bulk import Shard, UnreadableImages, same_size_batches, translate_files
 from cyclegan.cli import main
 from cyclegan.config import ModelConfig
 from cyclegan.errors import CycleGANError
-from cyclegan.inference import Translator
-from cyclegan.model import CycleGAN
+from cyclegan.models import checkpoints
+from cyclegan.models.cycle_gan import CycleGAN
+from cyclegan.translate import bulk
+from cyclegan.translate.bulk import Shard, UnreadableImages, same_size_batches, translate_files
+from cyclegan.translate.translator import Translator
 
 
 def save_model(path: Path, **config: int) -> Path:

@@ -17,12 +17,13 @@ import pytest
 import torch
 from conftest import tiny_config, write_images
 
-from cyclegan import checkpoints, runs
 from cyclegan.cli import main
 from cyclegan.config import TrainConfig
 from cyclegan.errors import CycleGANError
-from cyclegan.interrupts import Interrupts
-from cyclegan.training import train
+from cyclegan.models import checkpoints
+from cyclegan.train import runs
+from cyclegan.train.interrupts import Interrupts
+from cyclegan.train.loop import train
 
 HERE = Path(__file__).parent
 

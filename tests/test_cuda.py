@@ -11,12 +11,13 @@ import torch.distributed as dist
 from conftest import tiny_config
 from torch import nn
 
-from cyclegan import checkpoints, runs
 from cyclegan.config import ModelConfig, TrainConfig
 from cyclegan.distributed import World
-from cyclegan.hooks import Hook, RunState
-from cyclegan.model import CycleGAN, CycleGANTrainer
-from cyclegan.training import epoch_loader, train, training_data
+from cyclegan.models import checkpoints
+from cyclegan.models.cycle_gan import CycleGAN, CycleGANTrainer
+from cyclegan.train import runs
+from cyclegan.train.hooks import Hook, RunState
+from cyclegan.train.loop import epoch_loader, train, training_data
 
 pytestmark = [
     pytest.mark.cuda,

@@ -9,7 +9,7 @@ from conftest import FIXTURES, tiny_config, write_images
 from PIL import Image
 
 from cyclegan.config import TrainConfig
-from cyclegan.data import (
+from cyclegan.data.datasets import (
     UnpairedDataset,
     domain_folders,
     list_images,
@@ -17,9 +17,9 @@ from cyclegan.data import (
     scan_domain,
     train_transform,
 )
+from cyclegan.data.images import load_image
 from cyclegan.errors import CycleGANError
-from cyclegan.images import load_image
-from cyclegan.training import train
+from cyclegan.train.loop import train
 
 
 def test_only_image_files_are_listed_recursively(tmp_path: Path) -> None:

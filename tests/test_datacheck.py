@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cyclegan.datacheck import DataReport, SplitReport, check_data, check_domains, format_report
+from cyclegan.data.check import DataReport, SplitReport, check_data, check_domains, format_report
 from cyclegan.errors import CycleGANError
 
 

@@ -7,13 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-from cyclegan import checkpoints
-from cyclegan.data import list_images
+from cyclegan.data.datasets import list_images
 from cyclegan.demo import DemoSettings, format_scores, run_demo
 from cyclegan.errors import CycleGANError
-from cyclegan.metrics import psnr
-from cyclegan.results import ResultTable
-from cyclegan.training import train
+from cyclegan.evaluate.metrics import psnr
+from cyclegan.evaluate.results import ResultTable
+from cyclegan.models import checkpoints
+from cyclegan.train.loop import train
 
 
 def tiny(out: Path, **overrides) -> DemoSettings:
@@ -25,7 +25,7 @@ def tiny(out: Path, **overrides) -> DemoSettings:
 def test_demo_resumes_an_interrupted_run_scores_it_and_writes_the_page(tmp_path: Path) -> None:
     settings = tiny(tmp_path / "demo")
     data = tmp_path / "demo" / "data"
-    from cyclegan.demo_data import make_demo_dataset
+    from cyclegan.data.demo_scenes import make_demo_dataset
 
     cfg = settings.train_config(make_demo_dataset(data, seed=0, size=32))
     stopped = train(cfg, should_stop=lambda: True, show_progress=False)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cyclegan.demo_data import (
+from cyclegan.data.demo_scenes import (
     DAY_GLASS,
     channel_stats,
     colour_transfer,

@@ -19,15 +19,15 @@ import torch.multiprocessing as mp
 from conftest import tiny_config
 from torch import nn
 
-from cyclegan import checkpoints
 from cyclegan.cli import main
 from cyclegan.config import ModelConfig, TrainConfig
-from cyclegan.data import EpochSampler, RankBatches
+from cyclegan.data.datasets import EpochSampler, RankBatches
 from cyclegan.distributed import World
 from cyclegan.errors import CycleGANError
-from cyclegan.hooks import Hook, RunState
-from cyclegan.model import CycleGAN, CycleGANTrainer
-from cyclegan.training import train
+from cyclegan.models import checkpoints
+from cyclegan.models.cycle_gan import CycleGAN, CycleGANTrainer
+from cyclegan.train.hooks import Hook, RunState
+from cyclegan.train.loop import train
 
 STEPS = 4
 # Two processes of batch 1 sum their gradients in another order than one process of batch 2: the first

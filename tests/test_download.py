@@ -21,10 +21,9 @@ import torch
 from conftest import tiny_config
 from PIL import Image
 
-from cyclegan import cli, download
-from cyclegan.bulk import translate_files
-from cyclegan.checkpoints import load_generator
-from cyclegan.download import (
+from cyclegan import cli
+from cyclegan.data import download
+from cyclegan.data.download import (
     DATASETS,
     DEFAULT_BASE_URL,
     MODELS,
@@ -34,8 +33,10 @@ from cyclegan.download import (
     resolve_base_url,
 )
 from cyclegan.errors import CycleGANError
-from cyclegan.networks import NLayerDiscriminator, ResnetGenerator
-from cyclegan.training import train
+from cyclegan.models.checkpoints import load_generator
+from cyclegan.nets.networks import NLayerDiscriminator, ResnetGenerator
+from cyclegan.train.loop import train
+from cyclegan.translate.bulk import translate_files
 
 SPLITS = ("trainA", "trainB", "testA", "testB")
 Route = Callable[[BaseHTTPRequestHandler], None]

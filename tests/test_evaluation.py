@@ -17,16 +17,17 @@ import torch
 from conftest import StandInInception, write_images
 from PIL import Image
 
-from cyclegan import cli, evaluation, metrics
-from cyclegan.checkpoints import save_weights
+from cyclegan import cli
 from cyclegan.config import ModelConfig
-from cyclegan.data import list_images
-from cyclegan.demo_data import make_demo_dataset
+from cyclegan.data.datasets import list_images
+from cyclegan.data.demo_scenes import make_demo_dataset
 from cyclegan.errors import CycleGANError
-from cyclegan.evaluation import evaluate, evaluate_model, format_table
-from cyclegan.inference import Translator
-from cyclegan.model import CycleGAN
-from cyclegan.results import ResultRow, ResultTable
+from cyclegan.evaluate import evaluation, metrics
+from cyclegan.evaluate.evaluation import evaluate, evaluate_model, format_table
+from cyclegan.evaluate.results import ResultRow, ResultTable
+from cyclegan.models.checkpoints import save_weights
+from cyclegan.models.cycle_gan import CycleGAN
+from cyclegan.translate.translator import Translator
 
 FAST = {"kid_subsets": 3, "show_progress": False}
 

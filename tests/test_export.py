@@ -11,13 +11,13 @@ import torch
 from conftest import write_images
 from PIL import Image
 
-from cyclegan import checkpoints
 from cyclegan.cli import main
 from cyclegan.config import ModelConfig
 from cyclegan.errors import CycleGANError
-from cyclegan.export import OnnxTranslator, export_onnx
-from cyclegan.inference import Translator, load_translator
-from cyclegan.networks import build_generator
+from cyclegan.models import checkpoints
+from cyclegan.nets.networks import build_generator
+from cyclegan.translate.export import OnnxTranslator, export_onnx
+from cyclegan.translate.translator import Translator, load_translator
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

@@ -11,16 +11,17 @@ import pytest
 import torch
 from PIL import Image
 
-from cyclegan import checkpoints, health, runs
 from cyclegan.cli import main
 from cyclegan.config import ModelConfig, TrainConfig
-from cyclegan.demo_data import make_demo_dataset
+from cyclegan.data.demo_scenes import make_demo_dataset
 from cyclegan.errors import CycleGANError
-from cyclegan.hooks import Hook, RunState
-from cyclegan.model import LOSS_NAMES, CycleGAN
-from cyclegan.report import render_report
-from cyclegan.runfiles import read_run
-from cyclegan.training import default_hooks, train
+from cyclegan.evaluate.report import render_report
+from cyclegan.evaluate.runfiles import read_run
+from cyclegan.models import checkpoints
+from cyclegan.models.cycle_gan import LOSS_NAMES, CycleGAN
+from cyclegan.train import health, runs
+from cyclegan.train.hooks import Hook, RunState
+from cyclegan.train.loop import default_hooks, train
 
 # --- synthetic signals ----------------------------------------------------------------------------------
 

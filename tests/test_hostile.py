@@ -21,15 +21,15 @@ from conftest import tiny_config, write_images
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from cyclegan import checkpoints
-from cyclegan.bulk import translate_files
 from cyclegan.cli import main
 from cyclegan.config import ModelConfig
 from cyclegan.errors import CycleGANError
-from cyclegan.inference import Translator
-from cyclegan.model import CycleGAN
-from cyclegan.networks import build_generator
-from cyclegan.training import train
+from cyclegan.models import checkpoints
+from cyclegan.models.cycle_gan import CycleGAN
+from cyclegan.nets.networks import build_generator
+from cyclegan.train.loop import train
+from cyclegan.translate.bulk import translate_files
+from cyclegan.translate.translator import Translator
 
 TINY = ModelConfig(ngf=4, ndf=4, netG="resnet_6blocks")
 
@@ -352,7 +352,7 @@ def test_running_out_of_memory_in_a_step_is_one_line_and_keeps_the_checkpoint(
     def out_of_memory(*args: object) -> None:
         raise error
 
-    monkeypatch.setattr("cyclegan.model.CycleGANTrainer.step", out_of_memory)
+    monkeypatch.setattr("cyclegan.models.cycle_gan.CycleGANTrainer.step", out_of_memory)
     assert main(["train", "--resume", str(run), "--max_steps", "4"]) == 2
     lines = capsys.readouterr().err.splitlines()  # "Resuming ..." first, then the error alone
     assert [line for line in lines if "error" in line] == lines[-1:]

@@ -8,14 +8,14 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from cyclegan import runs
 from cyclegan.cli import main
 from cyclegan.config import ModelConfig, TrainConfig
 from cyclegan.devices import parse_memory
 from cyclegan.errors import CycleGANError
-from cyclegan.model import CycleGAN, CycleGANTrainer, check_training_size
-from cyclegan.networks import build_generator, set_checkpointing
-from cyclegan.planner import DryRuns, Line, Plan, Variant, plan, smallest_crop
+from cyclegan.models.cycle_gan import CycleGAN, CycleGANTrainer, check_training_size
+from cyclegan.nets.networks import build_generator, set_checkpointing
+from cyclegan.train import runs
+from cyclegan.train.planner import DryRuns, Line, Plan, Variant, plan, smallest_crop
 
 CPU = torch.device("cpu")
 

@@ -11,9 +11,9 @@ import torch
 from conftest import StandInInception
 from PIL import Image
 
-from cyclegan import metrics
-from cyclegan.data import list_images
+from cyclegan.data.datasets import list_images
 from cyclegan.errors import CycleGANError
+from cyclegan.evaluate import metrics
 
 
 def random_images(n: int, size: int, seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:

@@ -6,7 +6,7 @@ from conftest import fixture_path
 
 from cyclegan.config import ModelConfig
 from cyclegan.errors import CycleGANError
-from cyclegan.networks import (
+from cyclegan.nets.networks import (
     build_discriminator,
     build_generator,
     count_parameters,

@@ -10,11 +10,11 @@ import torch
 from conftest import tiny_config
 from torch import nn
 
-from cyclegan import model as model_module
-from cyclegan import runs
 from cyclegan.cli import main
 from cyclegan.config import ModelConfig, TrainConfig
-from cyclegan.model import CycleGAN, CycleGANTrainer
+from cyclegan.models import cycle_gan as model_module
+from cyclegan.models.cycle_gan import CycleGAN, CycleGANTrainer
+from cyclegan.train import runs
 
 MODEL = ModelConfig(ngf=4, ndf=4, netG="resnet_6blocks")
 
@@ -186,7 +186,7 @@ def test_exact_trains_with_the_references_arithmetic(dataroot: Path, tmp_path: P
 
 
 def test_precision_may_change_on_resume(dataroot: Path, tmp_path: Path) -> None:
-    from cyclegan.training import train
+    from cyclegan.train.loop import train
 
     first = train(tiny_config(dataroot, tmp_path, max_steps=2), show_progress=False, report=False)
     cfg = runs.resume_config(first.run_dir, {"precision": "bf16", "max_steps": 3})

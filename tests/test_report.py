@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cyclegan import charts, report
 from cyclegan.errors import CycleGANError
-from cyclegan.runfiles import column, read_jsonl
+from cyclegan.evaluate import charts, report
+from cyclegan.evaluate.runfiles import column, read_jsonl
 
 LOSSES = ("D_A", "G_A", "cycle_A", "idt_A", "D_B", "G_B", "cycle_B", "idt_B")
 VOID = {"meta", "img", "br", "hr", "link", "input"}

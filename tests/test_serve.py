@@ -23,12 +23,13 @@ from conftest import write_images
 from PIL import Image
 
 import cyclegan
-from cyclegan import checkpoints, serve
-from cyclegan.bulk import translate_files
 from cyclegan.cli import main
 from cyclegan.config import ModelConfig
-from cyclegan.model import CycleGAN
-from cyclegan.networks import ResnetGenerator
+from cyclegan.models import checkpoints
+from cyclegan.models.cycle_gan import CycleGAN
+from cyclegan.nets.networks import ResnetGenerator
+from cyclegan.translate import serve
+from cyclegan.translate.bulk import translate_files
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")

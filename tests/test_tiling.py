@@ -9,14 +9,14 @@ from conftest import write_images
 from PIL import Image
 from torch import nn
 
-from cyclegan import checkpoints
 from cyclegan.cli import main
 from cyclegan.config import ModelConfig
 from cyclegan.errors import CycleGANError
-from cyclegan.inference import Translator
-from cyclegan.model import CycleGAN
-from cyclegan.networks import ResnetGenerator, UnetGenerator, init_weights
-from cyclegan.tiling import choose_tile, estimate_memory, translate_tiled
+from cyclegan.models import checkpoints
+from cyclegan.models.cycle_gan import CycleGAN
+from cyclegan.nets.networks import ResnetGenerator, UnetGenerator, init_weights
+from cyclegan.translate.tiling import choose_tile, estimate_memory, translate_tiled
+from cyclegan.translate.translator import Translator
 
 TOLERANCE = 1e-4  # in [-1, 1] output units
 

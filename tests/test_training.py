@@ -12,20 +12,20 @@ import pytest
 import torch
 from conftest import fixture_path, tiny_config
 
-from cyclegan import checkpoints
 from cyclegan.config import TrainConfig
 from cyclegan.errors import CycleGANError
-from cyclegan.losses import ImagePool
-from cyclegan.model import CycleGANTrainer, lr_factor
-from cyclegan.training import train
+from cyclegan.models import checkpoints
+from cyclegan.models.cycle_gan import CycleGANTrainer, lr_factor
+from cyclegan.models.losses import ImagePool
+from cyclegan.train.loop import train
 
 # The reference trajectory was recorded with AVX2 kernels. Adam turns last-bit differences in near-zero
 # gradients into visibly different updates, so the comparison runs in a child process pinned to the same ISA.
 TRAJECTORY_SCRIPT = """
 import json, sys, torch
 from cyclegan.config import ModelConfig, TrainConfig
-from cyclegan.networks import load_weights
-from cyclegan.model import CycleGAN, CycleGANTrainer
+from cyclegan.nets.networks import load_weights
+from cyclegan.models.cycle_gan import CycleGAN, CycleGANTrainer
 
 ref = torch.load(sys.argv[1], weights_only=True)
 c = ref["config"]
@@ -80,7 +80,7 @@ def test_learning_rate_is_constant_then_decays_linearly_to_zero() -> None:
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")
 def test_trainer_schedule_and_defaults_follow_the_paper(tmp_path: Path) -> None:
-    from cyclegan.model import CycleGAN
+    from cyclegan.models.cycle_gan import CycleGAN
 
     cfg = TrainConfig(n_epochs=2, n_epochs_decay=2)
     assert (cfg.lr, cfg.beta1, cfg.lambda_A, cfg.lambda_B, cfg.lambda_identity, cfg.pool_size) == (
@@ -186,7 +186,7 @@ def test_eval_every_logs_fid_kid_and_keeps_the_best_checkpoint(
 ) -> None:
     from conftest import StandInInception
 
-    from cyclegan import metrics
+    from cyclegan.evaluate import metrics
 
     monkeypatch.setattr(metrics, "load_inception", lambda path=None, device="cpu": StandInInception())
     result = train(tiny_config(dataroot, tmp_path, max_steps=12, eval_every=1), show_progress=False)
@@ -206,7 +206,7 @@ def test_eval_every_logs_fid_kid_and_keeps_the_best_checkpoint(
 
 def test_a_batch_normalises_each_image_alone() -> None:
     from cyclegan.config import ModelConfig
-    from cyclegan.model import CycleGAN
+    from cyclegan.models.cycle_gan import CycleGAN
 
     torch.manual_seed(0)
     model = CycleGAN(ModelConfig(ngf=4, ndf=4, netG="resnet_6blocks")).train()

@@ -8,13 +8,13 @@ import torch
 from conftest import write_images
 from PIL import Image
 
-from cyclegan import checkpoints
-from cyclegan.bulk import translate_files
 from cyclegan.config import ModelConfig
 from cyclegan.errors import CycleGANError
-from cyclegan.inference import Translator
-from cyclegan.model import CycleGAN
-from cyclegan.networks import ResnetGenerator, build_discriminator
+from cyclegan.models import checkpoints
+from cyclegan.models.cycle_gan import CycleGAN
+from cyclegan.nets.networks import ResnetGenerator, build_discriminator
+from cyclegan.translate.bulk import translate_files
+from cyclegan.translate.translator import Translator
 
 
 @pytest.fixture

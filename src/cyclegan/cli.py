@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from cyclegan.config import DIRECTIONS, ModelConfig, TrainConfig
+from cyclegan.data.images import DEFAULT_MAX_PIXELS
 from cyclegan.errors import CycleGANError
-from cyclegan.images import DEFAULT_MAX_PIXELS
 
 
 class Parser(argparse.ArgumentParser):
@@ -111,8 +111,8 @@ def _exact_options(given: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from cyclegan.runs import resume_config
-    from cyclegan.training import train
+    from cyclegan.train.loop import train
+    from cyclegan.train.runs import resume_config
 
     train_opts, model_opts = _given(args, TrainConfig), _given(args, ModelConfig)
     if hasattr(args, "gpu_ids"):
@@ -127,7 +127,7 @@ def _run_train(args: argparse.Namespace) -> int:
         cfg = TrainConfig(**train_opts, model=ModelConfig(**model_opts))
     if args.memory_budget is not None:
         from cyclegan.devices import parse_memory
-        from cyclegan.planner import check_budget
+        from cyclegan.train.planner import check_budget
 
         print(check_budget(cfg, parse_memory(args.memory_budget)))
     result = train(cfg, run_dir)
@@ -173,7 +173,7 @@ def _plan_parser(sub: Any) -> None:
 
 def _run_plan(args: argparse.Namespace) -> int:
     from cyclegan.devices import parse_memory
-    from cyclegan.planner import format_plan, plan
+    from cyclegan.train.planner import format_plan, plan
 
     cfg = TrainConfig(**_given(args, TrainConfig), model=ModelConfig(**_given(args, ModelConfig)))
     budget = None if args.memory is None else parse_memory(args.memory)
@@ -240,8 +240,8 @@ def _translate_parser(sub: Any) -> None:
 
 
 def _run_translate(args: argparse.Namespace) -> int:
-    from cyclegan.bulk import Shard, translate_files
     from cyclegan.devices import parse_memory, resolve_device
+    from cyclegan.translate.bulk import Shard, translate_files
 
     shard = Shard.from_env()
     done = translate_files(
@@ -288,7 +288,7 @@ def _export_parser(sub: Any) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from cyclegan.export import export_onnx
+    from cyclegan.translate.export import export_onnx
 
     path = export_onnx(args.checkpoint, args.out, direction=args.direction, overwrite=args.overwrite)
     print(f"Wrote {path}")
@@ -328,7 +328,7 @@ def _download_parser(sub: Any) -> None:
 
 
 def _run_download(args: argparse.Namespace) -> int:
-    from cyclegan import download
+    from cyclegan.data import download
 
     if args.list or args.kind is None:
         print(download.list_available(args.base_url))
@@ -353,7 +353,7 @@ def _data_parser(sub: Any) -> None:
 
 
 def _run_data_check(args: argparse.Namespace) -> int:
-    from cyclegan.datacheck import check_data, check_domains, format_report
+    from cyclegan.data.check import check_data, check_domains, format_report
 
     if args.domain_a is not None and args.domain_b is not None:
         report = check_domains(args.domain_a, args.domain_b)
@@ -387,7 +387,7 @@ def _demo_parser(sub: Any) -> None:
 
 def _run_demo(args: argparse.Namespace) -> int:
     from cyclegan.demo import DemoSettings, format_scores, run_demo
-    from cyclegan.results import DEMO_FILE, ResultTable
+    from cyclegan.evaluate.results import DEMO_FILE, ResultTable
 
     settings = DemoSettings(args.out, args.steps, args.size, args.ngf, args.ndf, args.seed, args.device)
     if min(settings.steps, settings.ngf, settings.ndf) < 1 or settings.size < 16 or settings.size % 4:
@@ -408,7 +408,7 @@ def _report_parser(sub: Any) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from cyclegan.report import write_report
+    from cyclegan.evaluate.report import write_report
 
     print(write_report(args.run_dir, args.out))
     return 0
@@ -451,8 +451,8 @@ def _eval_parser(sub: Any) -> None:
 
 def _run_eval(args: argparse.Namespace) -> int:
     from cyclegan.devices import resolve_device
-    from cyclegan.evaluation import evaluate, format_table, rank
-    from cyclegan.results import EVAL_FILE
+    from cyclegan.evaluate.evaluation import evaluate, format_table, rank
+    from cyclegan.evaluate.results import EVAL_FILE
 
     first = args.checkpoints[0]
     run_dir = first if len(args.checkpoints) == 1 and first.is_dir() else None
@@ -487,7 +487,7 @@ def _unique_names(checkpoints: list[Path]) -> list[str]:
 
 
 def _serve_parser(sub: Any) -> None:
-    from cyclegan.serve import ServeOptions
+    from cyclegan.translate.serve import ServeOptions
 
     o = ServeOptions()
     p = sub.add_parser(
@@ -533,7 +533,7 @@ def _serve_parser(sub: Any) -> None:
 
 def _run_serve(args: argparse.Namespace) -> int:
     from cyclegan.devices import parse_memory
-    from cyclegan.serve import ServeOptions, serve
+    from cyclegan.translate.serve import ServeOptions, serve
 
     options = ServeOptions(
         max_memory=parse_memory(args.max_memory),

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cyclegan.errors import CycleGANError
+from cyclegan.errors import CycleGANError, first_line
 from cyclegan.files import atomic_write_text
 
 GENERATORS = ("resnet_9blocks", "resnet_6blocks", "unet_256", "unet_128")
@@ -253,7 +253,7 @@ class TrainConfig:
                 raise CycleGANError("seed is missing")
             cfg.validate()
         except (OSError, ValueError, TypeError) as err:
-            raise CycleGANError(f"cannot read the run config {path}: {str(err).splitlines()[0]}") from None
+            raise CycleGANError(f"cannot read the run config {path}: {first_line(err)}") from None
         except CycleGANError as err:
             raise CycleGANError(f"invalid run config {path}: {err}") from None
         return cfg

@@ -16,20 +16,20 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cyclegan import checkpoints
 from cyclegan.config import ModelConfig, TrainConfig
-from cyclegan.data import list_images
-from cyclegan.demo_data import channel_stats, colour_transfer, make_demo_dataset
+from cyclegan.data.datasets import list_images
+from cyclegan.data.demo_scenes import channel_stats, colour_transfer, make_demo_dataset
+from cyclegan.data.images import load_image, to_unit_tensor
 from cyclegan.devices import resolve_device
 from cyclegan.errors import CycleGANError
-from cyclegan.images import load_image, to_unit_tensor
-from cyclegan.inference import Translator
-from cyclegan.metrics import PSNR_CAP, psnr, ssim
-from cyclegan.model import CycleGAN
-from cyclegan.networks import load_weights
-from cyclegan.report import write_report
-from cyclegan.results import DEMO_FILE, ResultRow, ResultTable
-from cyclegan.training import train
+from cyclegan.evaluate.metrics import PSNR_CAP, psnr, ssim
+from cyclegan.evaluate.report import write_report
+from cyclegan.evaluate.results import DEMO_FILE, ResultRow, ResultTable
+from cyclegan.models import checkpoints
+from cyclegan.models.cycle_gan import CycleGAN
+from cyclegan.nets.networks import load_weights
+from cyclegan.train.loop import train
+from cyclegan.translate.translator import Translator
 
 TRAIN_IMAGES = 400  # per domain, as make_demo_dataset renders by default: one epoch is 400 steps
 

@@ -20,8 +20,7 @@ import torch.distributed as dist
 from torch import nn
 
 from cyclegan.devices import resolve_device
-from cyclegan.errors import CycleGANError
-from cyclegan.images import first_line
+from cyclegan.errors import CycleGANError, first_line
 
 T = TypeVar("T")
 

@@ -3,3 +3,9 @@
 
 class CycleGANError(Exception):
     """A problem with the user's input (paths, images, checkpoints, flags), reported without a traceback."""
+
+
+def first_line(error: BaseException) -> str:
+    """An exception as one line of text: decoders and torch often raise multi-line messages."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

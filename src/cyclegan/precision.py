@@ -17,8 +17,7 @@ import torch
 from torch import nn
 
 from cyclegan.config import PRECISIONS
-from cyclegan.errors import CycleGANError
-from cyclegan.images import first_line
+from cyclegan.errors import CycleGANError, first_line
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -32,12 +32,11 @@ import torch
 
 from cyclegan.config import ModelConfig, TrainConfig
 from cyclegan.devices import resolve_device
-from cyclegan.errors import CycleGANError
-from cyclegan.images import first_line
-from cyclegan.inference import Autocast, Translator, autocast_dtype
-from cyclegan.model import CycleGAN, CycleGANTrainer, check_training_size
-from cyclegan.networks import build_generator, size_multiple
+from cyclegan.errors import CycleGANError, first_line
+from cyclegan.models.cycle_gan import CycleGAN, CycleGANTrainer, check_training_size
+from cyclegan.nets.networks import build_generator, size_multiple
 from cyclegan.precision import resolve_precision
+from cyclegan.translate.translator import Autocast, Translator, autocast_dtype
 
 GiB = 2**30
 MAX_CROP = 16384  # the largest crop the search considers
@@ -224,10 +223,10 @@ class DryRuns:
         if self.device.type == "cpu":
             if not hasattr(os, "fork"):
                 raise CycleGANError("measuring CPU memory needs a system with fork (Linux or macOS)")
-            package_root = str(Path(__file__).resolve().parents[1])
+            package_root = str(Path(__file__).resolve().parents[2])
             path = os.pathsep.join(filter(None, [package_root, os.getenv("PYTHONPATH")]))
             self.helper = subprocess.Popen(
-                [sys.executable, "-c", "import cyclegan.planner as p; p.serve_dry_runs()"],
+                [sys.executable, "-c", "import cyclegan.train.planner as p; p.serve_dry_runs()"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,

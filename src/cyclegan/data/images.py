@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from cyclegan.errors import CycleGANError
+from cyclegan.errors import CycleGANError, first_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # Pillow's own bomb threshold (about 89 megapixels, 9459x9459): larger images are refused unless a caller
@@ -117,9 +117,3 @@ def to_image(y: torch.Tensor) -> Image.Image:
     levels = ((y.detach().float().cpu() + 1.0) / 2.0 * 255.0).round().clamp(0, 255).to(torch.uint8)
     array = levels.permute(1, 2, 0).numpy()
     return Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
-
-
-def first_line(error: BaseException) -> str:
-    """An exception as one line of text: decoders and torch often raise multi-line messages."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

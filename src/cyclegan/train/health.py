@@ -23,11 +23,12 @@ from typing import Any
 
 import torch
 
-from cyclegan import checkpoints, runs
 from cyclegan.config import TrainConfig
 from cyclegan.errors import CycleGANError
-from cyclegan.hooks import Hook, RunState, StopRun, note, sample_images
-from cyclegan.model import LOSS_NAMES, CycleGAN
+from cyclegan.models import checkpoints
+from cyclegan.models.cycle_gan import LOSS_NAMES, CycleGAN
+from cyclegan.train import runs
+from cyclegan.train.hooks import Hook, RunState, StopRun, note, sample_images
 
 # Thresholds, each far from what healthy runs show. Healthy figures: the demo's config (64 px, ngf/ndf 32,
 # 2,400 steps), after the default 1,000-step warm-up, as benchmarks/health.py records them (its docstring

@@ -18,11 +18,18 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from cyclegan.data import list_images
+from cyclegan.data.datasets import list_images
+from cyclegan.data.images import (
+    DECODE_ERRORS,
+    DEFAULT_MAX_PIXELS,
+    first_line,
+    load_image,
+    to_image,
+    to_tensor,
+)
 from cyclegan.errors import CycleGANError
 from cyclegan.files import atomic_write
-from cyclegan.images import DECODE_ERRORS, DEFAULT_MAX_PIXELS, first_line, load_image, to_image, to_tensor
-from cyclegan.inference import AnyTranslator, load_translator
+from cyclegan.translate.translator import AnyTranslator, load_translator
 
 FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
 

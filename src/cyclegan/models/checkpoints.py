@@ -25,10 +25,14 @@ from safetensors.torch import save_file
 from torch import nn
 
 from cyclegan.config import DIRECTIONS, ModelConfig, model_config_from_dict
-from cyclegan.errors import CycleGANError
+from cyclegan.errors import CycleGANError, first_line
 from cyclegan.files import TEMP_SUFFIX, atomic_write, fsync_folder
-from cyclegan.images import first_line
-from cyclegan.networks import build_generator, check_weights, generator_config_from_state_dict, load_weights
+from cyclegan.nets.networks import (
+    build_generator,
+    check_weights,
+    generator_config_from_state_dict,
+    load_weights,
+)
 
 FORMAT = "cyclegan/1"
 NETWORKS = ("G_A", "G_B", "D_A", "D_B")

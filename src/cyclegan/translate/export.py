@@ -2,7 +2,7 @@
 
 The exported file documents its own contract in ONNX ``metadata_props``: the architecture, the direction, the
 channels, the size multiple and the input/output scaling, so a deployment in any language can pad, scale
-and crop exactly as :class:`cyclegan.inference.Translator` does.
+and crop exactly as :class:`cyclegan.translate.translator.Translator` does.
 
 Exporter: the TorchScript-based ``torch.onnx.export(..., dynamo=False)``. On torch 2.14 both it and the
 dynamo exporter give graphs with dynamic batch, height and width that match PyTorch to about 1e-6 through
@@ -29,13 +29,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cyclegan.checkpoints import load_generator, resolve_checkpoint
 from cyclegan.config import DIRECTIONS, ModelConfig, model_config_from_dict
-from cyclegan.data import pad_to_multiple
-from cyclegan.errors import CycleGANError
+from cyclegan.data.datasets import pad_to_multiple
+from cyclegan.data.images import to_image, to_tensor
+from cyclegan.errors import CycleGANError, first_line
 from cyclegan.files import atomic_write
-from cyclegan.images import first_line, to_image, to_tensor
-from cyclegan.networks import MIN_SIZE, size_multiple
+from cyclegan.models.checkpoints import load_generator, resolve_checkpoint
+from cyclegan.nets.networks import MIN_SIZE, size_multiple
 
 FORMAT = "cyclegan-onnx/1"
 OPSET = 17
@@ -129,7 +129,8 @@ def metadata(config: ModelConfig, direction: str, in_channels: int, out_channels
 
 
 class OnnxTranslator:
-    """An exported generator run by onnxruntime, with :class:`cyclegan.inference.Translator`'s interface."""
+    """An exported generator run by onnxruntime, with the interface of
+    :class:`cyclegan.translate.translator.Translator`."""
 
     def __init__(self, path: Path, device: torch.device | str = "cpu") -> None:
         ort = require("onnxruntime")

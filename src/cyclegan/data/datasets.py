@@ -20,8 +20,8 @@ from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
 from cyclegan.config import TrainConfig
+from cyclegan.data.images import DECODE_ERRORS, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, image_size, load_image
 from cyclegan.errors import CycleGANError
-from cyclegan.images import DECODE_ERRORS, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, image_size, load_image
 from cyclegan.seeds import Stream, item_seed
 
 SPLITS = ("trainA", "trainB", "testA", "testB")

@@ -19,16 +19,16 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from cyclegan import metrics
-from cyclegan.checkpoints import resolve_checkpoint
-from cyclegan.data import list_images
-from cyclegan.demo_data import DEMO_MARKER
+from cyclegan.data.datasets import list_images
+from cyclegan.data.demo_scenes import DEMO_MARKER
+from cyclegan.data.images import open_image, to_unit_tensor
 from cyclegan.errors import CycleGANError
+from cyclegan.evaluate import metrics
+from cyclegan.evaluate.results import EVAL_FILE, ResultRow, ResultTable
 from cyclegan.files import atomic_write
-from cyclegan.images import open_image, to_unit_tensor
-from cyclegan.inference import Translator
-from cyclegan.model import CycleGAN
-from cyclegan.results import EVAL_FILE, ResultRow, ResultTable
+from cyclegan.models.checkpoints import resolve_checkpoint
+from cyclegan.models.cycle_gan import CycleGAN
+from cyclegan.translate.translator import Translator
 
 METHOD = "CycleGAN"
 BASELINE = "untranslated input"

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cyclegan.errors import CycleGANError
-from cyclegan.results import DEMO_FILE, EVAL_FILE, ResultTable
+from cyclegan.evaluate.results import DEMO_FILE, EVAL_FILE, ResultTable
 
 SAMPLE_NAME = re.compile(r"step_(\d+)\.png")
 

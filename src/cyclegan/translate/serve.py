@@ -38,11 +38,8 @@ from typing import Any, BinaryIO
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from cyclegan.checkpoints import resolve_checkpoint
 from cyclegan.config import DIRECTIONS
-from cyclegan.devices import resolve_device
-from cyclegan.errors import CycleGANError
-from cyclegan.images import (
+from cyclegan.data.images import (
     DECODE_ERRORS,
     ImageTooLarge,
     check_pixels,
@@ -51,7 +48,10 @@ from cyclegan.images import (
     to_image,
     to_tensor,
 )
-from cyclegan.inference import Translator
+from cyclegan.devices import resolve_device
+from cyclegan.errors import CycleGANError
+from cyclegan.models.checkpoints import resolve_checkpoint
+from cyclegan.translate.translator import Translator
 
 try:
     import python_multipart  # noqa: F401 - Starlette parses forms with it, and fails late without it
@@ -358,7 +358,7 @@ def create_app(
         "device": str(first.device),
         "limits": {**dataclasses.asdict(options), "max_upload_bytes": options.max_upload_bytes},
     }
-    page = resources.files("cyclegan").joinpath("serve.html").read_text(encoding="utf-8")
+    page = resources.files("cyclegan.translate").joinpath("serve.html").read_text(encoding="utf-8")
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -9,17 +9,17 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cyclegan.checkpoints import load_generator
 from cyclegan.config import ModelConfig
-from cyclegan.data import pad_to_multiple
+from cyclegan.data.datasets import pad_to_multiple
+from cyclegan.data.images import to_image, to_tensor
 from cyclegan.devices import is_out_of_memory
 from cyclegan.errors import CycleGANError
-from cyclegan.images import to_image, to_tensor
-from cyclegan.networks import MIN_SIZE, size_multiple
-from cyclegan.tiling import check_tile, choose_tile, translate_tiled
+from cyclegan.models.checkpoints import load_generator
+from cyclegan.nets.networks import MIN_SIZE, size_multiple
+from cyclegan.translate.tiling import check_tile, choose_tile, translate_tiled
 
 if TYPE_CHECKING:
-    from cyclegan.export import OnnxTranslator
+    from cyclegan.translate.export import OnnxTranslator
 
 BACKENDS = ("torch", "onnxruntime")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -143,7 +143,7 @@ def load_translator(
                 "--precision, --tile and --max_memory apply to the torch backend; an ONNX model runs whole"
                 " images in float32"
             )
-        from cyclegan.export import load_onnx_translator
+        from cyclegan.translate.export import load_onnx_translator
 
         return load_onnx_translator(Path(checkpoint), direction, device)
     if backend != "torch":

@@ -18,16 +18,18 @@ import torch
 from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
-from cyclegan import checkpoints, metrics, runs
 from cyclegan.config import TrainConfig
-from cyclegan.data import domain_folders, eval_transform, list_images
+from cyclegan.data.datasets import domain_folders, eval_transform, list_images
+from cyclegan.data.images import DECODE_ERRORS, load_image
 from cyclegan.distributed import World, is_main_process
 from cyclegan.errors import CycleGANError
-from cyclegan.evaluation import evaluate_model, real_features
+from cyclegan.evaluate import metrics
+from cyclegan.evaluate.evaluation import evaluate_model, real_features
 from cyclegan.files import atomic_write
-from cyclegan.images import DECODE_ERRORS, load_image
-from cyclegan.model import LOSS_NAMES, CycleGAN, CycleGANTrainer
-from cyclegan.runs import Progress
+from cyclegan.models import checkpoints
+from cyclegan.models.cycle_gan import LOSS_NAMES, CycleGAN, CycleGANTrainer
+from cyclegan.train import runs
+from cyclegan.train.runs import Progress
 
 
 @dataclass
@@ -176,7 +178,9 @@ class Report(Hook):
     name = "report"
 
     def end(self, run: RunState) -> None:
-        from cyclegan.report import write_report  # on use: matplotlib adds half a second to every start
+        from cyclegan.evaluate.report import (
+            write_report,  # on use: matplotlib adds half a second to every start
+        )
 
         try:
             write_report(run.run_dir)

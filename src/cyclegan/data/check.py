@@ -13,9 +13,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from cyclegan.data import SPLITS
-from cyclegan.errors import CycleGANError
-from cyclegan.images import DECODE_ERRORS, IMAGE_EXTENSIONS, first_line, load_image
+from cyclegan.data.datasets import SPLITS
+from cyclegan.data.images import DECODE_ERRORS, IMAGE_EXTENSIONS, load_image
+from cyclegan.errors import CycleGANError, first_line
 
 _LISTED = 20  # longer lists of files are cut, with a count of the rest
 

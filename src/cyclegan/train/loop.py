@@ -21,9 +21,9 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from cyclegan import checkpoints, distributed, runs
+from cyclegan import distributed
 from cyclegan.config import TrainConfig
-from cyclegan.data import (
+from cyclegan.data.datasets import (
     EpochSampler,
     RankBatches,
     UnpairedDataset,
@@ -35,14 +35,16 @@ from cyclegan.data import (
 from cyclegan.devices import is_out_of_memory
 from cyclegan.distributed import World
 from cyclegan.errors import CycleGANError
-from cyclegan.health import Health
-from cyclegan.hooks import Hook, LossLog, Report, RunState, SampleGrids, StopRun, TestSetEvaluator, note
-from cyclegan.interrupts import catch_interrupts
-from cyclegan.model import CycleGAN, CycleGANTrainer, check_training_size
-from cyclegan.networks import size_multiple
+from cyclegan.models import checkpoints
+from cyclegan.models.cycle_gan import CycleGAN, CycleGANTrainer, check_training_size
+from cyclegan.nets.networks import size_multiple
 from cyclegan.precision import check_compiler, pick_conv_algorithms, resolve_precision
-from cyclegan.runs import Progress
 from cyclegan.seeds import Stream, item_seed
+from cyclegan.train import runs
+from cyclegan.train.health import Health
+from cyclegan.train.hooks import Hook, LossLog, Report, RunState, SampleGrids, StopRun, TestSetEvaluator, note
+from cyclegan.train.interrupts import catch_interrupts
+from cyclegan.train.runs import Progress
 
 
 @dataclass
@@ -67,9 +69,9 @@ def train(
     """Train a CycleGAN from ``cfg`` in a new run folder, or continue the run in ``run_dir`` exactly.
 
     When resuming, ``cfg`` may differ from the run's saved config only in the options marked ``on_resume``
-    (see :func:`cyclegan.runs.resume_config`). ``should_stop`` is asked once after every step; Ctrl-C or
+    (see :func:`cyclegan.train.runs.resume_config`). ``should_stop`` is asked once after every step; Ctrl-C or
     SIGTERM also stop the run after the current step, with a checkpoint. A hook that raises
-    :class:`~cyclegan.hooks.StopRun` (the health hook, when training diverges) stops it at once without
+    :class:`~cyclegan.train.hooks.StopRun` (the health hook, when training diverges) stops it at once without
     one: ``TrainResult.stopped`` says why. Under torchrun every process calls this with the same ``cfg``:
     rank 0 alone writes the run folder and runs the hooks.
     """
