@@ -1,7 +1,8 @@
 """The ``cyclegan`` command: a thin layer over the Python API.
 
 Options of ``train`` are generated from the config dataclasses, so their names, defaults and help have one
-source. User errors print one line and exit with code 2.
+source. User errors print one line and exit with code 2. Building the parser imports nothing heavy (no
+torch): ``--help`` and argument errors answer at once; each command imports what it needs when it runs.
 """
 
 from __future__ import annotations
@@ -15,8 +16,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cyclegan.config import DIRECTIONS, ModelConfig, TrainConfig
-from cyclegan.data.images import DEFAULT_MAX_PIXELS
+from cyclegan.config import (
+    DEFAULT_MAX_PIXELS,
+    DIRECTIONS,
+    PRECISIONS,
+    DemoSettings,
+    ModelOptions,
+    ServeOptions,
+    TrainConfig,
+    option_fields,
+)
 from cyclegan.errors import CycleGANError
 
 
@@ -27,47 +36,101 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _add_config_options(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
-    group = parser.add_argument_group(title)
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name == "model":
-            continue
-        help_text = f.metadata.get("help", "")
-        kind = hints[f.name]
+def _flag(text: str) -> bool:
+    """A boolean option's value, as the reference's ``--nce_idt False`` spells it."""
+    value = text.strip().lower()
+    if value in ("true", "yes", "1", "on"):
+        return True
+    if value in ("false", "no", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One option per config field, grouped by where it applies; a field several models have shows each
+    model's default. Nothing given stays unset, so only what the user typed reaches the config."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    defaults: dict[str, dict[str, Any]] = {}
+    fields: dict[str, tuple[type, dataclasses.Field]] = {}
+    for owner, f in option_fields():
+        if issubclass(owner, ModelOptions):
+            defaults.setdefault(f.name, {})[owner.name] = _default(f)
+        elif owner is TrainConfig:
+            defaults[f.name] = {"": _default(f)}
+        else:  # the architecture: each model has its own default network
+            defaults[f.name] = {n: getattr(k().net, f.name) for n, k in ModelOptions.registry.items()}
+        fields.setdefault(f.name, (owner, f))
+    for name, (owner, f) in fields.items():
+        title = (
+            "training" if owner is TrainConfig else "architecture" if owner.__name__ == "NetConfig" else ""
+        )
+        title = title or f"--model {'/'.join(defaults[name])}"
+        group = groups.get(title) or groups.setdefault(title, parser.add_argument_group(title))
+        kind = typing.get_type_hints(owner)[name]
+        shown = ", ".join(f"{m}: {v}" if m else str(v) for m, v in _distinct(defaults[name]).items())
+        help_text = f"{f.metadata.get('help', '')} (default: {shown})"
         if kind is bool:
-            group.add_argument(f"--{f.name}", action="store_true", default=argparse.SUPPRESS, help=help_text)
+            group.add_argument(
+                f"--{name}", nargs="?", const=True, type=_flag, default=argparse.SUPPRESS, metavar="BOOL",
+                help=help_text,
+            )  # fmt: skip
             continue
         base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
-        default = f.default if f.default is not dataclasses.MISSING else None
         group.add_argument(
-            f"--{f.name}",
+            f"--{name}",
             type=base,
             choices=f.metadata.get("choices"),
             default=argparse.SUPPRESS,
-            metavar=f.name.upper() if not f.metadata.get("choices") else None,
-            help=f"{help_text} (default: {default})",
+            metavar=name.upper() if not f.metadata.get("choices") else None,
+            help=help_text,
         )
+    aliases = parser.add_argument_group("the reference's negative flags")
+    for name, target in (
+        ("no_dropout", "dropout"),
+        ("no_antialias", "antialias"),
+        ("no_antialias_up", "antialias_up"),
+    ):
+        aliases.add_argument(
+            f"--{name}",
+            dest=target,
+            action="store_false",
+            default=argparse.SUPPRESS,
+            help=f"--{target} false",
+        )
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+
+
+def _distinct(by_model: dict[str, Any]) -> dict[str, Any]:
+    """Each model's default, merged where all agree (shown once, without a model's name)."""
+    values = list(by_model.values())
+    return {"": values[0]} if all(v == values[0] for v in values) else by_model
+
+
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    """The config options the user typed (every other field keeps its model's default)."""
+    names = {f.name for _, f in option_fields()}
+    return {k: v for k, v in vars(args).items() if k in names}
 
 
 def _train_parser(sub: Any) -> None:
     p = sub.add_parser(
         "train",
-        help="train a CycleGAN on two folders of images",
-        description="Train a CycleGAN. Defaults are the paper's; option names are the reference code's.",
+        help="train a model (CycleGAN, CUT, FastCUT, pix2pix) on folders of images",
+        description="Train a model. Defaults are each model's reference implementation's; option names are"
+        " the reference code's.",
+    )
+    p.add_argument(
+        "--model", choices=sorted(ModelOptions.registry), help="the model to train (default: cycle_gan)"
     )
     p.add_argument(
         "--resume", metavar="RUN_DIR", type=Path, help="continue this run exactly where it stopped"
     )
-    _add_config_options(p, TrainConfig, "training")
-    _add_config_options(p, ModelConfig, "architecture")
-    p.add_argument(
-        "--no_dropout",
-        dest="dropout",
-        action="store_false",
-        default=argparse.SUPPRESS,
-        help="no dropout (default)",
-    )
+    _add_config_options(p)
     p.add_argument(
         "--gpu_ids", default=argparse.SUPPRESS, help="reference-style device: -1 for CPU, N for cuda:N"
     )
@@ -85,52 +148,21 @@ def _train_parser(sub: Any) -> None:
     p.set_defaults(handler=_run_train)
 
 
-def _given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(cls)} - {"model"}
-    return {k: v for k, v in vars(args).items() if k in names}
-
-
-def _device_from_gpu_ids(gpu_ids: str) -> str:
-    ids = [i.strip() for i in gpu_ids.split(",") if i.strip()]
-    if ids == ["-1"]:
-        return "cpu"
-    if len(ids) == 1 and ids[0].isdigit():
-        return f"cuda:{ids[0]}"
-    raise CycleGANError(f"--gpu_ids takes -1 (CPU) or one GPU id, got {gpu_ids!r}")
-
-
-EXACT = {"precision": "fp32", "channels_last": False, "compile": "none"}
-
-
-def _exact_options(given: dict[str, Any]) -> dict[str, Any]:
-    """``--exact`` with a fast-path option that contradicts it is refused rather than silently dropped."""
-    for name, value in EXACT.items():
-        if name in given and given[name] != value:
-            raise CycleGANError(f"--exact means --{name} {value}; leave out --{name} {given[name]}")
-    return EXACT
-
-
 def _run_train(args: argparse.Namespace) -> int:
-    from cyclegan.train.loop import train
-    from cyclegan.train.runs import resume_config
+    from cyclegan.devices import device_from_gpu_ids, parse_memory
+    from cyclegan.train import resume_config, train
 
-    train_opts, model_opts = _given(args, TrainConfig), _given(args, ModelConfig)
+    options = _given(args)
     if hasattr(args, "gpu_ids"):
-        train_opts["device"] = _device_from_gpu_ids(args.gpu_ids)
-    if args.exact:
-        train_opts |= _exact_options(train_opts)
+        options["device"] = device_from_gpu_ids(args.gpu_ids)
     if args.resume is not None:
         run_dir = args.resume
-        cfg = resume_config(run_dir, train_opts, model_opts)
+        cfg = resume_config(run_dir, options | ({"model": args.model} if args.model else {}))
     else:
         run_dir = None
-        cfg = TrainConfig(**train_opts, model=ModelConfig(**model_opts))
-    if args.memory_budget is not None:
-        from cyclegan.devices import parse_memory
-        from cyclegan.train.planner import check_budget
-
-        print(check_budget(cfg, parse_memory(args.memory_budget)))
-    result = train(cfg, run_dir)
+        cfg = TrainConfig.create(args.model or "cycle_gan", exact=args.exact, **options)
+    budget = None if args.memory_budget is None else parse_memory(args.memory_budget)
+    result = train(cfg, run_dir, memory_budget=budget)
     if not result.is_main:
         return 0  # rank 0 reports for all processes
     where = result.run_dir
@@ -142,9 +174,7 @@ def _run_train(args: argparse.Namespace) -> int:
     if result.interrupted:
         print(f"Stopped at step {result.progress.step}. Resume with: cyclegan train --resume {where}")
     else:
-        print(
-            f"Done: {result.progress.step} steps. Checkpoint: {where / 'checkpoints' / 'latest.safetensors'}"
-        )
+        print(f"Done: {result.progress.step} steps. Checkpoint: {result.checkpoint}")
     return 0
 
 
@@ -157,6 +187,7 @@ def _plan_parser(sub: Any) -> None:
         " at --crop_size and --batch_size, in fp32 and bf16, with and without --checkpoint_activations."
         " With --memory, also the largest crop and batch that fit.",
     )
+    p.add_argument("--model", choices=sorted(ModelOptions.registry), help="the model (default: cycle_gan)")
     p.add_argument("--memory", metavar="SIZE", help="a memory budget, e.g. 12GB (binary units: GB = GiB)")
     p.add_argument(
         "--probe_sizes",
@@ -166,8 +197,7 @@ def _plan_parser(sub: Any) -> None:
         help="crop sizes of the dry runs (default: two small sizes the networks accept, 192 and 288 for a"
         " ResNet)",
     )
-    _add_config_options(p, TrainConfig, "training")
-    _add_config_options(p, ModelConfig, "architecture")
+    _add_config_options(p)
     p.set_defaults(handler=_run_plan)
 
 
@@ -175,7 +205,7 @@ def _run_plan(args: argparse.Namespace) -> int:
     from cyclegan.devices import parse_memory
     from cyclegan.train.planner import format_plan, plan
 
-    cfg = TrainConfig(**_given(args, TrainConfig), model=ModelConfig(**_given(args, ModelConfig)))
+    cfg = TrainConfig.create(args.model or "cycle_gan", **_given(args))
     budget = None if args.memory is None else parse_memory(args.memory)
     print(format_plan(cfg, plan(cfg, sizes=args.probe_sizes), budget))
     return 0
@@ -211,7 +241,7 @@ def _translate_parser(sub: Any) -> None:
         help="run the model with PyTorch, or an exported .onnx model with onnxruntime (default: torch)",
     )  # fmt: skip
     p.add_argument(
-        "--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+        "--precision", choices=PRECISIONS[1:], default="fp32",
         help="compute precision of the torch backend: bf16 on CPU or CUDA, fp16 on CUDA (default: fp32)",
     )  # fmt: skip
     p.add_argument(
@@ -366,14 +396,18 @@ def _run_data_check(args: argparse.Namespace) -> int:
 
 
 def _demo_parser(sub: Any) -> None:
-    from cyclegan.demo import DemoSettings
-
     d = DemoSettings()
     p = sub.add_parser(
         "demo",
         help="train on a built-in day/night dataset and score against the known answers",
-        description="Render a day/night street dataset (no download), train a small CycleGAN on it, score "
-        "G(day) and F(night) against the true translations, and write an HTML page with the results.",
+        description="Render a day/night street dataset (no download), train a small model on it, score "
+        "its translations against the true ones, and write an HTML page with the results.",
+    )
+    p.add_argument(
+        "--model",
+        choices=sorted(ModelOptions.registry),
+        default=d.model,
+        help=f"the model (default: {d.model})",
     )
     p.add_argument("--out", type=Path, default=d.out, help=f"output folder (default: {d.out})")
     p.add_argument("--steps", type=int, default=d.steps, help=f"training steps (default: {d.steps})")
@@ -386,15 +420,12 @@ def _demo_parser(sub: Any) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from cyclegan.demo import DemoSettings, format_scores, run_demo
-    from cyclegan.evaluate.results import DEMO_FILE, ResultTable
+    from cyclegan.demo import format_scores, run_demo
+    from cyclegan.evaluate.results import ResultTable
+    from cyclegan.layout import DEMO_FILE
 
-    settings = DemoSettings(args.out, args.steps, args.size, args.ngf, args.ndf, args.seed, args.device)
-    if min(settings.steps, settings.ngf, settings.ndf) < 1 or settings.size < 16 or settings.size % 4:
-        raise CycleGANError(
-            "--steps, --ngf and --ndf must be positive and --size a multiple of 4, at least 16"
-        )
-    page = run_demo(settings)
+    names = [f.name for f in dataclasses.fields(DemoSettings)]
+    page = run_demo(DemoSettings(**{name: getattr(args, name) for name in names}))
     print(format_scores(ResultTable.load(page.parent / DEMO_FILE)))
     print(f"Report: {page}")
     return 0
@@ -451,44 +482,27 @@ def _eval_parser(sub: Any) -> None:
 
 def _run_eval(args: argparse.Namespace) -> int:
     from cyclegan.devices import resolve_device
-    from cyclegan.evaluate.evaluation import evaluate, format_table, rank
-    from cyclegan.evaluate.results import EVAL_FILE
+    from cyclegan.evaluate.evaluation import evaluate_checkpoints, format_table
+    from cyclegan.layout import EVAL_FILE
 
-    first = args.checkpoints[0]
-    run_dir = first if len(args.checkpoints) == 1 and first.is_dir() else None
-    out = args.out or (run_dir / "eval" if run_dir else Path(f"eval_{first.stem}"))
-    names = _unique_names(args.checkpoints)
-    results = {}
-    for name, checkpoint in zip(names, args.checkpoints, strict=True):
-        results[name] = evaluate(
-            checkpoint,
-            args.dataroot,
-            out_dir=out if len(names) == 1 else out / name,
-            device=resolve_device(args.device),
-            inception_weights=args.inception_weights,
-            paired=args.paired,
-            kid_subsets=args.kid_subsets,
-        )
-        print(format_table(results[name]) + "\n")
-    if len(results) > 1:
-        ranking = rank(results)
-        ranking.save(out / "ranking.json")
+    results, ranking, out = evaluate_checkpoints(
+        args.checkpoints,
+        args.dataroot,
+        out=args.out,
+        device=resolve_device(args.device),
+        inception_weights=args.inception_weights,
+        paired=args.paired,
+        kid_subsets=args.kid_subsets,
+    )
+    for result in results.values():
+        print(format_table(result) + "\n")
+    if ranking is not None:
         print(format_table(ranking))
-    if run_dir is not None:
-        results[names[0]].save(run_dir / EVAL_FILE)
     print(f"Translations and {EVAL_FILE}: {out}")
     return 0
 
 
-def _unique_names(checkpoints: list[Path]) -> list[str]:
-    """A folder name per checkpoint: its file stem (or run folder name), numbered where two collide."""
-    stems = [p.name if p.is_dir() else p.stem for p in checkpoints]
-    return [f"{i + 1}_{stem}" if stems.count(stem) > 1 else stem for i, stem in enumerate(stems)]
-
-
 def _serve_parser(sub: Any) -> None:
-    from cyclegan.translate.serve import ServeOptions
-
     o = ServeOptions()
     p = sub.add_parser(
         "serve",
@@ -533,7 +547,7 @@ def _serve_parser(sub: Any) -> None:
 
 def _run_serve(args: argparse.Namespace) -> int:
     from cyclegan.devices import parse_memory
-    from cyclegan.translate.serve import ServeOptions, serve
+    from cyclegan.translate.serve import serve
 
     options = ServeOptions(
         max_memory=parse_memory(args.max_memory),

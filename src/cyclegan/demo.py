@@ -9,14 +9,13 @@ in the run folder, which the report page shows with the sample grids and loss cu
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from cyclegan.config import ModelConfig, TrainConfig
+from cyclegan.config import DemoSettings, TrainConfig
 from cyclegan.data.datasets import list_images
 from cyclegan.data.demo_scenes import channel_stats, colour_transfer, make_demo_dataset
 from cyclegan.data.images import load_image, to_unit_tensor
@@ -24,59 +23,17 @@ from cyclegan.devices import resolve_device
 from cyclegan.errors import CycleGANError
 from cyclegan.evaluate.metrics import PSNR_CAP, psnr, ssim
 from cyclegan.evaluate.report import write_report
-from cyclegan.evaluate.results import DEMO_FILE, ResultRow, ResultTable
-from cyclegan.models import checkpoints
-from cyclegan.models.cycle_gan import CycleGAN
-from cyclegan.nets.networks import load_weights
+from cyclegan.evaluate.results import ResultRow, ResultTable
+from cyclegan.layout import CHECKPOINTS, CONFIG, DEMO_FILE, LATEST
+from cyclegan.models import build_model, checkpoints
+from cyclegan.nets import load_weights
 from cyclegan.train.loop import train
 from cyclegan.translate.translator import Translator
-
-TRAIN_IMAGES = 400  # per domain, as make_demo_dataset renders by default: one epoch is 400 steps
-
-
-@dataclass
-class DemoSettings:
-    """Sized to train in about ten minutes on two CPU cores."""
-
-    out: Path = Path("demo_output")
-    steps: int = 2400
-    size: int = 64
-    ngf: int = 32
-    ndf: int = 32
-    seed: int = 0
-    device: str = "auto"
-
-    def train_config(self, dataroot: Path) -> TrainConfig:
-        """Half the epochs at the full learning rate, half decaying.
-
-        The discriminator sees 34x34 patches, about the share of a 64-pixel image that the paper's 70x70
-        patches are of a 256-pixel one: a discriminator that sees the whole image lets local artifacts pass.
-        """
-        epochs = max(2, -(-self.steps // TRAIN_IMAGES))
-        return TrainConfig(
-            dataroot=str(dataroot),
-            checkpoints_dir=str(self.out),
-            name="day2night",
-            n_epochs=-(-epochs // 2),
-            n_epochs_decay=epochs // 2,
-            max_steps=self.steps,
-            load_size=self.size + self.size // 8,
-            crop_size=self.size,
-            num_workers=0,
-            seed=self.seed,
-            device=self.device,
-            print_freq=50,
-            sample_freq=200,
-            save_latest_freq=400,
-            save_epoch_freq=10**6,
-            model=ModelConfig(
-                netG="resnet_6blocks", ngf=self.ngf, ndf=self.ndf, netD="n_layers", n_layers_D=2
-            ),
-        )
 
 
 def run_demo(settings: DemoSettings, *, show_progress: bool = True) -> Path:
     """Render the data, train (or finish an interrupted demo run), score, and write the report page."""
+    settings.validate()
     dataroot = make_demo_dataset(settings.out / "data", seed=settings.seed, size=settings.size)
     cfg = settings.train_config(dataroot)
     run_dir = Path(cfg.checkpoints_dir) / cfg.name
@@ -90,12 +47,12 @@ def run_demo(settings: DemoSettings, *, show_progress: bool = True) -> Path:
 
 def _finish(run_dir: Path, cfg: TrainConfig, show_progress: bool) -> None:
     """Resume a demo run an earlier call left unfinished; refuse one made with other settings."""
-    latest = run_dir / "checkpoints" / "latest.safetensors"
-    if not (run_dir / "config.json").is_file() or not latest.is_file():
+    latest = run_dir / CHECKPOINTS / LATEST
+    if not (run_dir / CONFIG).is_file() or not latest.is_file():
         raise CycleGANError(
             f"{run_dir} holds a demo run without a checkpoint; delete it or pass another --out"
         )
-    saved = TrainConfig.load(run_dir / "config.json")
+    saved = TrainConfig.load(run_dir / CONFIG)
     if dataclasses.replace(saved, device=cfg.device) != cfg:
         raise CycleGANError(f"{run_dir} was trained with other demo settings; pass another --out")
     if checkpoints.read_weights(latest)[2]["step"] < (cfg.max_steps or 0):
@@ -120,28 +77,27 @@ def _translate(translator: Translator, images: np.ndarray) -> np.ndarray:
 
 def score(run_dir: Path, dataroot: Path, device: torch.device) -> ResultTable:
     """PSNR/SSIM of the trained generators and of both baselines against the known translations."""
-    states, model_config, info = checkpoints.read_weights(run_dir / "checkpoints" / "latest.safetensors")
-    model = CycleGAN(model_config)
+    states, options, info = checkpoints.read_weights(run_dir / CHECKPOINTS / LATEST)
+    model = build_model(options)
     for name, net in model.networks().items():
         load_weights(net, states[name])
     model.to(device).eval()
-    day, night = _load_folder(dataroot / "testA"), _load_folder(dataroot / "testB")
+    images = {"A": _load_folder(dataroot / "testA"), "B": _load_folder(dataroot / "testB")}
     train_stats = {
         "A": channel_stats(_load_folder(dataroot / "trainA")),
         "B": channel_stats(_load_folder(dataroot / "trainB")),
     }
     rows = []
-    for direction, source, truth, generator, target in (
-        ("A→B", day, night, model.G_A, "B"),
-        ("B→A", night, day, model.G_B, "A"),
-    ):
+    for d in model.directions:
+        source, truth = images[d.source], images[d.target]
         candidates = {
-            "CycleGAN": _translate(Translator(generator, model_config, device), source),
-            "colour transfer": colour_transfer(source, *train_stats[target]),
+            model.title: _translate(Translator(model.generator(d.name), options.net, device), source),
+            "colour transfer": colour_transfer(source, *train_stats[d.target]),
             "untranslated input": source,
         }
         for method, predicted in candidates.items():
-            rows.append(ResultRow(method, direction, _paired_scores(predicted, truth)))
+            rows.append(ResultRow(method, f"{d.source}→{d.target}", _paired_scores(predicted, truth)))
+    day = images["A"]
     return ResultTable(
         title="Demo: day ↔ night against the known answers",
         protocol={

@@ -40,3 +40,13 @@ def parse_memory(text: str) -> int:
     if not match or float(match[1]) <= 0:
         raise CycleGANError(f"a memory size looks like 12GB or 800MB, got {text!r}")
     return int(float(match[1]) * 1024 ** " kmgt".index(match[2].lower() or " "))
+
+
+def device_from_gpu_ids(gpu_ids: str) -> str:
+    """The reference's ``--gpu_ids``: -1 for the CPU, N for cuda:N (one GPU; several need torchrun)."""
+    ids = [i.strip() for i in gpu_ids.split(",") if i.strip()]
+    if ids == ["-1"]:
+        return "cpu"
+    if len(ids) == 1 and ids[0].isdigit():
+        return f"cuda:{ids[0]}"
+    raise CycleGANError(f"--gpu_ids takes -1 (CPU) or one GPU id, got {gpu_ids!r}")

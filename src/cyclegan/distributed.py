@@ -196,3 +196,11 @@ def _env_int(name: str, default: int) -> int:
         return int(value)
     except ValueError:
         raise CycleGANError(f"the environment variable {name} must be an integer, got {value!r}") from None
+
+
+def is_collective_failure(err: RuntimeError) -> bool:
+    """Errors of gloo and NCCL collectives (a peer that died, or a timeout), not this process's own."""
+    text = str(err).lower()
+    return isinstance(err, getattr(dist, "DistError", ())) or any(
+        word in text for word in ("gloo", "nccl", "connection closed", "connection reset", "timed out")
+    )

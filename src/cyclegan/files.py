@@ -6,10 +6,12 @@ A leaf module: it imports nothing else of the package but the error type, so any
 from __future__ import annotations
 
 import errno
+import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from cyclegan.errors import CycleGANError
 
@@ -86,3 +88,23 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """The JSON objects of a log, and how many non-blank lines were skipped as unreadable (a line torn by a
+    kill, typically). A missing file has no rows."""
+    if not Path(path).is_file():
+        return [], 0
+    rows, skipped = [], 0
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError):
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            skipped += 1
+    return rows, skipped

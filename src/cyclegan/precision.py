@@ -23,11 +23,12 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
-    """``auto`` is fp32 on every device: the reference's arithmetic.
+    """The arithmetic ``--precision NAME`` means on ``device``, or a one-line refusal.
 
-    On CPU that is the issue's rule. On CUDA fp32 convolutions already run on tensor cores as TF32
-    (PyTorch's cuDNN default), and bf16 has not yet been measured against it for speed and quality on
-    this model, so ``auto`` does not switch to it; ``benchmarks/gpu_check.sh`` collects that evidence.
+    ``auto`` is fp32 on every device: the reference's arithmetic. On CUDA fp32 convolutions already run on
+    tensor cores as TF32 (PyTorch's cuDNN default), and bf16 has not yet been measured against it for speed
+    and quality on these models, so ``auto`` does not switch to it; ``benchmarks/gpu_check.sh`` collects
+    that evidence.
     """
     if name == "auto":
         return "fp32"
@@ -60,9 +61,26 @@ class Precision:
         with torch.autocast(self.device_type, dtype=DTYPES[self.name]):
             yield
 
+    @classmethod
+    def on(cls, name: str, device: torch.device) -> Precision:
+        """``--precision NAME`` resolved for ``device`` (see :func:`resolve_precision`)."""
+        return cls(resolve_precision(name, device), device.type)
+
     def grad_scaler(self) -> torch.amp.GradScaler:
         """Enabled for fp16 only; disabled, its ``scale`` and ``step`` are plain pass-throughs."""
         return torch.amp.GradScaler(self.device_type, enabled=self.name == "fp16")
+
+
+class Autocast(nn.Module):
+    """Runs a network under its precision's autocast and returns float32, so callers see no change."""
+
+    def __init__(self, network: nn.Module, precision: Precision) -> None:
+        super().__init__()
+        self.network, self.precision = network, precision
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with self.precision.autocast():
+            return self.network(x).float()
 
 
 def keep_norms_float32(model: nn.Module) -> None:

@@ -34,7 +34,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from cyclegan.config import ModelConfig
+from cyclegan.config import NetConfig
 from cyclegan.data.datasets import list_images
 from cyclegan.data.images import IMAGE_EXTENSIONS
 from cyclegan.errors import CycleGANError, first_line
@@ -256,7 +256,7 @@ def download_model(
     return dest
 
 
-def _verify_generator(path: Path) -> ModelConfig:
+def _verify_generator(path: Path) -> NetConfig:
     """Load ``path`` into its network; a failure is one line about "it" (checkpoints names LFS pointers and
     never suggests unsafe loading)."""
     try:

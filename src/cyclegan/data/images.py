@@ -14,12 +14,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from cyclegan.config import DEFAULT_MAX_PIXELS
 from cyclegan.errors import CycleGANError, first_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-# Pillow's own bomb threshold (about 89 megapixels, 9459x9459): larger images are refused unless a caller
-# raises the limit; Pillow itself refuses anything above twice this whatever the limit.
-DEFAULT_MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
 
 
 class ImageTooLarge(CycleGANError):

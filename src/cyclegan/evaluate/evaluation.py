@@ -1,4 +1,4 @@
-"""Scoring a trained CycleGAN on a dataset's test split, beside the no-op baseline of the untranslated input.
+"""Scoring a trained model on a dataset's test split, beside the no-op baseline of the untranslated input.
 
 For G (A→B) and F (B→A): FID and KID of the translations against the real test images of the target
 domain, cycle consistency, identity, and PSNR/SSIM against ground truth where the test split is paired.
@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -24,13 +25,13 @@ from cyclegan.data.demo_scenes import DEMO_MARKER
 from cyclegan.data.images import open_image, to_unit_tensor
 from cyclegan.errors import CycleGANError
 from cyclegan.evaluate import metrics
-from cyclegan.evaluate.results import EVAL_FILE, ResultRow, ResultTable
+from cyclegan.evaluate.results import ResultRow, ResultTable
 from cyclegan.files import atomic_write
-from cyclegan.models.checkpoints import resolve_checkpoint
-from cyclegan.models.cycle_gan import CycleGAN
+from cyclegan.layout import EVAL_FILE
+from cyclegan.models import Model, model_type
+from cyclegan.models.checkpoints import read_options, resolve_checkpoint, translations
 from cyclegan.translate.translator import Translator
 
-METHOD = "CycleGAN"
 BASELINE = "untranslated input"
 ARROWS = {"AtoB": "A→B", "BtoA": "B→A"}  # how directions are shown
 OTHER = {"AtoB": "BtoA", "BtoA": "AtoB"}
@@ -124,6 +125,7 @@ def _score_split(
     translators: dict[str, Translator],
     out_dir: Path,
     scores: Scores,
+    method: str,
     show_progress: bool,
 ) -> list[Path]:
     """Translate one test split into ``out_dir/direction``, scoring each image; returns the written files.
@@ -135,7 +137,7 @@ def _score_split(
     either = forward or backward
     assert either is not None, "a split is scored by at least one generator"
     channels = either.in_channels
-    row, back_row = scores[(METHOD, direction)], scores[(METHOD, OTHER[direction])]
+    row, back_row = scores[(method, direction)], scores[(method, OTHER[direction])]
     written = []
     for key, path in tqdm(sources.items(), desc=ARROWS[direction], disable=not show_progress, unit="image"):
         source = open_image(path, channels)
@@ -256,7 +258,9 @@ def evaluate(
             paired = aligned or (dataroot / DEMO_MARKER).is_file()
         if paired:
             _check_pairs(sources)
-        directions = ("AtoB", "BtoA") if checkpoint.suffix == ".safetensors" else ("AtoB",)
+        directions = translations(checkpoint)
+        is_ours = checkpoint.suffix == ".safetensors"
+        method = model_type(read_options(checkpoint).name).title if is_ours else "reference generator"
         translators = {d: Translator.load(checkpoint, d, device) for d in directions}
         network = inception if inception is not None else metrics.load_inception(inception_weights, device)
         scores: Scores = defaultdict(lambda: defaultdict(list))
@@ -264,7 +268,7 @@ def evaluate(
         for d in ("AtoB", "BtoA"):
             truths = sources[TARGET[d]] if paired else None
             written[d] = _score_split(
-                d, sources[SOURCE[d]], truths, translators, out_dir, scores, show_progress
+                d, sources[SOURCE[d]], truths, translators, out_dir, scores, method, show_progress
             )
         real = real_features(
             network, [*sources["A"].values()], [*sources["B"].values()], device=device, batch_size=batch_size
@@ -273,29 +277,29 @@ def evaluate(
     for d in directions:
         fake = metrics.file_features(network, written[d], batch_size, device)
         target = real[TARGET[d]]
-        values.setdefault((METHOD, d), {}).update(_distribution_scores(fake, target, kid_subsets))
+        values.setdefault((method, d), {}).update(_distribution_scores(fake, target, kid_subsets))
         values.setdefault((BASELINE, d), {}).update(
             _distribution_scores(real[SOURCE[d]], target, kid_subsets)
         )
     n_a, n_b = len(sources["A"]), len(sources["B"])
     columns = [*COLUMNS, *(PAIRED_COLUMNS if paired else ())]
     result = ResultTable(
-        title=f"{METHOD} evaluation of {name} on {dataroot.resolve().name}",
+        title=f"{method} evaluation of {name} on {dataroot.resolve().name}",
         protocol=_protocol(n_a, n_b, kid_subsets, inception_weights, inception is not None),
         columns=columns,
         rows=[
-            ResultRow(method, ARROWS[d], {c: values[(method, d)].get(c) for c in columns})
-            for method in (METHOD, BASELINE)
+            ResultRow(row_method, ARROWS[d], {c: values[(row_method, d)].get(c) for c in columns})
+            for row_method in (method, BASELINE)
             for d in directions
         ],
-        notes=_notes(len(directions) == 1, paired, aligned, inception is not None, min(n_a, n_b)),
+        notes=_notes(method == "reference generator", paired, aligned, inception is not None, min(n_a, n_b)),
     )
     result.save(out_dir / EVAL_FILE)
     return result
 
 
 def evaluate_model(
-    model: CycleGAN,
+    model: Model,
     test_a: list[Path],
     test_b: list[Path],
     inception: nn.Module,
@@ -305,12 +309,12 @@ def evaluate_model(
     batch_size: int = 50,
     real: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """FID and KID of both generators of a model in memory, for evaluation during training; writes nothing.
+    """FID and KID of a model's generators in memory, for evaluation during training; writes nothing.
 
-    Returns {"FID A→B", "KID A→B", "FID B→A", "KID B→A"}, equal to what :func:`evaluate` reports for a
-    checkpoint of the same weights. ``real`` ({"A", "B"} from :func:`real_features`) saves recomputing the
-    unchanging real-image features at every evaluation. ``device`` is where the model and ``inception`` are.
-    The model's train/eval mode is left as it was.
+    Returns {"FID A→B", "KID A→B"} and, for a model with both directions, {"FID B→A", "KID B→A"}, equal
+    to what :func:`evaluate` reports for a checkpoint of the same weights. ``real`` ({"A", "B"} from
+    :func:`real_features`) saves recomputing the unchanging real-image features at every evaluation.
+    ``device`` is where the model and ``inception`` are. The model's train/eval mode is left as it was.
     """
     if real is None:
         real = real_features(inception, test_a, test_b, device=device, batch_size=batch_size)
@@ -318,11 +322,10 @@ def evaluate_model(
     model.eval()
     scores: dict[str, float] = {}
     try:
-        for direction, generator, sources, target in (
-            ("AtoB", model.G_A, test_a, real["B"]),
-            ("BtoA", model.G_B, test_b, real["A"]),
-        ):
-            translator = Translator(generator, model.config, device)
+        tests = {"A": test_a, "B": test_b}
+        for d in model.directions:
+            direction, sources, target = d.name, tests[d.source], real[d.target]
+            translator = Translator(model.generator(direction), model.net, device)
             features = metrics.inception_features(
                 inception, _as_saved(translator, sources), batch_size, device
             )
@@ -339,6 +342,35 @@ def _as_saved(translator: Translator, paths: Iterable[Path]) -> Iterator[torch.T
     for path in paths:
         translation = translator(open_image(path, translator.in_channels))
         yield to_unit_tensor(translation.convert("RGB"))
+
+
+def evaluate_checkpoints(
+    checkpoints: Sequence[Path], dataroot: Path, *, out: Path | None = None, **options: Any
+) -> tuple[dict[str, ResultTable], ResultTable | None, Path]:
+    """``cyclegan eval``: score each checkpoint (:func:`evaluate`, with ``options``) into a folder of its
+    own, rank several by KID (``ranking.json``), and keep a run folder's scores in it (``eval.json``, where
+    its report finds them). Returns the scores by name, the ranking (None for one checkpoint) and the
+    output folder: ``out``, or ``RUN/eval`` for a run folder, else ``./eval_<checkpoint name>``."""
+    first = Path(checkpoints[0])
+    run_dir = first if len(checkpoints) == 1 and first.is_dir() else None
+    out = Path(out) if out is not None else (run_dir / "eval" if run_dir else Path(f"eval_{first.stem}"))
+    names = _unique_names([Path(c) for c in checkpoints])
+    results = {
+        name: evaluate(checkpoint, dataroot, out_dir=out if len(names) == 1 else out / name, **options)
+        for name, checkpoint in zip(names, checkpoints, strict=True)
+    }
+    ranking = rank(results) if len(results) > 1 else None
+    if ranking is not None:
+        ranking.save(out / "ranking.json")
+    if run_dir is not None:
+        results[names[0]].save(run_dir / EVAL_FILE)
+    return results, ranking, out
+
+
+def _unique_names(checkpoints: list[Path]) -> list[str]:
+    """A folder name per checkpoint: its file stem (or run folder name), numbered where two collide."""
+    stems = [p.name if p.is_dir() else p.stem for p in checkpoints]
+    return [f"{i + 1}_{stem}" if stems.count(stem) > 1 else stem for i, stem in enumerate(stems)]
 
 
 def _cell(value: float | None, column: str) -> str:
@@ -358,7 +390,7 @@ def rank(results: dict[str, ResultTable]) -> ResultTable:
     for name, result in results.items():
         scores: dict[str, float | None] = {}
         for arrow in ARROWS.values():
-            model = next((r for r in result.rows if r.method == METHOD and r.direction == arrow), None)
+            model = next((r for r in result.rows if r.method != BASELINE and r.direction == arrow), None)
             for metric in ("KID", "FID"):
                 scores[f"{metric} {arrow}"] = model.scores.get(metric) if model else None
         kids = [v for k, v in scores.items() if k.startswith("KID") and v is not None]

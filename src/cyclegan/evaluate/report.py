@@ -23,30 +23,20 @@ from PIL import Image
 
 from cyclegan.data.images import DECODE_ERRORS
 from cyclegan.evaluate.charts import SMOOTH_FROM, Mark, Series, line_chart
-from cyclegan.evaluate.results import DEMO_FILE, EVAL_FILE, ResultRow, ResultTable
+from cyclegan.evaluate.results import ResultRow, ResultTable
 from cyclegan.evaluate.runfiles import Point, Run, Unreadable, column, finite, read_run
 from cyclegan.files import atomic_write
+from cyclegan.layout import DEMO_FILE, EVAL_FILE
+from cyclegan.models import Model
 
-ADVERSARIAL = ("G_A", "G_B", "D_A", "D_B")
-CYCLE_IDENTITY = ("cycle_A", "cycle_B", "idt_A", "idt_B")
-GRID_COLUMNS = ("real A", "G_A(A)", "G_B(G_A(A))", "real B", "G_B(B)", "G_A(G_B(B))")
 MAX_SAMPLES = 8
 THUMB_WIDTH = 720  # px: two earlier grids a row on an 1100px page, still sharp on 1.3x screens
 LATEST_WIDTH = 2200  # px: the full page width at 2x; larger grids only make the page heavy
-# Okabe-Ito colours, distinguishable with colour blindness. The losses of the A->B pair (G_A, cycle_A, idt_A,
-# D_A) are blues and those of the B->A pair oranges; D and idt are also dashed, so they differ in grey.
+# Okabe-Ito colours, distinguishable with colour blindness. Each direction's losses share a hue (A->B blues,
+# B->A oranges); its discriminator and identity losses are lighter and dashed, so they differ in grey too.
 PALETTE = ("#0072b2", "#d55e00", "#009e73", "#cc79a7", "#56b4e9", "#e69f00", "#000000")
-LOSS_STYLES = {
-    "G_A": ("#0072b2", False),
-    "cycle_A": ("#0072b2", False),
-    "D_A": ("#56b4e9", True),
-    "idt_A": ("#56b4e9", True),
-    "G_B": ("#d55e00", False),
-    "cycle_B": ("#d55e00", False),
-    "D_B": ("#e69f00", True),
-    "idt_B": ("#e69f00", True),
-    "lr": ("#009e73", False),
-}
+DIRECTION_HUES = (("#0072b2", "#56b4e9"), ("#d55e00", "#e69f00"))
+OTHER_HUES = ("#009e73", "#cc79a7", "#000000", "#f0e442")
 LOWER_BETTER = ("FID", "KID", "L1")
 HIGHER_BETTER = ("PSNR", "SSIM")
 
@@ -91,9 +81,11 @@ def render_report(run: Run) -> str:
         Section("config", "Config", config_section(run.config)),
     )
     generated = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    model = model_of(run)
+    title = model.title if model else "Training"
     nav = " ".join(f"<a href='#{s.anchor}'>{esc(s.title)}</a>" for s in sections)
     header = (
-        f"<header><h1>CycleGAN run <span class='name'>{esc(run.name)}</span></h1>\n"
+        f"<header><h1>{esc(title)} run <span class='name'>{esc(run.name)}</span></h1>\n"
         f"<p class='meta'>Generated {esc(generated)} from <code>{esc(str(run.folder))}</code></p>\n"
         f"<p class='summary'>{summary(run)}</p>\n<nav>{nav}</nav></header>"
     )
@@ -101,7 +93,7 @@ def render_report(run: Run) -> str:
     return (
         "<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>\n"
-        f"<title>{esc(run.name)} · CycleGAN report</title>\n<style>{CSS}</style>\n</head>\n"
+        f"<title>{esc(run.name)} · {esc(title)} report</title>\n<style>{CSS}</style>\n</head>\n"
         f"<body>\n<main>\n{header}\n{body}\n</main>\n</body>\n</html>\n"
     )
 
@@ -169,19 +161,22 @@ def best_point(points: Sequence[Point], direction: str | None) -> Point | None:
 def summary(run: Run) -> str:
     """One line: how far training got, where the losses ended, and the best KID seen during training."""
     parts = []
-    last = next((row for row in reversed(run.log) if any(k in row for k in ADVERSARIAL)), None)
+    names = loss_names(run)
+    last = next((row for row in reversed(run.log) if any(k in row for k in names)), None)
     if last is None:
         parts.append("no losses recorded yet")
     else:
         if (step := finite(last.get("step"))) is not None:
             parts.append(f"{step:,.0f} step{'s' * (step != 1)}")
         if (epoch := finite(last.get("epoch"))) is not None:
-            epochs = [finite(run.config.get(k)) for k in ("n_epochs", "n_epochs_decay")]
+            model = run.config.get("model")
+            recipe = model if isinstance(model, dict) and "name" in model else run.config
+            epochs = [finite(recipe.get(k)) for k in ("n_epochs", "n_epochs_decay")]
             of = "" if None in epochs else f" of {sum(e or 0 for e in epochs):g}"
             parts.append(f"epoch {epoch:g}{of}")
         if (seconds := finite(last.get("time"))) is not None:
             parts.append(fmt_duration(seconds))
-        losses = [(k, finite(last.get(k))) for k in ADVERSARIAL + CYCLE_IDENTITY]
+        losses = [(k, finite(last.get(k))) for k in names]
         if any(value is not None for _, value in losses):
             parts.append(
                 "last losses " + ", ".join(f"{k} {fmt_number(v)}" for k, v in losses if v is not None)
@@ -204,25 +199,51 @@ def evaluation_section(run: Run) -> str:
     return "".join(parts) or absent("No evaluation recorded (no eval.json, eval_log.jsonl or demo.json).")
 
 
+def model_of(run: Run) -> type[Model] | None:
+    """The run's model class, from its config (a config of an earlier version is a CycleGAN run)."""
+    model = run.config.get("model")
+    name = model.get("name", "cycle_gan") if isinstance(model, dict) else "cycle_gan"
+    return Model.registry.get(name) if isinstance(name, str) else None
+
+
+def loss_names(run: Run) -> tuple[str, ...]:
+    """The losses the run's model logs; for a model this version does not know, every logged number."""
+    model = model_of(run)
+    if model is not None:
+        return model.loss_names
+    keys = dict.fromkeys(k for row in run.log for k, v in row.items() if finite(v) is not None)
+    return tuple(k for k in keys if k not in ("step", "epoch", "lr", "time"))
+
+
+def loss_styles(run: Run) -> dict[str, tuple[str, bool]]:
+    """(colour, dashed) per loss: a hue per direction, discriminator and identity losses light and dashed."""
+    model, styles = model_of(run), {"lr": ("#009e73", False)}
+    for d, (dark, light) in zip(model.directions if model else (), DIRECTION_HUES, strict=False):
+        styles |= {name: (dark, False) for name in d.losses if name != d.identity}
+        styles |= {name: (light, True) for name in (d.critic, d.identity) if name}
+    others = [name for name in loss_names(run) if name not in styles]
+    return styles | {name: (OTHER_HUES[i % len(OTHER_HUES)], False) for i, name in enumerate(others)}
+
+
 def loss_section(run: Run) -> str:
     if not run.log:
         return absent("No losses recorded (no log.jsonl).")
+    styles = loss_styles(run)
 
     def chart(title: str, keys: Sequence[str], smooth: bool = True) -> str:
-        series = [Series(k, column(run.log, k), *LOSS_STYLES[k]) for k in keys]
+        series = [Series(k, column(run.log, k), *styles[k]) for k in keys]
         noisy = smooth and any(len(s.points) >= SMOOTH_FROM for s in series)
         caption = "Faint: logged means; bold: their moving average." if noisy else ""
         return figure(title, plot(title, series, smooth=smooth), caption)
 
-    charts = (
-        chart("Adversarial losses", ADVERSARIAL),
-        chart("Cycle and identity losses", CYCLE_IDENTITY),
-        chart("Learning rate", ("lr",), smooth=False),
-    )
-    intro = note(
-        "Mean losses over each logged interval. G_A maps A→B and D_A judges domain B; "
-        "G_B maps B→A and D_B judges domain A."
-    )
+    model = model_of(run)
+    groups = model.chart_groups if model else (("Losses", loss_names(run)),)
+    charts = [chart(title, keys) for title, keys in groups] + [chart("Learning rate", ("lr",), smooth=False)]
+    roles = [
+        f"{d.generator} maps {d.source}→{d.target} and {d.discriminator} judges domain {d.target}"
+        for d in (model.directions if model else ())
+    ]
+    intro = note("Mean losses over each logged interval." + (" " + "; ".join(roles) + "." if roles else ""))
     skipped = note(f"{run.log_skipped} unreadable line(s) of log.jsonl skipped.") if run.log_skipped else ""
     return f"{intro}<div class='plots'>{''.join(charts)}</div>{skipped}"
 
@@ -348,14 +369,17 @@ def samples_section(run: Run) -> str:
     picks = sorted({round(i * (n - 1) / (MAX_SAMPLES - 1)) for i in range(MAX_SAMPLES)}) if n > 1 else [0]
     *earlier, latest = [found[i] for i in picks]
     shown = f"{len(picks)} of {n} sample grids" if n > len(picks) else f"{n} sample grid{'s' * (n > 1)}"
-    body = note(f"{shown}; each row: {' | '.join(GRID_COLUMNS)}.") + sample_figure(*latest, latest=True)
+    model = model_of(run)
+    columns = model.sample_columns if model else ()
+    rows = f"; each row: {' | '.join(columns)}" if columns else ""
+    body = note(f"{shown}{rows}.") + sample_figure(*latest, columns, latest=True)
     if earlier:
-        figures = "".join(sample_figure(step, path, latest=False) for step, path in earlier)
+        figures = "".join(sample_figure(step, path, columns, latest=False) for step, path in earlier)
         body += f"<h3>Over the run</h3><div class='samples'>{figures}</div>"
     return body
 
 
-def sample_figure(step: int, path: Path, latest: bool) -> str:
+def sample_figure(step: int, path: Path, columns: Sequence[str], latest: bool) -> str:
     caption = f"Latest: step {step:,}" if latest else f"step {step:,}"
     kind = "sample latest" if latest else "sample"
     image = image_data_uri(path, LATEST_WIDTH if latest else THUMB_WIDTH, lossless=latest)
@@ -363,7 +387,7 @@ def sample_figure(step: int, path: Path, latest: bool) -> str:
         problem = f"{caption}: {esc(path.name)} could not be read"
         return f"<figure class='{kind}'><figcaption>{problem}</figcaption></figure>"
     uri, width = image
-    labels = "".join(f"<span>{esc(c)}</span>" for c in GRID_COLUMNS)
+    labels = "".join(f"<span>{esc(c)}</span>" for c in columns)
     # The latest grid is shown at up to twice its size (small grids stay legible), never wider than the page.
     size = f" width='{2 * width}'" if latest else ""
     return (

@@ -15,7 +15,6 @@ from typing import Any
 from cyclegan.errors import CycleGANError
 from cyclegan.files import atomic_write_text
 
-EVAL_FILE, DEMO_FILE = "eval.json", "demo.json"  # in a run folder, where the report finds them
 KEYS = ("title", "protocol", "columns", "rows", "notes")
 ROW_KEYS = ("method", "direction")
 NUMBER = (int, float)  # a JSON number: bool is excluded because these checks compare exact types

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from cyclegan.errors import CycleGANError
-from cyclegan.evaluate.results import DEMO_FILE, EVAL_FILE, ResultTable
+from cyclegan.evaluate.results import ResultTable
+from cyclegan.files import read_jsonl
+from cyclegan.layout import CONFIG, DEMO_FILE, EVAL_FILE, EVAL_LOG, LOG, SAMPLES
 
 SAMPLE_NAME = re.compile(r"step_(\d+)\.png")
 
@@ -52,8 +54,8 @@ def read_run(run_dir: Path) -> Run:
     """Read the run folder; only a missing or unreadable ``config.json`` is an error."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
-    log, log_skipped = read_jsonl(run_dir / "log.jsonl")
-    eval_log, _ = read_jsonl(run_dir / "eval_log.jsonl")
+    log, log_skipped = read_jsonl(run_dir / LOG)
+    eval_log, _ = read_jsonl(run_dir / EVAL_LOG)
     return Run(
         folder=run_dir,
         config=config,
@@ -62,7 +64,7 @@ def read_run(run_dir: Path) -> Run:
         metrics=metric_series(eval_log),
         evaluation=read_results(run_dir / EVAL_FILE),
         demo=read_results(run_dir / DEMO_FILE),
-        samples=sample_grids(run_dir / "samples"),
+        samples=sample_grids(run_dir / SAMPLES),
     )
 
 
@@ -70,7 +72,7 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     """The run's ``config.json``: the one file a report cannot do without, so its absence is an error."""
     if not run_dir.is_dir():
         raise CycleGANError(f"run folder not found: {run_dir}")
-    path = run_dir / "config.json"
+    path = run_dir / CONFIG
     if not path.is_file():
         raise CycleGANError(f"{run_dir} has no config.json; is it a run folder made by cyclegan train?")
     try:
@@ -80,25 +82,6 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise CycleGANError(f"{path} does not hold a JSON object")
     return config
-
-
-def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """The JSON objects of a log, and how many non-blank lines were skipped as unparseable."""
-    if not path.is_file():
-        return [], 0
-    rows, skipped = [], 0
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except (ValueError, RecursionError):
-            row = None
-        if isinstance(row, dict):
-            rows.append(row)
-        else:
-            skipped += 1
-    return rows, skipped
 
 
 def read_results(path: Path) -> ResultTable | Unreadable | None:

@@ -1,0 +1,16 @@
+"""The models, registered by name: ``--model cycle_gan`` (the default), and every other registered one.
+
+Importing the package registers every built-in model.
+"""
+
+from cyclegan.models import cycle_gan  # noqa: F401  (registration)
+from cyclegan.models.base import (
+    Direction,
+    Model,
+    Trainer,
+    build_model,
+    check_training_size,
+    model_type,
+)
+
+__all__ = ["Direction", "Model", "Trainer", "build_model", "check_training_size", "model_type"]

@@ -1,11 +1,17 @@
-"""Checkpoints: safetensors files that carry their own architecture, and resumable training state.
+"""Checkpoints: safetensors files that carry their own model and architecture, and resumable state.
 
-A checkpoint ``NAME.safetensors`` holds the four networks under the prefixes ``G_A.``, ``G_B.``, ``D_A.``,
-``D_B.`` (the reference's naming: G_A maps A->B, D_A judges domain B) and, in its metadata, the
-``ModelConfig`` as JSON, so nothing else is needed to rebuild the networks. A *resumable* checkpoint also
-holds the training state (optimizers, schedulers, image pools, RNG states, hook states) in the same file:
-tensors under ``state/``, the structure around them as JSON metadata. One file is one commit point, written
-atomically, so a kill at any instant leaves a complete checkpoint. Loading never unpickles anything.
+A checkpoint ``NAME.safetensors`` holds a model's networks under their names as prefixes (``G_A.``,
+``G_B.``, ``D_A.``, ``D_B.`` for CycleGAN, ``G.``, ``D.``, ``F.`` for CUT) and, in its metadata, the model's
+options and architecture as JSON, so nothing else is needed to rebuild the networks. A *resumable*
+checkpoint also holds the training state (optimizers, schedulers, image pools, RNG states, hook states) in
+the same file: tensors under ``state/``, the structure around them as JSON metadata. One file is one commit
+point, written atomically, so a kill at any instant leaves a complete checkpoint. Loading never unpickles
+anything.
+
+A run's resumable checkpoints are ``latest`` and the one before it, ``previous``. A commit writes the new
+one whole (as ``.latest.safetensors.staged``), then renames: the old latest to previous (only when it is
+complete: a damaged file never replaces a good one), the staged file to latest. A kill between the renames
+leaves a complete staged file, which counts as the newest checkpoint and is promoted at the next start.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import errno
 import json
 import os
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +30,14 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from cyclegan.config import DIRECTIONS, ModelConfig, model_config_from_dict
+from cyclegan.config import DIRECTIONS, ModelOptions, NetConfig, parse_json_object
 from cyclegan.errors import CycleGANError, first_line
-from cyclegan.files import TEMP_SUFFIX, atomic_write, fsync_folder
-from cyclegan.nets.networks import (
-    build_generator,
-    check_weights,
-    generator_config_from_state_dict,
-    load_weights,
-)
+from cyclegan.files import atomic_write, fsync_folder
+from cyclegan.layout import CHECKPOINTS, LATEST, PREVIOUS, STAGED
+from cyclegan.models.base import model_type
+from cyclegan.nets import build_generator, check_weights, generator_config_from_state_dict, load_weights
 
 FORMAT = "cyclegan/1"
-NETWORKS = ("G_A", "G_B", "D_A", "D_B")
-LATEST, PREVIOUS = "latest.safetensors", "previous.safetensors"
 STATE_PREFIX = "state/"
 LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 
@@ -44,11 +45,11 @@ LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 def save_weights(
     path: Path,
     networks: Mapping[str, nn.Module],
-    model_config: ModelConfig,
+    options: ModelOptions,
     info: Mapping[str, Any],
     state: Mapping[str, Any] | None = None,
 ) -> None:
-    """Save networks (name -> module), the architecture and ``info`` (epoch, step…) in one atomic write.
+    """Save networks (name -> module), the model's options and ``info`` (epoch, step…) in one atomic write.
 
     With ``state`` (nested dicts and lists of tensors and JSON values) the file is resumable.
     """
@@ -57,9 +58,11 @@ def save_weights(
         for name, net in networks.items()
         for key, value in net.state_dict().items()
     }
+    model = {k: v for k, v in options.to_dict().items() if k != "net"}
     metadata = {
         "format": FORMAT,
-        "model_config": json.dumps(dataclasses.asdict(model_config)),
+        "model": json.dumps(model),
+        "model_config": json.dumps(dataclasses.asdict(options.net)),
         "info": json.dumps(dict(info)),
     }
     if state is not None:
@@ -77,63 +80,86 @@ def _save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str,
         raise OSError(int(code.group(1)) if code else errno.EIO, first_line(err)) from None
 
 
-def commit_resumable(folder: Path, save: Any) -> Path:
+def commit_resumable(folder: Path, save: Callable[[Path], None]) -> Path:
     """Make a new ``latest`` checkpoint and keep the one before it as ``previous``.
 
-    ``save(path)`` writes the new file (atomically). Old latest is renamed to previous first, so at every
-    instant at least one complete resumable checkpoint exists, whatever kills the process.
+    ``save(path)`` writes the new file (atomically). At every instant the newest complete checkpoint is
+    on disk under one of the three names, whatever kills the process.
     """
+    save(folder / STAGED)
+    _promote(folder)
+    return folder / LATEST
+
+
+def _promote(folder: Path) -> None:
+    """Finish a commit whose file is staged: the old latest becomes previous if it is complete."""
     latest = folder / LATEST
-    staged = folder / f".{LATEST}.staged{TEMP_SUFFIX}"
-    save(staged)
-    if latest.exists():
+    if _step(latest) is not None:
         os.replace(latest, folder / PREVIOUS)
-    os.replace(staged, latest)
+    os.replace(folder / STAGED, latest)
     fsync_folder(folder)
-    return latest
+
+
+def recover(folder: Path) -> None:
+    """Complete a commit a kill interrupted between its renames (call with the run's lock held): a complete
+    staged file newer than ``latest`` becomes ``latest``; a damaged or older one is removed."""
+    staged = _step(folder / STAGED)
+    if staged is None:
+        (folder / STAGED).unlink(missing_ok=True)
+        return
+    latest = _step(folder / LATEST)
+    if latest is None or latest < staged:
+        _promote(folder)
+    else:
+        (folder / STAGED).unlink()
+
+
+def _step(path: Path) -> int | None:
+    """The step of a complete resumable checkpoint at ``path``; None if absent or damaged."""
+    if not path.exists():
+        return None
+    try:
+        return _resumable_info(path)["step"]
+    except CycleGANError:
+        return None
+
+
+def _resumable_info(path: Path) -> dict[str, Any]:
+    with _open(path) as f:
+        metadata = f.metadata() or {}
+        info = _read_metadata(path, metadata)[1]
+    if "training_state" not in metadata or not isinstance(info.get("step"), int):
+        raise CycleGANError(f"{path} holds no training state")
+    return info
 
 
 def read_weights(
-    path: Path, networks: Collection[str] = NETWORKS
-) -> tuple[dict[str, dict[str, torch.Tensor]], ModelConfig, dict[str, Any]]:
-    """Return ({network name: state_dict}, architecture, info) of one of our checkpoints, reading the
-    tensors of ``networks`` only (a generator for translation leaves the rest on disk).
+    path: Path, networks: Collection[str] | None = None
+) -> tuple[dict[str, dict[str, torch.Tensor]], ModelOptions, dict[str, Any]]:
+    """Return ({network name: state_dict}, the model's options, info) of one of our checkpoints, reading
+    the tensors of ``networks`` only (default: all; a generator for translation leaves the rest on disk).
 
-    The architecture is validated and checked against the file's tensor shapes before anything is built.
+    The options are validated before anything is built.
     """
     with _open(path) as f:
-        model_config, info = _read_metadata(path, f.metadata() or {})
-        return _networks(f, networks), model_config, info
+        options, info = _read_metadata(path, f.metadata() or {})
+        return _networks(f, networks), options, info
 
 
-def read_info(path: Path) -> dict[str, Any]:
-    """The ``info`` of a checkpoint (step, epoch…), from its header alone; raises for a damaged file."""
-    with _open(path) as f:
-        return _read_metadata(path, f.metadata() or {})[1]
-
-
-def read_state(path: Path) -> dict[str, Any]:
-    """The training state of a resumable checkpoint, rebuilt from its tensors and JSON structure."""
+def read_resumable(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], ModelOptions, dict[str, Any]]:
+    """The networks' weights, the model's options and the training state of a resumable checkpoint, read
+    in one opening of the file (so all three come from the same commit)."""
     with _open(path) as f:
         metadata = f.metadata() or {}
-        _read_metadata(path, metadata)
-        return _training_state(path, f, metadata)
+        options, _ = _read_metadata(path, metadata)
+        return _networks(f), options, _training_state(path, f, metadata)
 
 
-def read_resumable(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], ModelConfig, dict[str, Any]]:
-    """The networks' weights, the architecture and the training state of a resumable checkpoint, read in
-    one opening of the file (so all three come from the same commit)."""
-    with _open(path) as f:
-        metadata = f.metadata() or {}
-        model_config, _ = _read_metadata(path, metadata)
-        return _networks(f), model_config, _training_state(path, f, metadata)
-
-
-def _networks(f: Any, networks: Collection[str] = NETWORKS) -> dict[str, dict[str, torch.Tensor]]:
+def _networks(f: Any, networks: Collection[str] | None = None) -> dict[str, dict[str, torch.Tensor]]:
     states: dict[str, dict[str, torch.Tensor]] = {}
     for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
         name, _, rest = key.partition(".")
-        if name in networks:
+        if name != STATE_PREFIX.rstrip("/") and (networks is None or name in networks):
             states.setdefault(name, {})[rest] = f.get_tensor(key)
     return states
 
@@ -143,7 +169,7 @@ def _training_state(path: Path, f: Any, metadata: dict[str, str]) -> dict[str, A
         raise CycleGANError(f"{path} holds weights only, no training state to resume from")
     tensors = {k: f.get_tensor(k) for k in f.keys() if k.startswith(STATE_PREFIX)}  # noqa: SIM118
     try:
-        return _unflatten(json.loads(metadata["training_state"]), tensors)
+        return _unflatten(_json(metadata["training_state"], dict), tensors)
     except (ValueError, KeyError, TypeError) as err:
         raise CycleGANError(f"{path}: damaged training state ({first_line(err)})") from None
 
@@ -151,16 +177,12 @@ def _training_state(path: Path, f: Any, metadata: dict[str, str]) -> dict[str, A
 def newest_resumable(folder: Path) -> tuple[Path, dict[str, Any], list[str]]:
     """The newest complete resumable checkpoint in ``folder``, its info, and why others were passed over."""
     found, passed = [], []
-    for name in (LATEST, PREVIOUS):
+    for name in (STAGED, LATEST, PREVIOUS):
         path = folder / name
         if not path.exists():
             continue
         try:
-            with _open(path) as f:
-                metadata = f.metadata() or {}
-                info = _read_metadata(path, metadata)[1]
-            if "training_state" not in metadata or not isinstance(info.get("step"), int):
-                raise CycleGANError(f"{path} holds no training state")
+            info = _resumable_info(path)
             found.append((info["step"], path, info))
         except CycleGANError as err:
             passed.append(str(err))
@@ -175,56 +197,75 @@ def _why(passed: list[str]) -> str:
 
 
 def resolve_checkpoint(path: Path) -> Path:
-    """A run folder means its newest complete checkpoint; a file is taken as it is."""
+    """A run folder means its newest complete checkpoint (as resuming picks it); a file is taken as it is."""
     path = Path(path)
     if path.is_dir():
-        folder = path / "checkpoints"
-        for candidate in (folder / LATEST, folder / PREVIOUS):
-            if candidate.is_file():
-                return candidate
-        raise CycleGANError(f"{path} is a folder without checkpoints/{LATEST}")
+        folder = path / CHECKPOINTS
+        if not any((folder / name).is_file() for name in (LATEST, PREVIOUS, STAGED)):
+            raise CycleGANError(f"{path} is a folder without checkpoints/{LATEST}")
+        return newest_resumable(folder)[0]
     if not path.is_file():
         raise CycleGANError(f"checkpoint not found: {path}")
     return path
 
 
-def load_generator(checkpoint: Path, direction: str = "AtoB") -> tuple[nn.Module, ModelConfig]:
-    """The generator for ``direction`` from a run folder, one of our checkpoints or a reference ``.pth``.
+def load_generator(checkpoint: Path, direction: str = "AtoB") -> tuple[nn.Module, NetConfig]:
+    """The generator for ``direction`` from a run folder, one of our checkpoints or a reference ``.pth``,
+    in eval mode, with its architecture.
 
-    A reference file holds one generator (``latest_net_G_A.pth``, a released ``NAME.pth``); its kind, width,
-    block count and channels are read from the weights, and ``direction`` is not used.
+    A reference file holds one generator (``latest_net_G_A.pth``, ``latest_net_G.pth``, a released
+    ``NAME.pth``); its kind, width, block count and channels are read from the weights, and ``direction``
+    is not used.
     """
     path = resolve_checkpoint(checkpoint)
     if direction not in DIRECTIONS:
         raise CycleGANError(f"--direction must be AtoB or BtoA, got {direction!r}")
     _refuse_lfs_pointer(path)
     if path.suffix == ".safetensors" or _is_safetensors(path):
-        name = "G_A" if direction == "AtoB" else "G_B"
-        states, model_config, _ = read_weights(path, (name,))
+        options = read_options(path)
+        model = model_type(options.name)
+        try:
+            name = model.direction(direction).generator
+        except CycleGANError as err:
+            raise CycleGANError(f"{path}: {err}") from None
+        states, _, _ = read_weights(path, (name,))
         if name not in states:
             raise CycleGANError(f"{path} holds no generator {name}")
-        in_nc, out_nc = model_config.input_nc, model_config.output_nc
-        if direction == "BtoA":
-            in_nc, out_nc = out_nc, in_nc
-        return _generator(path, model_config, states[name], in_nc, out_nc), model_config
+        in_nc, out_nc = model.channels(options.net, direction)
+        return _generator(path, options.net, states[name], in_nc, out_nc), options.net
     state = _torch_state_dict(path)
-    model_config = generator_config_from_state_dict(state)
-    return _generator(path, model_config, state, model_config.input_nc, model_config.output_nc), model_config
+    net = generator_config_from_state_dict(state)
+    return _generator(path, net, state, net.input_nc, net.output_nc), net
+
+
+def translations(checkpoint: Path) -> tuple[str, ...]:
+    """The directions a checkpoint translates: its model's, or ``AtoB`` alone for a reference ``.pth``
+    (one generator)."""
+    path = resolve_checkpoint(checkpoint)
+    if path.suffix == ".safetensors" or _is_safetensors(path):
+        return tuple(d.name for d in model_type(read_options(path).name).directions)
+    return ("AtoB",)
+
+
+def read_options(path: Path) -> ModelOptions:
+    """The model options of one of our checkpoints, from its header alone."""
+    with _open(path) as f:
+        return _read_metadata(path, f.metadata() or {})[0]
 
 
 def _generator(
-    path: Path, model_config: ModelConfig, state: Mapping[str, torch.Tensor], in_nc: int, out_nc: int
+    path: Path, net: NetConfig, state: Mapping[str, torch.Tensor], in_nc: int, out_nc: int
 ) -> nn.Module:
     """Check the weights against a shape-only network first, so a hostile file allocates nothing."""
     with torch.device("meta"):
-        skeleton = build_generator(model_config, in_nc, out_nc)
+        skeleton = build_generator(net, in_nc, out_nc)
     try:
         check_weights(skeleton, state)
     except CycleGANError as err:
         raise CycleGANError(f"{path}: {err}") from None
-    net = build_generator(model_config, in_nc, out_nc)
-    load_weights(net, state)
-    return net.eval()
+    generator = build_generator(net, in_nc, out_nc)
+    load_weights(generator, state)
+    return generator.eval()
 
 
 def _open(path: Path) -> Any:
@@ -235,20 +276,30 @@ def _open(path: Path) -> Any:
         raise CycleGANError(f"cannot read checkpoint {path}: {first_line(err)}") from None
 
 
-def _read_metadata(path: Path, metadata: dict[str, str]) -> tuple[ModelConfig, dict[str, Any]]:
+def _read_metadata(path: Path, metadata: dict[str, str]) -> tuple[ModelOptions, dict[str, Any]]:
+    """The model options (a checkpoint of an earlier version holds only a CycleGAN's architecture) and the
+    info of a checkpoint's header, validated: the header comes from a file anyone could have edited."""
     if metadata.get("format") != FORMAT:
         raise CycleGANError(f"{path} is a safetensors file but not a cyclegan checkpoint")
     try:
-        model_config = model_config_from_dict(json.loads(metadata["model_config"]))
-        model_config.validate()
-        info = json.loads(metadata.get("info", "{}"))
+        model = _json(metadata.get("model", '{"name": "cycle_gan"}'), dict)
+        options = ModelOptions.from_dict(model | {"net": _json(metadata["model_config"], dict)})
+        options.validate()
+        model_type(options.name)
+        info = _json(metadata.get("info", "{}"), dict)
     except (KeyError, ValueError, TypeError, AttributeError) as err:
-        raise CycleGANError(f"{path}: damaged architecture metadata ({first_line(err)})") from None
+        raise CycleGANError(f"{path}: damaged model metadata ({first_line(err)})") from None
     except CycleGANError as err:
-        raise CycleGANError(f"{path}: invalid architecture metadata: {err}") from None
-    if not isinstance(info, dict):
-        raise CycleGANError(f"{path}: damaged metadata (info is not a JSON object)")
-    return model_config, info
+        raise CycleGANError(f"{path}: invalid model metadata: {err}") from None
+    return options, info
+
+
+def _json(text: str, kind: type) -> Any:
+    """JSON of the expected kind from a header; nesting too deep to parse is a ValueError."""
+    value = parse_json_object(f'{{"v": {text}}}')["v"] if kind is not dict else parse_json_object(text)
+    if not isinstance(value, kind):
+        raise ValueError(f"expected a JSON {kind.__name__}")
+    return value
 
 
 def _refuse_lfs_pointer(path: Path) -> None:

@@ -1,0 +1,29 @@
+"""The networks: generators and discriminators registered by name, their layers and weight loading.
+
+Importing the package registers every built-in architecture.
+"""
+
+from cyclegan.nets import patchgan, resnet, unet  # noqa: F401  (registration)
+from cyclegan.nets.checkpointing import set_checkpointing
+from cyclegan.nets.registry import (
+    DISCRIMINATORS,
+    GENERATORS,
+    MIN_SIZE,
+    build_discriminator,
+    build_generator,
+    size_multiple,
+)
+from cyclegan.nets.weights import check_weights, generator_config_from_state_dict, load_weights
+
+__all__ = [
+    "DISCRIMINATORS",
+    "GENERATORS",
+    "MIN_SIZE",
+    "build_discriminator",
+    "build_generator",
+    "check_weights",
+    "generator_config_from_state_dict",
+    "load_weights",
+    "set_checkpointing",
+    "size_multiple",
+]

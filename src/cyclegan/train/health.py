@@ -1,7 +1,8 @@
 """Is training working? Cheap health signals during a run, and one-line warnings that name the likely fix.
 
-Every step the losses the step already returned are checked for divergence (NaN, inf or an exploded
-adversarial loss), which stops the run without saving its weights. Every ``health_every`` steps the
+Every step's losses are watched for divergence (NaN, inf or an exploded adversarial loss) on the device,
+and read back at each check and before anything is saved, which then stops the run without saving its
+weights. Every ``health_every`` steps the
 window's mean losses and a fixed probe batch (a few images of each domain, translated in eval mode under
 ``no_grad``, so training's random numbers and weights are untouched) are judged for: a discriminator that
 wins completely, a generator that does nothing, mode collapse, output colours off the target domain's,
@@ -9,6 +10,11 @@ and a cycle loss that does not fall. A problem must persist for ``health_patienc
 be reported, is reported once per episode, and its episode ends after as many checks without it. Before
 ``health_warmup`` steps only divergence is judged: for its first few hundred steps every CycleGAN's
 colours and cycle loss look broken.
+
+The signals come from the model's declared directions (:class:`cyclegan.models.Direction`): each
+generator with its discriminator, source and target domain, and its identity and cycle losses where it has
+them. A one-sided model (CUT) has no cycle loss and no identity L1 term, so ``cycle_stagnant`` and
+``identity_dominates`` do not apply to it; every other signal does.
 
 Warnings go to stderr and to the run's ``log.jsonl`` as ``{"step", "event": "health", "signal",
 "network", "value", "message"}`` rows (loss rows have no ``"event"`` key); :func:`health_events` reads
@@ -25,10 +31,11 @@ import torch
 
 from cyclegan.config import TrainConfig
 from cyclegan.errors import CycleGANError
-from cyclegan.models import checkpoints
-from cyclegan.models.cycle_gan import LOSS_NAMES, CycleGAN
+from cyclegan.layout import CHECKPOINTS, LOG
+from cyclegan.models import Direction, Model, checkpoints
 from cyclegan.train import runs
-from cyclegan.train.hooks import Hook, RunState, StopRun, note, sample_images
+from cyclegan.train.hooks import Hook, RunState, StopRun, note
+from cyclegan.train.samples import sample_images
 
 # Thresholds, each far from what healthy runs show. Healthy figures: the demo's config (64 px, ngf/ndf 32,
 # 2,400 steps), after the default 1,000-step warm-up, as benchmarks/health.py records them (its docstring
@@ -65,54 +72,79 @@ SIGNALS = (
     "colour_drift",
     "cycle_stagnant",
 )
-DIRECTIONS = {  # direction -> (generator, its discriminator, source domain, target domain)
-    "A": ("G_A", "D_A", "A", "B"),
-    "B": ("G_B", "D_B", "B", "A"),
-}
 
 
 class Health(Hook):
-    """Watches a run for the usual ways CycleGAN training fails; see the module docstring."""
+    """Watches a run for the usual ways GAN training fails; see the module docstring."""
 
     name = "health"
 
     def __init__(self) -> None:
-        self.sums: dict[str, float] = dict.fromkeys(LOSS_NAMES, 0.0)
         self.count = 0
         self.first_cycle: dict[str, float] = {}  # mean cycle losses of the run's first window
         # "signal/network" -> [checks in a row with the problem, checks in a row without, active (0/1)]
         self.episodes: dict[str, list[int]] = {}
+        self.saved: dict[str, Any] = {}
 
     def start(self, run: RunState) -> None:
         real_A, real_B = sample_images(run.cfg, PROBE_IMAGES)
         self.probe_A, self.probe_B = real_A.to(run.device), real_B.to(run.device)
+        model = run.model
+        self.names = model.loss_names
+        explodable = {name for d in model.directions for name in (d.adversarial, d.critic)}
+        self.explodable = torch.tensor([n in explodable for n in self.names], device=run.device)
+        self.sums = torch.zeros(len(self.names), device=run.device)
+        self.bad_step = torch.full((len(self.names),), -1, dtype=torch.long, device=run.device)
+        self.bad_value = torch.zeros(len(self.names), device=run.device)
+        if self.saved:
+            self.sums = torch.tensor([float(self.saved["sums"][k]) for k in self.names], device=run.device)
+            self.count = int(self.saved["count"])
+            self.first_cycle = {k: float(v) for k, v in self.saved["first_cycle"].items()}
+            self.episodes = {k: [int(n) for n in v] for k, v in self.saved["episodes"].items()}
 
-    def after_step(self, run: RunState, losses: dict[str, float]) -> None:
-        bad = divergence(losses)
-        if bad is not None:
-            message = diverged_message(run, *bad)
-            self._emit(run, "diverged", bad[0], bad[1], message)
-            raise StopRun(message)
-        for k, v in losses.items():
-            self.sums[k] += v
+    def after_step(self, run: RunState, losses: dict[str, torch.Tensor]) -> None:
+        values = torch.stack([losses[k].float() for k in self.names])
+        bad = ~torch.isfinite(values) | (self.explodable & (values > EXPLODED_LOSS))
+        first = bad & (self.bad_step < 0)
+        self.bad_step = torch.where(first, run.progress.step, self.bad_step)
+        self.bad_value = torch.where(first, values, self.bad_value)
+        self.sums += values
         self.count += 1
         cfg = run.cfg
-        if run.progress.step % cfg.health_every:
+        checking = run.progress.step % cfg.health_every == 0
+        if checking or run.saving:
+            self._stop_if_diverged(run)
+        if not checking:
             return
-        means = {k: v / self.count for k, v in self.sums.items()}
+        means = dict(zip(self.names, (self.sums / self.count).tolist(), strict=True))
         if not self.first_cycle and self.count == run.progress.step:  # the run's own first window only
-            self.first_cycle = {k: means[k] for k in ("cycle_A", "cycle_B")}
-        self.sums, self.count = dict.fromkeys(LOSS_NAMES, 0.0), 0
+            self.first_cycle = {d.cycle: means[d.cycle] for d in run.model.directions if d.cycle}
+        self.sums.zero_()
+        self.count = 0
         if run.progress.step < cfg.health_warmup:
             return
         stats = probe(run.model, self.probe_A, self.probe_B)
-        found = find_problems(means, stats, self.first_cycle)
+        found = find_problems(run.model.directions, means, stats, self.first_cycle)
         for key in sorted(set(found) | set(self.episodes)):
             if self._update_episode(key, key in found, cfg.health_patience):
                 signal, network = key.split("/")
                 value = found[key]
                 message = warning_message(run, signal, network, value, stats)
                 self._emit(run, signal, network, value, message)
+
+    def after_epoch(self, run: RunState) -> None:
+        self._stop_if_diverged(run)  # before an epoch's snapshot or evaluation saves these weights
+
+    def _stop_if_diverged(self, run: RunState) -> None:
+        steps = self.bad_step.tolist()
+        bad = [(step, i) for i, step in enumerate(steps) if step >= 0]
+        if not bad:
+            return
+        step, i = min(bad)
+        name, value = self.names[i], float(self.bad_value[i])
+        message = diverged_message(run, name, value, step)
+        self._emit(run, "diverged", name, value, message)
+        raise StopRun(message)
 
     def _update_episode(self, key: str, present: bool, patience: int) -> bool:
         """Count checks with and without the problem; True when an episode has just begun."""
@@ -133,60 +165,46 @@ class Health(Hook):
         note(f"warning: {message}")
         row = {"step": run.progress.step, "event": "health", "signal": signal, "network": network}
         shown = round(value, 6) if math.isfinite(value) else str(value)  # JSON has no NaN or inf
-        runs.append_row(run.run_dir / runs.LOG, row | {"value": shown, "message": message})
+        runs.append_row(run.run_dir / LOG, row | {"value": shown, "message": message})
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "sums": dict(self.sums),
+            "sums": dict(zip(self.names, self.sums.tolist(), strict=True)),
             "count": self.count,
             "first_cycle": dict(self.first_cycle),
             "episodes": {k: list(v) for k, v in self.episodes.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state:
-            self.sums = {k: float(state["sums"][k]) for k in LOSS_NAMES}
-            self.count = int(state["count"])
-            self.first_cycle = {k: float(v) for k, v in state["first_cycle"].items()}
-            self.episodes = {k: [int(n) for n in v] for k, v in state["episodes"].items()}
+        self.saved = state
 
 
 def health_events(run_dir: Path) -> list[dict[str, Any]]:
     """The health warnings of a run folder, oldest first (for the report's timeline)."""
-    return [row for row in runs.read_rows(Path(run_dir) / runs.LOG) if row.get("event") == "health"]
+    return [row for row in runs.read_rows(Path(run_dir) / LOG) if row.get("event") == "health"]
 
 
 # --- the signals ----------------------------------------------------------------------------------------
 
 
-def divergence(losses: dict[str, float]) -> tuple[str, float] | None:
-    """(loss name, value) of the first non-finite or exploded loss of a step, or None."""
-    for name in LOSS_NAMES:
-        value = losses[name]
-        if not math.isfinite(value):
-            return name, value
-    for name in ("D_A", "D_B", "G_A", "G_B"):
-        if losses[name] > EXPLODED_LOSS:
-            return name, losses[name]
-    return None
-
-
 @torch.no_grad()
-def probe(model: CycleGAN, real_A: torch.Tensor, real_B: torch.Tensor) -> dict[str, float]:
+def probe(model: Model, real_A: torch.Tensor, real_B: torch.Tensor) -> dict[str, float]:
     """Per direction: how much G changes its input, the domains' colour gap, output diversity, colour drift.
 
-    Eval mode: dropout draws no random numbers and batch norm leaves its running statistics alone.
+    Statistics are keyed by the direction's source domain ("change_A" for the generator from A). Eval
+    mode: dropout draws no random numbers and batch norm leaves its running statistics alone.
     """
+    images = {"A": real_A, "B": real_B}
     was_training = model.training
     model.eval()
+    stats: dict[str, float] = {}
     try:
-        fake_B, fake_A = model.G_A(real_A), model.G_B(real_B)
+        for d in model.directions:
+            fake = model.generator(d.name)(images[d.source])
+            stats |= translation_stats(d.source, images[d.source], fake, images[d.target])
     finally:
         model.train(was_training)
-    return {
-        **translation_stats("A", real_A, fake_B, real_B),
-        **translation_stats("B", real_B, fake_A, real_A),
-    }
+    return stats
 
 
 def translation_stats(
@@ -221,7 +239,10 @@ def _spread(images: torch.Tensor) -> float:
 
 
 def find_problems(
-    means: dict[str, float], stats: dict[str, float], first_cycle: dict[str, float]
+    directions: tuple[Direction, ...],
+    means: dict[str, float],
+    stats: dict[str, float],
+    first_cycle: dict[str, float],
 ) -> dict[str, float]:
     """The problems of one check: "signal/network" -> the value that crossed its threshold.
 
@@ -229,23 +250,27 @@ def find_problems(
     mean cycle losses of the run's first window.
     """
     found: dict[str, float] = {}
-    for d, (gen, disc, _, _) in DIRECTIONS.items():
-        if means[disc] < D_WINS_LOSS:
-            found[f"discriminator_wins/{disc}"] = means[disc]
-        gap, change = stats.get(f"gap_{d}", 0.0), stats.get(f"change_{d}", 0.0)
+    for d in directions:
+        s, gen, disc = d.source, d.generator, d.discriminator
+        if means[d.critic] < D_WINS_LOSS:
+            found[f"discriminator_wins/{disc}"] = means[d.critic]
+        gap, change = stats.get(f"gap_{s}", 0.0), stats.get(f"change_{s}", 0.0)
         idle = gap >= MIN_GAP and change < IDLE_CHANGE * gap
         if idle:
             found[f"generator_idle/{gen}"] = change / gap
-        generator_loss = means[f"idt_{d}"] + means[f"G_{d}"] + means[f"cycle_{d}"]
-        if generator_loss > 0 and means[f"idt_{d}"] / generator_loss > IDENTITY_SHARE:
-            found[f"identity_dominates/{gen}"] = means[f"idt_{d}"] / generator_loss
-        if stats[f"diversity_{d}"] < COLLAPSE_DIVERSITY:
-            found[f"mode_collapse/{gen}"] = stats[f"diversity_{d}"]
-        if not idle and stats[f"colour_{d}"] > COLOUR_DRIFT:  # an idle G's colours are its input's
-            found[f"colour_drift/{gen}"] = stats[f"colour_{d}"]
-        cycle = f"cycle_{d}"
-        if first_cycle.get(cycle, 0) > 0 and means[cycle] / first_cycle[cycle] > STAGNANT_CYCLE:
-            found[f"cycle_stagnant/{cycle}"] = means[cycle] / first_cycle[cycle]
+        generator_loss = sum(means[name] for name in d.losses)
+        if d.identity and generator_loss > 0 and means[d.identity] / generator_loss > IDENTITY_SHARE:
+            found[f"identity_dominates/{gen}"] = means[d.identity] / generator_loss
+        if stats[f"diversity_{s}"] < COLLAPSE_DIVERSITY:
+            found[f"mode_collapse/{gen}"] = stats[f"diversity_{s}"]
+        if not idle and stats[f"colour_{s}"] > COLOUR_DRIFT:  # an idle G's colours are its input's
+            found[f"colour_drift/{gen}"] = stats[f"colour_{s}"]
+        if (
+            d.cycle
+            and first_cycle.get(d.cycle, 0) > 0
+            and means[d.cycle] / first_cycle[d.cycle] > STAGNANT_CYCLE
+        ):
+            found[f"cycle_stagnant/{d.cycle}"] = means[d.cycle] / first_cycle[d.cycle]
     return found
 
 
@@ -254,65 +279,62 @@ def find_problems(
 
 def warning_message(run: RunState, signal: str, network: str, value: float, stats: dict[str, float]) -> str:
     """One line: what is wrong, for how long, with the numbers, and the likely fix."""
-    cfg = run.cfg
+    cfg, options, net = run.cfg, run.cfg.model, run.cfg.model.net
     steps = f"{cfg.health_patience * cfg.health_every:,} steps"
-    d = network[-1]
-    gen, disc, source, target = DIRECTIONS[d]
+    d = next(d for d in run.model.directions if network in (d.generator, d.discriminator, d.cycle))
+    gen, disc, source, target = d.generator, d.discriminator, d.source, d.target
+    identity = getattr(options, "lambda_identity", None)
     if signal == "discriminator_wins":
-        smaller = f"--ndf (now {cfg.model.ndf})"
-        if cfg.model.netD == "n_layers":
-            smaller = f"--n_layers_D (now {cfg.model.n_layers_D}) or {smaller}"
+        smaller = f"--ndf (now {net.ndf})"
+        if net.netD == "n_layers":
+            smaller = f"--n_layers_D (now {net.n_layers_D}) or {smaller}"
         return (
             f"{disc} has been winning completely for {steps} ({disc} loss {value:.2g} < {D_WINS_LOSS}):"
             f" the generator {gen} gets no signal; try --lr {cfg.lr / 2:g}, a smaller {smaller}, or more data"
         )
     if signal == "generator_idle":
-        identity = cfg.lambda_identity
-        fix = f"a smaller --lambda_identity (now {identity:g})" if identity > 0 else f"--lr {cfg.lr * 2:g}"
+        fix = f"a smaller --lambda_identity (now {identity:g})" if identity else f"--lr {cfg.lr * 2:g}"
         return (
             f"{gen} has been returning its input nearly unchanged for {steps} (it changes pixels by"
-            f" {stats[f'change_{d}']:.3f} on average, while the mean colours of {source} and {target} differ"
-            f" by {stats[f'gap_{d}']:.3f}): try {fix}, or check that trainA and trainB really differ"
+            f" {stats[f'change_{source}']:.3f} on average, while the mean colours of {source} and {target}"
+            f" differ by {stats[f'gap_{source}']:.3f}): try {fix}, or check that trainA and trainB really"
+            " differ"
         )
     if signal == "identity_dominates":
         return (
             f"the identity loss has been {value:.0%} of {gen}'s loss for {steps}: {gen} is mostly taught to"
             f" leave {target} images unchanged, which pulls it towards doing nothing; try a smaller"
-            f" --lambda_identity (now {cfg.lambda_identity:g}; the paper uses 0.5)"
+            f" --lambda_identity (now {identity:g}; the paper uses 0.5)"
         )
     if signal == "mode_collapse":
+        anchor = f" or a larger --{d.anchor} (now {getattr(options, d.anchor):g})" if d.anchor else ""
         return (
             f"{gen} has been giving nearly the same output for every input for {steps} (outputs vary"
-            f" {value:.2f}x as much as real {target} images): mode collapse; try --lr {cfg.lr / 2:g}"
-            f" or a larger --lambda_{source} (now {getattr(cfg, f'lambda_{source}'):g})"
+            f" {value:.2f}x as much as real {target} images): mode collapse; try --lr {cfg.lr / 2:g}{anchor}"
         )
     if signal == "colour_drift":
-        keep = " or --lambda_identity 0.5 to keep colours" if cfg.lambda_identity == 0 else ""
+        keep = " or --lambda_identity 0.5 to keep colours" if identity == 0 else ""
         return (
             f"{gen}'s output colours have been off domain {target}'s for {steps} (a channel mean differs"
             f" by {value:.2f} on the -1..1 scale): colour drift or inversion; try a larger --ngf"
-            f" (now {cfg.model.ngf}){keep}, or check that the test{target} images match train{target}"
+            f" (now {net.ngf}){keep}, or check that the test{target} images match train{target}"
         )
-    fix = (
-        f"a larger --lr (now {cfg.lr:g})"
-        if cfg.lr < TrainConfig.lr
-        else f"a larger --ngf (now {cfg.model.ngf})"
-    )
+    fix = f"a larger --lr (now {cfg.lr:g})" if cfg.lr < TrainConfig.lr else f"a larger --ngf (now {net.ngf})"
     return (
         f"the {network} loss has stayed at {value:.0%} of its starting value for {steps}: the generators"
         f" are not learning to reconstruct {source} images; try {fix}, or check the images in {source}"
     )
 
 
-def diverged_message(run: RunState, loss: str, value: float) -> str:
-    folder = run.run_dir / runs.CHECKPOINTS
+def diverged_message(run: RunState, loss: str, value: float, step: int) -> str:
+    folder = run.run_dir / CHECKPOINTS
     try:
         path, info, _ = checkpoints.newest_resumable(folder)
         kept = f"the last good checkpoint, {path} (step {info['step']:,}), is kept"
     except CycleGANError:
         kept = "no checkpoint had been saved yet"
     return (
-        f"training diverged at step {run.progress.step:,} ({loss} loss {value:.3g}): stopped without"
+        f"training diverged at step {step:,} ({loss} loss {value:.3g}): stopped without"
         f" saving these weights; {kept}. Start a new run with a smaller --lr (now {run.cfg.lr:g}),"
         f" e.g. {run.cfg.lr / 10:g}"
     )

@@ -1,8 +1,8 @@
 """The training loop: read ``train`` top to bottom.
 
 It sets up a run (or resumes one exactly), then repeats the model's training step over seeded epochs,
-commits a checkpoint every ``save_latest_freq`` steps, and hands everything else (logging, sample grids,
-evaluation, the report) to hooks.
+commits a checkpoint every ``save_latest_freq`` steps, and hands everything else (logging, health, sample
+grids, snapshots, evaluation, the report) to hooks.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import dataclasses
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +36,26 @@ from cyclegan.data.datasets import (
 from cyclegan.devices import is_out_of_memory
 from cyclegan.distributed import World
 from cyclegan.errors import CycleGANError
-from cyclegan.models import checkpoints
-from cyclegan.models.cycle_gan import CycleGAN, CycleGANTrainer, check_training_size
-from cyclegan.nets.networks import size_multiple
-from cyclegan.precision import check_compiler, pick_conv_algorithms, resolve_precision
+from cyclegan.layout import CHECKPOINTS, EVAL_LOG, LATEST, LOG, PREVIOUS, STAGED
+from cyclegan.models import Trainer, build_model, check_training_size
+from cyclegan.nets import size_multiple
+from cyclegan.precision import Precision, check_compiler, pick_conv_algorithms
 from cyclegan.seeds import Stream, item_seed
 from cyclegan.train import runs
 from cyclegan.train.health import Health
-from cyclegan.train.hooks import Hook, LossLog, Report, RunState, SampleGrids, StopRun, TestSetEvaluator, note
+from cyclegan.train.hooks import (
+    EpochSnapshots,
+    Hook,
+    LossLog,
+    Report,
+    RunState,
+    StopRun,
+    TestSetEvaluator,
+    note,
+)
 from cyclegan.train.interrupts import catch_interrupts
 from cyclegan.train.runs import Progress
+from cyclegan.train.samples import SampleGrids
 
 
 @dataclass
@@ -56,6 +67,10 @@ class TrainResult:
     stopped: str | None = None  # why a hook stopped the run without saving (e.g. training diverged)
     is_main: bool = True  # under torchrun: whether this process is rank 0, the one that reports
 
+    @property
+    def checkpoint(self) -> Path:
+        return self.run_dir / CHECKPOINTS / LATEST
+
 
 def train(
     cfg: TrainConfig,
@@ -65,28 +80,39 @@ def train(
     report: bool = True,
     show_progress: bool = True,
     should_stop: Callable[[], bool] | None = None,
+    memory_budget: int | None = None,
 ) -> TrainResult:
-    """Train a CycleGAN from ``cfg`` in a new run folder, or continue the run in ``run_dir`` exactly.
+    """Train ``cfg``'s model in a new run folder, or continue the run in ``run_dir`` exactly.
+
+    With ``memory_budget`` (bytes), the run's peak memory is first predicted by ``cyclegan plan``'s dry
+    runs, and a run that would not fit stops before it starts, with the numbers and what would fit.
 
     When resuming, ``cfg`` may differ from the run's saved config only in the options marked ``on_resume``
-    (see :func:`cyclegan.train.runs.resume_config`). ``should_stop`` is asked once after every step; Ctrl-C or
-    SIGTERM also stop the run after the current step, with a checkpoint. A hook that raises
-    :class:`~cyclegan.train.hooks.StopRun` (the health hook, when training diverges) stops it at once without
-    one: ``TrainResult.stopped`` says why. Under torchrun every process calls this with the same ``cfg``:
-    rank 0 alone writes the run folder and runs the hooks.
+    (see :func:`cyclegan.train.runs.resume_config`). ``should_stop`` is asked once after every step;
+    Ctrl-C or SIGTERM also stop the run after the current step, with a checkpoint. A hook that raises
+    :class:`~cyclegan.train.hooks.StopRun` (the health hook, when training diverges) stops it at once
+    without one: ``TrainResult.stopped`` says why. Under torchrun every process calls this with the same
+    ``cfg``: rank 0 alone writes the run folder and runs the hooks. ``cfg`` itself is not changed.
     """
     cfg.validate()
     distributed.check_global_batch(cfg.batch_size)
+    if memory_budget is not None:
+        from cyclegan.train.planner import check_budget  # the planner's dry runs: only when asked for
+
+        note(check_budget(cfg, memory_budget))
     try:
         with distributed.session(cfg.device, cfg.dist_timeout) as world, ExitStack() as held:
-            resolve_precision(cfg.precision, world.device)  # before any folder is made: fp16 needs CUDA
+            Precision.on(cfg.precision, world.device)  # before any folder is made: fp16 needs CUDA
             if cfg.compile != "none":
                 check_compiler(world.device)
             resuming = run_dir is not None
-            run_dir, cfg.seed = world.on_main(lambda: _claim_run(cfg, run_dir, held))
-            return _train(cfg, run_dir, world, resuming, hooks, report, show_progress, should_stop)
+            run_dir, seed = world.on_main(lambda: _claim_run(cfg, run_dir, held))
+            cfg = dataclasses.replace(cfg, seed=seed)
+            all_hooks = [*default_hooks(cfg, report), *hooks] if world.is_main else []
+            _check_names(all_hooks)
+            return _train(cfg, run_dir, world, resuming, all_hooks, show_progress, should_stop)
     except RuntimeError as err:
-        if distributed.launched() and _is_collective_failure(err):
+        if distributed.launched() and distributed.is_collective_failure(err):
             raise distributed.stopped_peer_error(err, cfg.dist_timeout) from None
         raise
 
@@ -97,11 +123,11 @@ def _claim_run(cfg: TrainConfig, run_dir: Path | None, held: ExitStack) -> tuple
         run_dir = Path(run_dir)
         runs.check_resume(runs.resume_config(run_dir), cfg)
         held.enter_context(runs.locked(run_dir, created=False))
-    else:
-        run_dir = runs.create_run(cfg)
-        held.enter_context(runs.locked(run_dir, created=True))
-    assert cfg.seed is not None
-    return run_dir, cfg.seed
+        assert cfg.seed is not None
+        return run_dir, cfg.seed
+    run_dir, seed = runs.create_run(cfg)
+    held.enter_context(runs.locked(run_dir, created=True))
+    return run_dir, seed
 
 
 def _train(
@@ -109,8 +135,7 @@ def _train(
     run_dir: Path,
     world: World,
     resuming: bool,
-    extra_hooks: Sequence[Hook],
-    report: bool,
+    hooks: list[Hook],
     show_progress: bool,
     should_stop: Callable[[], bool] | None,
 ) -> TrainResult:
@@ -119,112 +144,61 @@ def _train(
     dataset, skipped = training_data(cfg)
     pick_conv_algorithms(device, fixed_size=cfg.preprocess not in ("scale_width", "none"))
     torch.manual_seed(cfg.seed)  # initial weights and dropout; a resumed run restores the saved RNG state
-    model = CycleGAN(cfg.model).to(device)
-    trainer = CycleGANTrainer(model, cfg, cfg.seed, world)
-    progress = Progress()
-    hook_states: dict[str, Any] = {}
-    if resuming and _has_checkpoint(run_dir):
-        progress, hook_states, message = runs.load_checkpoint(run_dir, model, trainer, device)
-        note(message)
-    elif resuming:
-        note(f"{run_dir} has no checkpoint yet: starting it from step 0")
+    model = build_model(cfg.model).to(device)
+    trainer = model.trainer(cfg, cfg.seed, world)
+    progress, hook_states = _restore(run_dir, resuming, model, trainer, device)
     if world.is_main:
-        for name in (runs.LOG, runs.EVAL_LOG):
+        for name in (LOG, EVAL_LOG):
             runs.drop_rows_after(run_dir / name, progress.step)
         runs.save_config(run_dir, cfg)  # only now: every option has been validated and the data checked
+    total = _total_steps(cfg, len(dataset))
+    bar = tqdm(total=total, initial=progress.step, disable=not (show_progress and world.is_main), unit="step")
+    run = RunState(cfg, run_dir, model, trainer, progress, device, total, bar.set_postfix_str, world)
+    for hook in hooks:
+        hook.load_state_dict(hook_states.get(hook.name, {}))
+        hook.start(run)
 
-    batches_per_epoch = math.ceil(len(dataset) / cfg.batch_size)
-    total = cfg.total_epochs * batches_per_epoch
-    if cfg.max_steps is not None:
-        total = min(total, cfg.max_steps)
-    with tqdm(
-        total=total,
-        initial=progress.step,
-        disable=not (show_progress and world.is_main),
-        unit="step",
-        dynamic_ncols=True,
-    ) as bar:  # closed on errors too, so an error message starts on a line of its own
-        run = RunState(cfg, run_dir, model, trainer, progress, device, total, bar.set_postfix_str, world)
-        all_hooks = [*default_hooks(cfg, report), *extra_hooks] if world.is_main else []
-        for hook in all_hooks:
-            hook.load_state_dict(hook_states.get(hook.name, {}))
-            hook.start(run)
-
-        interrupted, first_step = False, True
-        start = time.time() - progress.seconds
-        with catch_interrupts() as interrupts:
-            committed: tuple[int, int, int] | None = None
-
-            def commit() -> None:
-                nonlocal committed
-                where = (progress.epoch, progress.batch, progress.step)
-                if where == committed or not world.is_main:
-                    return  # nothing changed since the last commit, or another process writes it
+    interrupted, committed, began = False, progress.step, time.time() - progress.seconds
+    first = progress.step
+    with bar, catch_interrupts() as interrupts:
+        for batch in _batches(dataset, cfg, progress, world, total):
+            if batch is None:  # an epoch has closed
+                trainer.end_epoch()
+                progress.epoch, progress.batch = progress.epoch + 1, 0
+                run.stopped = _call(hooks, lambda hook: hook.after_epoch(run), world)
+                if run.stopped is not None:
+                    break
+                continue
+            _warn_skipped(batch["skipped"], skipped, world)
+            losses = _step(trainer, batch, cfg, progress.step, world, first=progress.step == first)
+            progress.batch, progress.step = progress.batch + 1, progress.step + 1
+            progress.seconds = round(time.time() - began, 3)
+            bar.update(1)
+            interrupted = world.any(interrupts.requested or (should_stop is not None and should_stop()))
+            run.saving = interrupted or progress.step % cfg.save_latest_freq == 0 or progress.step >= total
+            run.stopped = _call(hooks, partial(_after_step, run=run, losses=losses), world)
+            if run.stopped is not None:
+                break  # the weights are not worth saving: the last checkpoint stays the latest
+            if run.saving and world.is_main:
                 with interrupts.protect():
-                    states = {hook.name: hook.state_dict() for hook in all_hooks}
-                    runs.save_checkpoint(run_dir, model, trainer, progress, states)
-                committed = where
-
-            while (
-                progress.epoch < cfg.total_epochs
-                and progress.step < total
-                and not (interrupted or run.stopped)
-            ):
-                for batch in epoch_loader(dataset, cfg, progress, world):
-                    _warn_skipped(batch["skipped"], skipped, world)
-                    model.train()
-                    if world.distributed and cfg.model.dropout:
-                        _seed_dropout(cfg.seed, progress.step, world.rank)
-                    real_A = batch["A"].to(device, non_blocking=True)
-                    real_B = batch["B"].to(device, non_blocking=True)
-                    began = time.time()
-                    losses = _step(trainer, real_A, real_B, cfg, progress.step)
-                    if first_step and cfg.compile != "none":
-                        note(f"torch.compile warm-up: the first step took {time.time() - began:.1f} s")
-                    first_step = False
-                    progress.batch += 1
-                    progress.step += 1
-                    progress.seconds = round(time.time() - start, 3)
-                    bar.update(1)
-                    try:
-                        for hook in all_hooks:
-                            hook.after_step(run, losses)
-                    except StopRun as stop:  # the weights are not worth saving: keep the last checkpoint
-                        run.stopped = str(stop)
-                    if world.any(run.stopped is not None):
-                        run.stopped = run.stopped or "the main process stopped the run"
-                        break
-                    if progress.step % cfg.save_latest_freq == 0:
-                        commit()
-                    interrupted = world.any(
-                        interrupts.requested or (should_stop is not None and should_stop())
-                    )
-                    if interrupted or (progress.step >= total and progress.batch < batches_per_epoch):
-                        break  # mid-epoch; at an epoch's end the epoch is closed below first
-                else:
-                    trainer.end_epoch()
-                    progress.epoch += 1
-                    progress.batch = 0
-                    for hook in all_hooks:
-                        hook.after_epoch(run)
-                    if progress.epoch % cfg.save_epoch_freq == 0 and world.is_main:
-                        path = run_dir / runs.CHECKPOINTS / f"epoch_{progress.epoch:03d}.safetensors"
-                        checkpoints.save_weights(
-                            path, model.networks(), cfg.model, dataclasses.asdict(progress)
-                        )
-            bar.close()
-            if run.stopped is None:
-                commit()
-            for hook in all_hooks:
-                hook.end(run)
+                    runs.save_checkpoint(run_dir, model, trainer, progress, _states(hooks))
+                committed = progress.step
+            if interrupted:
+                break
+        bar.close()
+        if run.stopped is None and committed != progress.step and world.is_main:
+            with interrupts.protect():  # an epoch closed after the last commit
+                runs.save_checkpoint(run_dir, model, trainer, progress, _states(hooks))
+        for hook in hooks:
+            hook.end(run)
     skipped = world.union(skipped)  # each process decodes its own share of the images
     return TrainResult(run_dir, progress, interrupted, skipped, run.stopped, world.is_main)
 
 
 def default_hooks(cfg: TrainConfig, report: bool = True) -> list[Hook]:
-    """The hooks every run has: its log, health checks, sample grids, evaluation if asked, the report."""
-    # health before the sample grids: a step that diverged stops the run before its grid is drawn
-    hooks: list[Hook] = [LossLog(), *([] if cfg.no_health else [Health()]), SampleGrids()]
+    """The hooks every run has: its log, health checks, sample grids, snapshots, evaluation if asked, the
+    report. Health comes first: a step that diverged stops the run before anything is drawn or saved."""
+    hooks: list[Hook] = [LossLog(), *([] if cfg.no_health else [Health()]), SampleGrids(), EpochSnapshots()]
     if cfg.eval_every:
         hooks.append(TestSetEvaluator())
     if report:
@@ -232,12 +206,74 @@ def default_hooks(cfg: TrainConfig, report: bool = True) -> list[Hook]:
     return hooks
 
 
+def _check_names(hooks: Sequence[Hook]) -> None:
+    """Hook states are saved under the hooks' names: two hooks of one name would overwrite each other's."""
+    names = [hook.name for hook in hooks]
+    for name in names:
+        if names.count(name) > 1:
+            raise CycleGANError(f"two hooks are named {name!r}; give each hook a name of its own")
+
+
+def _restore(
+    run_dir: Path, resuming: bool, model: torch.nn.Module, trainer: Trainer, device: torch.device
+) -> tuple[Progress, dict[str, Any]]:
+    """The progress and hook states of the newest checkpoint when resuming (weights and trainer restored)."""
+    if resuming and any((run_dir / CHECKPOINTS / name).exists() for name in (LATEST, PREVIOUS, STAGED)):
+        progress, hook_states, message = runs.load_checkpoint(run_dir, model, trainer, device)  # type: ignore[arg-type]
+        note(message)
+        return progress, hook_states
+    if resuming:
+        note(f"{run_dir} has no checkpoint yet: starting it from step 0")
+    return Progress(), {}
+
+
+def _total_steps(cfg: TrainConfig, images: int) -> int:
+    total = cfg.total_epochs * math.ceil(images / cfg.batch_size)
+    return total if cfg.max_steps is None else min(total, cfg.max_steps)
+
+
+def _batches(
+    dataset: UnpairedDataset, cfg: TrainConfig, progress: Progress, world: World, total: int
+) -> Iterator[dict[str, Any] | None]:
+    """This process's batches from where ``progress`` stands to the run's last step; ``None`` after each
+    complete epoch. A run that reaches its last step mid-epoch ends there, the epoch left open."""
+    per_epoch = math.ceil(len(dataset) / cfg.batch_size)
+    while progress.epoch < cfg.total_epochs and progress.step < total:
+        for batch in epoch_loader(dataset, cfg, progress, world):
+            yield batch
+            if progress.step >= total and progress.batch < per_epoch:
+                return
+        yield None
+
+
+def _call(hooks: Sequence[Hook], method: Callable[[Hook], None], world: World) -> str | None:
+    """Call one method of every hook; why a hook stopped the run (agreed by all processes), or None."""
+    stopped = None
+    try:
+        for hook in hooks:
+            method(hook)
+    except StopRun as stop:
+        stopped = str(stop)
+    if world.any(stopped is not None):
+        return stopped or "the main process stopped the run"
+    return None
+
+
+def _after_step(hook: Hook, *, run: RunState, losses: dict[str, torch.Tensor]) -> None:
+    hook.after_step(run, losses)
+
+
+def _states(hooks: Sequence[Hook]) -> dict[str, Any]:
+    return {hook.name: hook.state_dict() for hook in hooks}
+
+
 def training_data(cfg: TrainConfig) -> tuple[UnpairedDataset, set[str]]:
     """The two domains' images, with the unreadable ones named once, and every training size checked."""
-    multiple = size_multiple(cfg.model)
+    net = cfg.model.net
+    multiple = size_multiple(net)
     a_folder, b_folder = domain_folders(cfg)
-    domain_a, bad_a, sizes_a = scan_domain(a_folder, cfg, cfg.model.input_nc, multiple)
-    domain_b, bad_b, sizes_b = scan_domain(b_folder, cfg, cfg.model.output_nc, multiple)
+    domain_a, bad_a, sizes_a = scan_domain(a_folder, cfg, net.input_nc, multiple)
+    domain_b, bad_b, sizes_b = scan_domain(b_folder, cfg, net.output_nc, multiple)
     for path, why in bad_a + bad_b:
         note(f"warning: skipping {path}: {why}")
     sizes = sizes_a | sizes_b
@@ -253,18 +289,19 @@ def training_data(cfg: TrainConfig) -> tuple[UnpairedDataset, set[str]]:
     return dataset, {str(path) for path, _ in bad_a + bad_b}
 
 
-def _has_checkpoint(run_dir: Path) -> bool:
-    folder = run_dir / runs.CHECKPOINTS
-    return any((folder / name).exists() for name in (checkpoints.LATEST, checkpoints.PREVIOUS))
-
-
 def _step(
-    trainer: CycleGANTrainer, real_A: torch.Tensor, real_B: torch.Tensor, cfg: TrainConfig, step: int
-) -> dict[str, float]:
+    trainer: Trainer, batch: dict[str, Any], cfg: TrainConfig, step: int, world: World, *, first: bool
+) -> dict[str, torch.Tensor]:
     """One training step; running out of memory is a one-line error that says what to change (the last
     committed checkpoint stays as it was)."""
+    trainer.model.train()
+    if world.distributed and cfg.model.net.dropout:
+        _seed_dropout(cfg.seed or 0, step, world.rank)
+    real_A = batch["A"].to(world.device, non_blocking=True)
+    real_B = batch["B"].to(world.device, non_blocking=True)
+    began = time.time()
     try:
-        return trainer.step(real_A, real_B)
+        losses = trainer.step(real_A, real_B)
     except RuntimeError as err:
         if not is_out_of_memory(err):
             raise
@@ -276,6 +313,9 @@ def _step(
             f" {trainer.precision.name}): try {', '.join(tips)};"
             " `cyclegan plan --memory SIZE` predicts what fits"
         ) from None
+    if first and cfg.compile != "none":
+        note(f"torch.compile warm-up: the first step took {time.time() - began:.1f} s")
+    return losses
 
 
 def _warn_skipped(paths: list[str], skipped: set[str], world: World) -> None:
@@ -309,11 +349,3 @@ def _seed_dropout(seed: int, step: int, rank: int) -> None:
     """Several processes: each draws its own dropout masks from a seed of (step, rank), so a resumed run
     replays them without saving every process's RNG state."""
     torch.manual_seed(item_seed(item_seed(seed, step, Stream.DROPOUT), rank, 0))
-
-
-def _is_collective_failure(err: RuntimeError) -> bool:
-    """Errors of gloo and NCCL collectives (a peer that died, or a timeout), not this process's own."""
-    text = str(err).lower()
-    return isinstance(err, getattr(torch.distributed, "DistError", ())) or any(
-        word in text for word in ("gloo", "nccl", "connection closed", "connection reset", "timed out")
-    )

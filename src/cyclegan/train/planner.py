@@ -7,8 +7,8 @@ a batch; weights, gradients, Adam's state and the runtime do not. On CUDA a meas
 measurement (see :class:`DryRuns`).
 
 Dry runs train as the configuration would (its precision, checkpointing and layout) but uncompiled:
-compiling every dry run would take minutes. The image pools are left out (they fill over many steps) and
-added from their size: each keeps up to ``pool_size`` float32 images of its domain.
+compiling every dry run would take minutes. Memory that fills over many steps (CycleGAN's image pools) is
+added from its size (``Model.pool_bytes_per_pixel``); a dry run's pools hold at most two images.
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from cyclegan.config import ModelConfig, TrainConfig
+from cyclegan.config import ModelOptions, TrainConfig
 from cyclegan.devices import resolve_device
 from cyclegan.errors import CycleGANError, first_line
-from cyclegan.models.cycle_gan import CycleGAN, CycleGANTrainer, check_training_size
-from cyclegan.nets.networks import build_generator, size_multiple
-from cyclegan.precision import resolve_precision
-from cyclegan.translate.translator import Autocast, Translator, autocast_dtype
+from cyclegan.models import Trainer, build_model, check_training_size
+from cyclegan.nets import build_generator, size_multiple
+from cyclegan.precision import Autocast, Precision, resolve_precision
+from cyclegan.translate.translator import Translator
 
 GiB = 2**30
 MAX_CROP = 16384  # the largest crop the search considers
@@ -104,7 +104,7 @@ class Plan:
     """The fitted memory of one variant of a configuration on one device."""
 
     variant: Variant
-    model: ModelConfig
+    model: ModelOptions
     train: Line
     translate: Line | None
     pool_per_pixel: float  # bytes per pixel of both image pools when full
@@ -123,7 +123,7 @@ class Plan:
         room = budget - self.train.fixed
         if room <= 0:
             return None
-        multiple = size_multiple(self.model)
+        multiple = size_multiple(self.model.net)
         crop = min(MAX_CROP, math.isqrt(int(room / (self.train.per_pixel * batch + self.pool_per_pixel))))
         crop -= crop % multiple
         while crop >= multiple and self.training_bytes(crop, batch) > budget:  # float rounding
@@ -137,7 +137,7 @@ class Plan:
         return max(0, int(room // (self.train.per_pixel * crop * crop)))
 
 
-def _trainable(model: ModelConfig, crop: int) -> bool:
+def _trainable(model: ModelOptions, crop: int) -> bool:
     try:
         check_training_size(model, crop, crop)
     except CycleGANError:
@@ -145,20 +145,22 @@ def _trainable(model: ModelConfig, crop: int) -> bool:
     return True
 
 
-def smallest_crop(model: ModelConfig) -> int:
+def smallest_crop(model: ModelOptions) -> int:
     """The smallest square crop the four networks train on (the warm-up step's size)."""
-    multiple = size_multiple(model)
+    multiple = size_multiple(model.net)
     for crop in range(multiple, MAX_CROP + 1, multiple):
         if _trainable(model, crop):
             return crop
-    raise CycleGANError(f"--netG {model.netG} --netD {model.netD} trains on no crop up to {MAX_CROP} px")
+    raise CycleGANError(
+        f"--netG {model.net.netG} --netD {model.net.netD} trains on no crop up to {MAX_CROP} px"
+    )
 
 
-def probe_sizes(model: ModelConfig) -> list[int]:
+def probe_sizes(model: ModelOptions) -> list[int]:
     """Two small crops the networks accept, far enough apart for a stable fit and large enough for the
     activations to dominate: below ~192 px a CPU step's peak grows slower than its pixels (the allocator
     reuses small blocks), so smaller probes under-predict large crops."""
-    multiple = size_multiple(model)
+    multiple = size_multiple(model.net)
     base = max(smallest_crop(model), math.ceil(192 / multiple) * multiple)
     larger = 3 * base // 2 // multiple * multiple
     return [base, larger if larger > base else 2 * base]
@@ -184,11 +186,13 @@ def plan(
     for crop in sizes:
         check_training_size(cfg.model, crop, crop)
     for variant in variants:
-        autocast_dtype(variant.precision, device)
+        resolve_precision(variant.precision, device)
     if runs is None:
         with DryRuns(device) as runs:
             return plan(cfg, variants, sizes, runs, translate)
     pixels = [crop * crop for crop in sizes]
+    with torch.device("meta"):
+        pool_bytes = build_model(cfg.model).pool_bytes_per_pixel()
     plans = []
     for variant in variants:
         train = tuple(runs.train(cfg, variant, crop) for crop in sizes)
@@ -199,7 +203,7 @@ def plan(
                 cfg.model,
                 Line.fit(pixels, [m.peak_bytes for m in train]),
                 Line.fit(pixels, peaks) if translate else None,
-                4.0 * cfg.pool_size * (cfg.model.input_nc + cfg.model.output_nc),
+                pool_bytes,
                 train,
             )
         )
@@ -314,21 +318,21 @@ def _measure(job: dict[str, Any]) -> Measurement:
     device, variant, crop = torch.device(job["device"]), Variant(**job["variant"]), job["crop"]
     cfg = dataclasses.replace(
         TrainConfig.from_dict(job["config"]),
-        pool_size=0,
         checkpoint_activations=variant.checkpointing,
         precision=variant.precision,
         compile="none",
     )
+    net = cfg.model.net
     if job["kind"] == "translate":
-        dtype = autocast_dtype(variant.precision, device)
+        precision = Precision.on(variant.precision, device)
         with _peak_memory(device) as peak:
-            generator = build_generator(cfg.model).to(device).eval()
-            net = generator if dtype is None else Autocast(generator, dtype)
+            generator = build_generator(net).to(device).eval()
+            model = Autocast(generator, precision) if precision.mixed else generator
             start = time.perf_counter()
-            Translator(net, cfg.model, device).translate_tensor(torch.zeros(cfg.model.input_nc, crop, crop))
+            Translator(model, net, device).translate_tensor(torch.zeros(net.input_nc, crop, crop))
             _sync(device)
             return Measurement(crop, 1, peak(), time.perf_counter() - start)
-    trainer = CycleGANTrainer(CycleGAN(cfg.model).to(device).train(), cfg)
+    trainer = build_model(cfg.model).to(device).train().trainer(cfg)
     _train_steps(trainer, cfg, 1, smallest_crop(cfg.model), device)  # Adam's state exists from now on
     with _peak_memory(device) as peak:
         seconds = _train_steps(trainer, cfg, job["batch"], crop, device, job["steps"])
@@ -336,7 +340,7 @@ def _measure(job: dict[str, Any]) -> Measurement:
 
 
 def _train_steps(
-    trainer: CycleGANTrainer,
+    trainer: Trainer,
     cfg: TrainConfig,
     batch: int,
     crop: int,
@@ -345,8 +349,8 @@ def _train_steps(
 ) -> float:
     """The fastest of ``steps`` training steps on random images, in seconds (the trainer runs them in the
     variant's precision, as a real run would)."""
-    a = torch.rand(batch, cfg.model.input_nc, crop, crop, device=device) * 2 - 1
-    b = torch.rand(batch, cfg.model.output_nc, crop, crop, device=device) * 2 - 1
+    a = torch.rand(batch, cfg.model.net.input_nc, crop, crop, device=device) * 2 - 1
+    b = torch.rand(batch, cfg.model.net.output_nc, crop, crop, device=device) * 2 - 1
     best = math.inf
     for _ in range(steps):
         _sync(device)
@@ -385,11 +389,11 @@ def _max_rss() -> int:
 
 def format_plan(cfg: TrainConfig, plans: Sequence[Plan], budget: int | None = None) -> str:
     """A table of the predicted peaks, and with ``budget`` the largest crop and batch that fit."""
-    m, crop, batch = cfg.model, cfg.crop_size, cfg.batch_size
+    m, crop, batch = cfg.model.net, cfg.crop_size, cfg.batch_size
     sizes = ", ".join(str(r.crop) for r in plans[0].measurements)
     lines = [
-        f"Memory plan: --netG {m.netG} --ngf {m.ngf} --netD {m.netD} --ndf {m.ndf}, {crop} px crops, batch"
-        f" {batch}, pool {cfg.pool_size}, on {resolve_device(cfg.device)}",
+        f"Memory plan: --model {cfg.model.name} --netG {m.netG} --ngf {m.ngf} --netD {m.netD} --ndf {m.ndf},"
+        f" {crop} px crops, batch {batch}, on {resolve_device(cfg.device)}",
         f"fitted from dry runs at {sizes} px: peak = fixed + per-pixel x pixels x batch (GiB)",
         "",
     ]

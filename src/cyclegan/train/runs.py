@@ -1,8 +1,6 @@
 """A run folder: its config, its lock, its checkpoints and its logs, and the rules for resuming it.
 
-Layout of ``CHECKPOINTS_DIR/NAME/``: ``config.json``, ``checkpoints/latest.safetensors`` (resumable; the
-one before it is kept as ``previous.safetensors``), ``checkpoints/epoch_NNN.safetensors`` and
-``best.safetensors`` (weights only), ``log.jsonl``, ``eval_log.jsonl``, ``samples/``, ``report.html``.
+The folder's layout is :mod:`cyclegan.layout`'s.
 """
 
 from __future__ import annotations
@@ -20,19 +18,12 @@ from typing import Any
 
 import torch
 
-from cyclegan.config import ModelConfig, TrainConfig
+from cyclegan.config import TrainConfig, changed_options, replace_options
 from cyclegan.errors import CycleGANError, first_line
-from cyclegan.files import atomic_write_text, remove_stale_temporaries
-from cyclegan.models import checkpoints
-from cyclegan.models.cycle_gan import CycleGAN, CycleGANTrainer
-from cyclegan.nets.networks import check_weights
-
-CONFIG = "config.json"
-CHECKPOINTS = "checkpoints"
-LOG = "log.jsonl"
-EVAL_LOG = "eval_log.jsonl"
-SAMPLES = "samples"
-LOCK = ".lock"
+from cyclegan.files import atomic_write_text, read_jsonl, remove_stale_temporaries
+from cyclegan.layout import CHECKPOINTS, CONFIG, LOCK
+from cyclegan.models import Model, Trainer, checkpoints
+from cyclegan.nets import check_weights
 
 
 @dataclass
@@ -61,16 +52,9 @@ def run_folder(cfg: TrainConfig) -> Path:
     return Path(cfg.checkpoints_dir) / cfg.name
 
 
-def is_resumable_option(name: str) -> bool:
-    """Options a resumed run may change: the config fields marked ``on_resume``."""
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    return name in fields and bool(fields[name].metadata.get("on_resume"))
-
-
-def resume_config(
-    run_dir: Path, overrides: dict[str, Any] | None = None, model_overrides: dict[str, Any] | None = None
-) -> TrainConfig:
-    """The saved config of a run with ``overrides`` (training and architecture options) applied, validated.
+def resume_config(run_dir: Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The saved config of a run with ``overrides`` (flat option names, as for ``TrainConfig.create``)
+    applied, validated.
 
     Options that would change the model or the data it sees are refused: resuming must continue the same
     run. Nothing is written here; ``train`` saves the merged config once the run has started.
@@ -79,8 +63,13 @@ def resume_config(
     if not (run_dir / CONFIG).is_file():
         raise CycleGANError(f"{run_dir} is not a run folder (no {CONFIG})")
     saved = TrainConfig.load(run_dir / CONFIG)
-    model = dataclasses.replace(saved.model, **(model_overrides or {}))
-    cfg = dataclasses.replace(saved, **(overrides or {}), model=model)
+    overrides = dict(overrides or {})
+    if overrides.get("model", saved.model.name) != saved.model.name:
+        raise CycleGANError(
+            f"--model cannot change when resuming (the run trains {saved.model.name}, asked"
+            f" {overrides['model']}); start a new run instead"
+        )
+    cfg = replace_options(saved, overrides)
     check_resume(saved, cfg)
     cfg.validate()
     return cfg
@@ -88,30 +77,17 @@ def resume_config(
 
 def check_resume(saved: TrainConfig, cfg: TrainConfig) -> None:
     """``cfg`` may differ from the run's saved config only in the options marked ``on_resume``."""
-    changed = [
-        f.name
-        for f in dataclasses.fields(TrainConfig)
-        if f.name != "model"
-        and getattr(saved, f.name) != getattr(cfg, f.name)
-        and not is_resumable_option(f.name)
-    ]
-    changed += [
-        f.name
-        for f in dataclasses.fields(ModelConfig)
-        if getattr(saved.model, f.name) != getattr(cfg.model, f.name)
-    ]
-    if changed:
-        name = changed[0]
-        old = getattr(saved, name) if hasattr(saved, name) else getattr(saved.model, name)
-        new = getattr(cfg, name) if hasattr(cfg, name) else getattr(cfg.model, name)
-        raise CycleGANError(
-            f"--{name} cannot change when resuming (the run has {old!r}, asked {new!r});"
-            " start a new run instead"
-        )
+    for name, old, new, allowed in changed_options(saved, cfg):
+        if not allowed:
+            raise CycleGANError(
+                f"--{name} cannot change when resuming (the run has {old!r}, asked {new!r});"
+                " start a new run instead"
+            )
 
 
-def create_run(cfg: TrainConfig) -> Path:
-    """Claim a new run folder; an existing non-empty folder is never reused. Nothing is written yet."""
+def create_run(cfg: TrainConfig) -> tuple[Path, int]:
+    """Claim a new run folder (an existing non-empty folder is never reused) and the run's seed, drawn when
+    ``cfg`` has none. Nothing is written yet."""
     run_dir = run_folder(cfg)
     if run_dir.is_symlink() or (run_dir.exists() and not run_dir.is_dir()):
         raise CycleGANError(f"{run_dir} exists and is not a folder; pick another --name")
@@ -119,9 +95,7 @@ def create_run(cfg: TrainConfig) -> Path:
         raise CycleGANError(
             f"run folder {run_dir} already exists: resume it with --resume {run_dir}, or pick another --name"
         )
-    if cfg.seed is None:
-        cfg.seed = secrets.randbelow(2**31 - 1)
-    return run_dir
+    return run_dir, secrets.randbelow(2**31 - 1) if cfg.seed is None else cfg.seed
 
 
 @contextmanager
@@ -145,6 +119,8 @@ def locked(run_dir: Path, *, created: bool) -> Iterator[None]:
             f"another process is training in {run_dir}; wait for it or stop it first"
         ) from None
     try:
+        if (run_dir / CHECKPOINTS).is_dir():
+            checkpoints.recover(run_dir / CHECKPOINTS)
         remove_stale_temporaries(run_dir / CHECKPOINTS)
         remove_stale_temporaries(run_dir)
         yield
@@ -162,8 +138,8 @@ def save_config(run_dir: Path, cfg: TrainConfig) -> None:
 
 def save_checkpoint(
     run_dir: Path,
-    model: CycleGAN,
-    trainer: CycleGANTrainer,
+    model: Model,
+    trainer: Trainer,
     progress: Progress,
     hook_states: dict[str, Any],
 ) -> Path:
@@ -177,19 +153,23 @@ def save_checkpoint(
     info = dataclasses.asdict(progress)
 
     def save(path: Path) -> None:
-        checkpoints.save_weights(path, model.networks(), model.config, info, state)
+        checkpoints.save_weights(path, model.networks(), model.options, info, state)
 
     return checkpoints.commit_resumable(run_dir / CHECKPOINTS, save)
 
 
 def load_checkpoint(
-    run_dir: Path, model: CycleGAN, trainer: CycleGANTrainer, device: torch.device
+    run_dir: Path, model: Model, trainer: Trainer, device: torch.device
 ) -> tuple[Progress, dict[str, Any], str]:
     """Restore the newest complete checkpoint; returns its progress, the hook states and what was done."""
     path, info, passed = checkpoints.newest_resumable(run_dir / CHECKPOINTS)
     progress = Progress.from_info(info, path)
-    states, model_config, state = checkpoints.read_resumable(path)
-    if model_config != model.config:
+    states, options, state = checkpoints.read_resumable(path)
+    if options.name != model.name:
+        raise CycleGANError(
+            f"{path} holds a {options.name} model, not the {model.name} of {run_dir / CONFIG}"
+        )
+    if options.net != model.net:
         raise CycleGANError(f"{path} holds another architecture than {run_dir / CONFIG}")
     for name, net in model.networks().items():
         if name not in states:
@@ -219,17 +199,7 @@ def load_checkpoint(
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """The JSON rows of a log; a line torn by a kill (or otherwise unreadable) is left out."""
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+    return read_jsonl(path)[0]
 
 
 def drop_rows_after(path: Path, step: int) -> None:

@@ -29,13 +29,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cyclegan.config import DIRECTIONS, ModelConfig, model_config_from_dict
+from cyclegan.config import DIRECTIONS, NetConfig
 from cyclegan.data.datasets import pad_to_multiple
 from cyclegan.data.images import to_image, to_tensor
 from cyclegan.errors import CycleGANError, first_line
 from cyclegan.files import atomic_write
 from cyclegan.models.checkpoints import load_generator, resolve_checkpoint
-from cyclegan.nets.networks import MIN_SIZE, size_multiple
+from cyclegan.nets import MIN_SIZE, size_multiple
 
 FORMAT = "cyclegan-onnx/1"
 OPSET = 17
@@ -104,7 +104,7 @@ def _trace(generator: nn.Module, multiple: int) -> bytes:
     return buffer.getvalue()
 
 
-def metadata(config: ModelConfig, direction: str, in_channels: int, out_channels: int) -> dict[str, str]:
+def metadata(config: NetConfig, direction: str, in_channels: int, out_channels: int) -> dict[str, str]:
     """The contract a caller needs, as ONNX string metadata."""
     multiple = size_multiple(config)
     min_size = max(multiple, MIN_SIZE)
@@ -145,7 +145,7 @@ class OnnxTranslator:
         if meta.get("format") != FORMAT:
             raise CycleGANError(f"{path} was not written by cyclegan export (no {FORMAT} metadata)")
         try:
-            self.config = model_config_from_dict(json.loads(meta["model_config"]))
+            self.config = NetConfig(**json.loads(meta["model_config"]))
             self.direction = meta["direction"]
             self.in_channels, self.multiple = int(meta["in_channels"]), int(meta["size_multiple"])
         except (KeyError, ValueError, TypeError, CycleGANError) as err:

@@ -38,7 +38,7 @@ from typing import Any, BinaryIO
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from cyclegan.config import DIRECTIONS
+from cyclegan.config import ServeOptions
 from cyclegan.data.images import (
     DECODE_ERRORS,
     ImageTooLarge,
@@ -50,7 +50,7 @@ from cyclegan.data.images import (
 )
 from cyclegan.devices import resolve_device
 from cyclegan.errors import CycleGANError
-from cyclegan.models.checkpoints import resolve_checkpoint
+from cyclegan.models.checkpoints import resolve_checkpoint, translations
 from cyclegan.translate.translator import Translator
 
 try:
@@ -72,29 +72,6 @@ else:
 # 17.6 one by one; the bare generator at 256 px runs 17% slower in batches of 8. So a CPU batches images up
 # to 64x64 only. The CUDA budget is a conservative guess, not a measurement.
 BATCH_PIXELS = {"cpu": 8 * 64 * 64, "cuda": 16 * 256 * 256}
-
-
-@dataclass(frozen=True)
-class ServeOptions:
-    """The server's limits and batching; the CLI's defaults come from here."""
-
-    max_pixels: int = 16_000_000  # larger images get 413 before they are decoded
-    max_upload_mb: float = 32.0  # larger request bodies get 413 before they are read
-    max_batch: int = 8  # images run together at most (1: no batching)
-    batch_window_ms: float = 5.0  # how long the worker waits for more images of a batchable size
-    max_queued: int = 64  # requests waiting beyond this get 503, so a burst cannot exhaust memory
-    max_memory: int = 2 * 2**30  # bytes of tensors one translation may use; larger images go in exact tiles
-
-    def validate(self) -> None:
-        for name in ("max_pixels", "max_upload_mb", "max_batch", "max_queued", "max_memory"):
-            if getattr(self, name) <= 0:
-                raise CycleGANError(f"--{name} must be positive, got {getattr(self, name)}")
-        if self.batch_window_ms < 0:
-            raise CycleGANError(f"--batch_window_ms must not be negative, got {self.batch_window_ms}")
-
-    @property
-    def max_upload_bytes(self) -> int:
-        return int(self.max_upload_mb * 2**20)
 
 
 class RequestError(CycleGANError):
@@ -209,12 +186,11 @@ def require_web() -> None:
 def load_translators(
     checkpoint: Path, device: torch.device | str = "cpu", max_memory: int | None = None
 ) -> dict[str, Translator]:
-    """Both directions of one of our checkpoints or run folders; A→B alone for a reference ``.pth``, which
-    holds one generator. An image whose translation would need more than ``max_memory`` bytes of tensors
-    is translated in exact tiles (the same pixels, in bounded memory)."""
+    """Every direction a checkpoint or run folder translates (a reference ``.pth`` holds one generator,
+    A→B). An image whose translation would need more than ``max_memory`` bytes of tensors is translated in
+    exact tiles (the same pixels, in bounded memory)."""
     path = resolve_checkpoint(Path(checkpoint))
-    directions = DIRECTIONS if path.suffix == ".safetensors" else DIRECTIONS[:1]
-    return {d: Translator.load(path, d, device, max_memory=max_memory) for d in directions}
+    return {d: Translator.load(path, d, device, max_memory=max_memory) for d in translations(path)}
 
 
 def run_model(translator: Translator, batch: torch.Tensor) -> torch.Tensor:

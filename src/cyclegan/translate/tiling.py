@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cyclegan.errors import CycleGANError
-from cyclegan.nets.networks import ResnetBlock, ResnetGenerator, UnetGenerator, UnetSkipConnectionBlock
+from cyclegan.nets.resnet import ResnetBlock, ResnetGenerator
+from cyclegan.nets.unet import UnetGenerator, UnetSkipConnectionBlock
 
 STORE_FACTOR = 4
 """Activations downscaled this much or more are small enough to keep whole; finer ones are recomputed."""

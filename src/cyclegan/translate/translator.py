@@ -9,20 +9,20 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cyclegan.config import ModelConfig
+from cyclegan.config import NetConfig
 from cyclegan.data.datasets import pad_to_multiple
 from cyclegan.data.images import to_image, to_tensor
 from cyclegan.devices import is_out_of_memory
 from cyclegan.errors import CycleGANError
 from cyclegan.models.checkpoints import load_generator
-from cyclegan.nets.networks import MIN_SIZE, size_multiple
+from cyclegan.nets import MIN_SIZE, size_multiple
+from cyclegan.precision import Autocast, Precision
 from cyclegan.translate.tiling import check_tile, choose_tile, translate_tiled
 
 if TYPE_CHECKING:
     from cyclegan.translate.export import OnnxTranslator
 
 BACKENDS = ("torch", "onnxruntime")
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Translator:
@@ -36,7 +36,7 @@ class Translator:
     def __init__(
         self,
         generator: nn.Module,
-        config: ModelConfig,
+        config: NetConfig,
         device: torch.device | str = "cpu",
         tile: int | None = None,
         max_memory: int | None = None,
@@ -101,29 +101,6 @@ class Translator:
         return to_image(self.translate_tensor(to_tensor(image)))
 
 
-class Autocast(nn.Module):
-    """Runs a generator under autocast at reduced precision and returns float32, so callers see no change."""
-
-    def __init__(self, generator: nn.Module, dtype: torch.dtype) -> None:
-        super().__init__()
-        self.generator, self.dtype = generator, dtype
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(x.device.type, dtype=self.dtype):
-            return self.generator(x).float()
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``--precision`` on ``device`` (None for fp32), or a one-line refusal."""
-    if precision not in PRECISIONS:
-        raise CycleGANError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "fp16" and device.type != "cuda":
-        raise CycleGANError("--precision fp16 needs a CUDA device; on the CPU use bf16 or fp32")
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise CycleGANError(f"--precision bf16: {device} does not support bfloat16; use fp16 or fp32")
-    return PRECISIONS[precision]
-
-
 def load_translator(
     checkpoint: Path,
     direction: str = "AtoB",
@@ -148,11 +125,13 @@ def load_translator(
         return load_onnx_translator(Path(checkpoint), direction, device)
     if backend != "torch":
         raise CycleGANError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    dtype = autocast_dtype(precision, device)
+    if precision == "auto":
+        raise CycleGANError("--precision must be fp32, bf16 or fp16 for translation")
+    arithmetic = Precision.on(precision, device)
     if Path(checkpoint).suffix == ".onnx":
         raise CycleGANError(f"{checkpoint} is an ONNX model; run it with --backend onnxruntime")
     generator, config = load_generator(Path(checkpoint), direction)
-    model = generator if dtype is None else Autocast(generator, dtype)
+    model = Autocast(generator, arithmetic) if arithmetic.mixed else generator
     return Translator(model, config, device, tile, max_memory)
 
 
