@@ -27,13 +27,13 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from cyclegan.config import GENERATORS, ModelConfig
+from cyclegan.config import GENERATORS, NetConfig
 from cyclegan.data.datasets import list_images
 from cyclegan.data.images import load_image, to_tensor
 from cyclegan.devices import resolve_device
 from cyclegan.errors import CycleGANError
 from cyclegan.files import atomic_write, atomic_write_text
-from cyclegan.nets.networks import build_generator
+from cyclegan.nets import build_generator
 from cyclegan.translate.bulk import decode_ahead, default_batch_size, default_workers, translate_files
 from cyclegan.translate.translator import Translator
 
@@ -85,7 +85,7 @@ def one_by_one(translator: Translator, folder: Path, out: Path) -> None:
 class StandIn(Translator):
     """A model that costs ``seconds`` per image and no CPU, like a generator running on a GPU."""
 
-    def __init__(self, generator: torch.nn.Module, config: ModelConfig, seconds: float) -> None:
+    def __init__(self, generator: torch.nn.Module, config: NetConfig, seconds: float) -> None:
         super().__init__(generator, config)
         self.seconds = seconds
 
@@ -140,7 +140,7 @@ class _Decoded(torch.utils.data.Dataset):
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(args.device)
     torch.manual_seed(0)
-    config = ModelConfig(ngf=args.ngf, netG=args.netG)
+    config = NetConfig(ngf=args.ngf, netG=args.netG)
     generator = build_generator(config).eval()
     translator = (
         Translator(generator, config, device)

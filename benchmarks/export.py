@@ -27,14 +27,14 @@ import onnxruntime
 import torch
 from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Resize
 
-from cyclegan.config import ModelConfig
+from cyclegan.config import CycleGANOptions, NetConfig
 from cyclegan.data.datasets import list_images
 from cyclegan.data.demo_scenes import random_scene, render
 from cyclegan.data.images import load_image, to_image, to_tensor, to_unit_tensor
 from cyclegan.evaluate.metrics import psnr
 from cyclegan.files import atomic_write_text
 from cyclegan.models.checkpoints import save_weights
-from cyclegan.nets.networks import build_generator
+from cyclegan.nets import build_generator
 from cyclegan.translate.export import export_onnx
 from cyclegan.translate.translator import load_translator
 
@@ -67,7 +67,7 @@ def bench_images(folder: Path, count: int, size: int) -> tuple[list[torch.Tensor
 def paper_checkpoint(folder: Path) -> Path:
     torch.manual_seed(0)
     path = folder / "paper.safetensors"
-    save_weights(path, {"G_A": build_generator(ModelConfig())}, ModelConfig(), {"step": 0})
+    save_weights(path, {"G_A": build_generator(NetConfig())}, CycleGANOptions(), {"step": 0})
     return path
 
 

@@ -46,7 +46,6 @@ from cyclegan.config import TrainConfig
 from cyclegan.data.demo_scenes import make_demo_dataset
 from cyclegan.demo import DemoSettings
 from cyclegan.files import atomic_write_text
-from cyclegan.models.cycle_gan import LOSS_NAMES
 from cyclegan.train import health, runs
 from cyclegan.train.hooks import Hook, RunState, sample_images
 from cyclegan.train.loop import train
@@ -128,7 +127,7 @@ class Recorder(Hook):
 
     def __init__(self, path: Path, every: int) -> None:
         self.path, self.every = path, every
-        self.sums, self.count = dict.fromkeys(LOSS_NAMES, 0.0), 0
+        self.sums, self.count = dict.fromkeys(CycleGAN.loss_names, 0.0), 0
         self.peak = 0.0  # the largest adversarial loss of a single step in the window
 
     def start(self, run: RunState) -> None:
@@ -146,7 +145,7 @@ class Recorder(Hook):
         means = {k: v / self.count for k, v in self.sums.items()}
         row = {"step": run.progress.step, **derived(means, health.probe(run.model, *self.probe))}
         runs.append_row(self.path, row | {"peak_adversarial_loss": round(self.peak, 5), "losses": means})
-        self.sums, self.count, self.peak = dict.fromkeys(LOSS_NAMES, 0.0), 0, 0.0
+        self.sums, self.count, self.peak = dict.fromkeys(CycleGAN.loss_names, 0.0), 0, 0.0
 
     def state_dict(self) -> dict[str, Any]:
         return {"sums": dict(self.sums), "count": self.count, "peak": self.peak}

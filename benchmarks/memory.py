@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from cyclegan.config import ModelConfig, TrainConfig
+from cyclegan.config import TrainConfig
 from cyclegan.devices import parse_memory, resolve_device
 from cyclegan.files import atomic_write_text
 from cyclegan.train.planner import DryRuns, GiB, Variant, plan
@@ -52,9 +52,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(args.device)
-    cfg = TrainConfig(
-        device=str(device), pool_size=0, model=ModelConfig(ngf=args.ngf, ndf=args.ndf, netG=args.netG)
-    )
+    cfg = TrainConfig.create(device=str(device), pool_size=0, ngf=args.ngf, ndf=args.ndf, netG=args.netG)
     variants = [Variant(c == "on", p) for p in args.precisions for c in args.checkpointing]
     limit = parse_memory(args.limit) if args.limit else int(0.9 * device_memory(device))
     rows = []

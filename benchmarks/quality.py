@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from cyclegan.config import GENERATORS, ModelConfig, TrainConfig
+from cyclegan.config import GENERATORS, NetConfig, TrainConfig
 from cyclegan.data.datasets import list_images
 from cyclegan.data.images import load_image
 from cyclegan.devices import resolve_device
@@ -101,7 +101,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         sample_freq=max(1, args.steps // 10),
         save_latest_freq=max(1, args.steps // 4),
         save_epoch_freq=10**6,
-        model=ModelConfig(ngf=args.ngf, ndf=args.ndf, netG=args.netG),
+        model=NetConfig(ngf=args.ngf, ndf=args.ndf, netG=args.netG),
     )
 
 

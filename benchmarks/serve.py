@@ -31,10 +31,10 @@ import torch
 from PIL import Image
 
 import cyclegan
-from cyclegan.config import ModelConfig
+from cyclegan.config import CycleGANOptions, NetConfig
 from cyclegan.files import atomic_write_text
 from cyclegan.models.checkpoints import save_weights
-from cyclegan.nets.networks import build_generator
+from cyclegan.nets import build_generator
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -49,10 +49,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def write_checkpoint(path: Path, ngf: int) -> None:
-    config = ModelConfig(ngf=ngf)
+    config = NetConfig(ngf=ngf)
     torch.manual_seed(0)
     generators = {name: build_generator(config, 3, 3) for name in ("G_A", "G_B")}
-    save_weights(path, generators, config, {})
+    save_weights(path, generators, CycleGANOptions(net=config), {})
 
 
 def start_server(checkpoint: Path, max_batch: int, log: Path) -> tuple[subprocess.Popen, str]:

@@ -23,13 +23,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from cyclegan.config import ModelConfig, TrainConfig
+from cyclegan.config import NetConfig, TrainConfig
 from cyclegan.demo import DemoSettings
 from cyclegan.devices import resolve_device
 from cyclegan.errors import CycleGANError, first_line
@@ -69,11 +69,11 @@ def setups(device: torch.device, batches: Sequence[int], with_compile: bool) -> 
     return out
 
 
-def model_config(name: str) -> ModelConfig:
+def model_config(name: str) -> NetConfig:
     """``paper``: the paper's networks (ResNet-9 generator, 70x70 PatchGAN, 64 filters); ``demo``: the
     demo's small networks, the ones ``benchmarks/fastpath_quality.py`` trains."""
     if name == "paper":
-        return ModelConfig()
+        return NetConfig()
     return DemoSettings().train_config(Path(".")).model
 
 
@@ -108,12 +108,12 @@ def _peak_rss_mb() -> float:
 def build(
     setup: Setup, args: argparse.Namespace, device: torch.device
 ) -> tuple[CycleGANTrainer, torch.Tensor, torch.Tensor]:
-    cfg = TrainConfig(
+    cfg = TrainConfig.create(
+        **asdict(model_config),
         precision=setup.precision,
         channels_last=setup.channels_last,
         compile=setup.compile,
-        batch_size=setup.batch_size,
-        model=model_config(args.model),
+        batch_size=setup.batch_size(args.model),
     )
     torch.manual_seed(0)
     trainer = CycleGANTrainer(CycleGAN(cfg.model).to(device), cfg)

@@ -49,12 +49,12 @@ def measure(args: argparse.Namespace, mode: str, size: int) -> dict[str, Any]:
     """Translate once in this process; call only in a fresh child, so ru_maxrss is this run's peak."""
     import torch
 
-    from cyclegan.config import ModelConfig
-    from cyclegan.nets.networks import build_generator
+    from cyclegan.config import NetConfig
+    from cyclegan.nets import build_generator
     from cyclegan.translate.tiling import estimate_memory, translate_tiled
 
     torch.manual_seed(0)
-    generator = build_generator(ModelConfig(ngf=args.ngf, netG=args.netG)).eval()
+    generator = build_generator(NetConfig(ngf=args.ngf, netG=args.netG)).eval()
     x = torch.empty(1, 3, size, size).uniform_(-1, 1)  # one allocation: no freed temporaries in the peak
     tile = args.tile if mode == "tiled" else None
     estimate = estimate_memory(generator, size, size, tile) - x.numel() * x.element_size()

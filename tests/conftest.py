@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cyclegan.config import ModelConfig, TrainConfig
+from cyclegan.config import TrainConfig
+from cyclegan.models import checkpoints
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 
@@ -44,10 +45,22 @@ def dataroot(tmp_path: Path) -> Path:
     return root
 
 
-def tiny_config(dataroot: Path, out: Path, **overrides) -> TrainConfig:
-    """A CycleGAN small enough to train a few steps in well under a second per step on a CPU."""
-    model = ModelConfig(ngf=4, ndf=4, netG="resnet_6blocks")
+def floats(losses: dict[str, torch.Tensor]) -> dict[str, float]:
+    """A training step's losses as numbers (the step leaves them on the device, as tensors)."""
+    return {name: value.item() for name, value in losses.items()}
+
+
+def training_state(path: Path) -> dict:
+    """The training state a resumable checkpoint holds."""
+    return checkpoints.read_resumable(path)[2]
+
+
+def tiny_config(dataroot: Path, out: Path, model: str = "cycle_gan", **overrides) -> TrainConfig:
+    """A model small enough to train a few steps in well under a second per step on a CPU."""
     options = dict(
+        ngf=4,
+        ndf=4,
+        netG="resnet_6blocks",
         dataroot=str(dataroot),
         checkpoints_dir=str(out),
         name="run",
@@ -55,7 +68,6 @@ def tiny_config(dataroot: Path, out: Path, **overrides) -> TrainConfig:
         crop_size=32,
         n_epochs=1,
         n_epochs_decay=3,
-        pool_size=3,
         num_workers=0,
         seed=7,
         print_freq=2,
@@ -63,8 +75,10 @@ def tiny_config(dataroot: Path, out: Path, **overrides) -> TrainConfig:
         save_latest_freq=1000,
         save_epoch_freq=1,
     )
+    if model == "cycle_gan":
+        options["pool_size"] = 3
     options.update(overrides)
-    return TrainConfig(**options, model=model)
+    return TrainConfig.create(model, **options)
 
 
 class StandInInception(torch.nn.Module):

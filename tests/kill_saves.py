@@ -17,9 +17,11 @@ import time
 from pathlib import Path
 
 import torch
+from conftest import training_state
 
 from cyclegan import files
-from cyclegan.config import ModelConfig, TrainConfig
+from cyclegan.config import TrainConfig
+from cyclegan.layout import LATEST, PREVIOUS
 from cyclegan.models import checkpoints
 from cyclegan.models.cycle_gan import CycleGAN, CycleGANTrainer
 from cyclegan.train import runs
@@ -54,7 +56,7 @@ def writer(
 
 def main() -> None:
     out, kills = Path(sys.argv[1]), int(sys.argv[2])
-    cfg = TrainConfig(model=ModelConfig(ngf=2, ndf=2, netG="resnet_6blocks"), pool_size=2)
+    cfg = TrainConfig.create(ngf=2, ndf=2, netG="resnet_6blocks", pool_size=2)
     model = CycleGAN(cfg.model)
     trainer = CycleGANTrainer(model, cfg)
     rng = random.Random(0)
@@ -89,14 +91,20 @@ def main() -> None:
         row: dict[str, object] = {"kill_at": kill_at, "reported": reported, "leftovers": leftovers}
         try:
             path, info, _ = checkpoints.newest_resumable(folder)
-            state = checkpoints.read_state(path)
+            state = training_state(path)
             fresh = CycleGAN(cfg.model)
             fresh_trainer = CycleGANTrainer(fresh, cfg)
             runs.load_checkpoint(run_dir, fresh, fresh_trainer, torch.device("cpu"))
             row |= {"step": info["step"], "hook_step": state["hooks"]["probe"]["step"], "file": path.name}
         except Exception as err:  # reported to the test, which fails on it
             row["error"] = f"{type(err).__name__}: {err}"
+        checkpoints.recover(folder)
         files.remove_stale_temporaries(folder)
+        row["recovered"] = {
+            name.split(".")[0]: checkpoints.read_weights(folder / name, ())[2]["step"]
+            for name in (LATEST, PREVIOUS)
+            if (folder / name).exists()
+        }
         row["after_cleanup"] = sorted(p.name for p in folder.iterdir() if p.name.endswith(files.TEMP_SUFFIX))
         print(json.dumps(row), flush=True)
 

@@ -14,7 +14,7 @@ from conftest import write_images
 from PIL import Image
 
 from cyclegan.cli import main
-from cyclegan.config import ModelConfig
+from cyclegan.config import CycleGANOptions, NetConfig
 from cyclegan.errors import CycleGANError
 from cyclegan.models import checkpoints
 from cyclegan.models.cycle_gan import CycleGAN
@@ -25,8 +25,8 @@ from cyclegan.translate.translator import Translator
 
 def save_model(path: Path, **config: int) -> Path:
     torch.manual_seed(0)
-    model = CycleGAN(ModelConfig(ngf=4, ndf=4, netG="resnet_6blocks", **config))
-    checkpoints.save_weights(path, model.networks(), model.config, {"step": 0})
+    model = CycleGAN(CycleGANOptions(net=NetConfig(ngf=4, ndf=4, netG="resnet_6blocks", **config)))
+    checkpoints.save_weights(path, model.networks(), model.options, {"step": 0})
     return path
 
 

@@ -55,7 +55,9 @@ def test_train_help_lists_the_reference_options(capsys: pytest.CaptureFixture[st
 
 
 def test_bad_flags_and_missing_folders_give_one_line_errors(tmp_path: Path) -> None:
-    assert "invalid choice" in one_line_error(run_cli("train", "--dataroot", "x", "--netG", "resnet_7blocks"))
+    assert "--netG must be one of" in one_line_error(
+        run_cli("train", "--dataroot", "x", "--netG", "resnet_7blocks")
+    )
     assert "unrecognized arguments" in one_line_error(run_cli("train", "--dataroot", "x", "--bogus"))
     line = one_line_error(
         run_cli("train", "--dataroot", str(tmp_path / "missing"), "--checkpoints_dir", str(tmp_path))

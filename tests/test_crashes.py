@@ -3,7 +3,6 @@ resumable checkpoint, and every problem is one line naming the file."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import resource
@@ -18,9 +17,11 @@ import torch
 from conftest import tiny_config, write_images
 
 from cyclegan.cli import main
-from cyclegan.config import TrainConfig
+from cyclegan.config import TrainConfig, replace_options
 from cyclegan.errors import CycleGANError
+from cyclegan.layout import LATEST, PREVIOUS
 from cyclegan.models import checkpoints
+from cyclegan.models.cycle_gan import CycleGAN, CycleGANTrainer
 from cyclegan.train import runs
 from cyclegan.train.interrupts import Interrupts
 from cyclegan.train.loop import train
@@ -49,7 +50,10 @@ def test_kills_at_every_point_of_a_commit_leave_a_complete_checkpoint(tmp_path: 
         assert row["hook_step"] == row["step"]  # weights and state come from the same commit
         assert row["after_cleanup"] == []
     exact = {row["kill_at"]: row for row in rows if row["kill_at"] is not None}
-    assert exact[6]["file"] == "previous.safetensors"  # killed between the two renames: the older one is used
+    # killed between the two renames: the staged file is complete and the newest, and the next start makes it
+    # the latest (the older one stays as previous)
+    assert exact[6]["file"] == ".latest.safetensors.staged" and exact[6]["step"] == 2
+    assert exact[6]["recovered"] == {"latest": 2, "previous": 1}
     assert any(row["leftovers"] for row in rows)  # kills did land inside writes, and were cleaned up
 
 
@@ -116,7 +120,9 @@ def test_ctrl_c_with_loader_workers_stops_once_saves_and_says_how_to_resume(
     assert err.count("Stopping after this step") == 1
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert f"Resume with: cyclegan train --resume {tmp_path / 'run'}" in out
-    assert checkpoints.read_info(tmp_path / "run" / "checkpoints" / "latest.safetensors")["step"] >= 2
+    assert (
+        checkpoints.read_weights(tmp_path / "run" / "checkpoints" / "latest.safetensors", ())[2]["step"] >= 2
+    )
 
 
 def test_the_stop_callback_is_asked_once_per_step(dataroot: Path, tmp_path: Path) -> None:
@@ -165,7 +171,7 @@ def test_damaged_checkpoints_fall_back_to_the_previous_one_or_fail_in_one_line(
     cfg = tiny_config(dataroot, tmp_path, max_steps=4, save_latest_freq=2)
     run_dir = train(cfg, show_progress=False, report=False).run_dir
     folder = run_dir / "checkpoints"
-    assert checkpoints.read_info(folder / "previous.safetensors")["step"] == 2
+    assert checkpoints.read_weights(folder / "previous.safetensors", ())[2]["step"] == 2
     latest = folder / "latest.safetensors"
     latest.write_bytes(latest.read_bytes()[:1000])  # torn by a disk failure
     capsys.readouterr()
@@ -183,7 +189,7 @@ def test_damaged_checkpoints_fall_back_to_the_previous_one_or_fail_in_one_line(
 def test_a_checkpoint_of_another_run_is_refused(dataroot: Path, tmp_path: Path) -> None:
     a = train(tiny_config(dataroot, tmp_path, name="a", max_steps=2), show_progress=False, report=False)
     b_cfg = tiny_config(dataroot, tmp_path, name="b", max_steps=2)
-    b_cfg.model.ngf = 8
+    b_cfg.model.net.ngf = 8
     b = train(b_cfg, show_progress=False, report=False)
     (b.run_dir / "checkpoints" / "latest.safetensors").write_bytes(
         (a.run_dir / "checkpoints" / "latest.safetensors").read_bytes()
@@ -200,10 +206,10 @@ def test_resume_refuses_changes_to_the_model_and_saves_nothing_unvalidated(
     with pytest.raises(CycleGANError, match="--lr cannot change when resuming"):
         runs.resume_config(run_dir, {"lr": 0.1})
     with pytest.raises(CycleGANError, match="--ngf cannot change"):
-        runs.resume_config(run_dir, model_overrides={"ngf": 8})
+        runs.resume_config(run_dir, {"ngf": 8})
     with pytest.raises(CycleGANError, match="--print_freq must be at least 1"):
         runs.resume_config(run_dir, {"print_freq": 0})
-    cfg = dataclasses.replace(TrainConfig.load(run_dir / "config.json"), lambda_A=3.0)
+    cfg = replace_options(TrainConfig.load(run_dir / "config.json"), {"lambda_A": 3.0})
     with pytest.raises(CycleGANError, match="--lambda_A cannot change"):
         train(cfg, run_dir, show_progress=False)  # the API applies the policy, not only the CLI
     assert (run_dir / "config.json").read_text() == before
@@ -254,3 +260,38 @@ def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_previous_checkpoint
 def test_cli_resume_of_a_folder_that_is_not_a_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--resume", str(tmp_path)]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+def test_a_damaged_latest_never_replaces_a_good_previous_and_a_staged_commit_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = TrainConfig.create(ngf=2, ndf=2, netG="resnet_6blocks", pool_size=2)
+    model = CycleGAN(cfg.model)
+    trainer = CycleGANTrainer(model, cfg)
+    folder = tmp_path / runs.CHECKPOINTS
+    folder.mkdir()
+
+    def commit(step: int) -> None:
+        runs.save_checkpoint(tmp_path, model, trainer, runs.Progress(step=step), {})
+
+    def steps() -> dict[str, int]:
+        return {p.name: checkpoints.read_weights(p, ())[2]["step"] for p in sorted(folder.iterdir())}
+
+    commit(1)
+    commit(2)
+    (folder / LATEST).write_bytes((folder / LATEST).read_bytes()[:1000])  # torn by a disk failure
+    assert checkpoints.newest_resumable(folder)[0].name == PREVIOUS  # resume falls back to step 1 ...
+    commit(3)  # ... and the next commit keeps that good file instead of renaming the torn one over it
+    assert steps() == {LATEST: 3, PREVIOUS: 1}
+
+    def killed(folder: Path) -> None:
+        raise SystemExit  # a kill after the new checkpoint was written whole, before its renames
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoints, "_promote", killed)
+        with pytest.raises(SystemExit):
+            commit(4)
+    assert checkpoints.newest_resumable(folder)[1]["step"] == 4  # the staged file counts as the newest
+    with runs.locked(tmp_path, created=False):  # the next start completes the commit, deletes nothing
+        pass
+    assert steps() == {LATEST: 4, PREVIOUS: 3}

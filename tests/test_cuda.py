@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import socket
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import tiny_config
+from conftest import floats, tiny_config, training_state
 from torch import nn
 
-from cyclegan.config import ModelConfig, TrainConfig
+from cyclegan.config import CycleGANOptions, NetConfig, TrainConfig
 from cyclegan.distributed import World
-from cyclegan.models import checkpoints
 from cyclegan.models.cycle_gan import CycleGAN, CycleGANTrainer
 from cyclegan.train import runs
 from cyclegan.train.hooks import Hook, RunState
@@ -23,13 +23,13 @@ pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
-MODEL = ModelConfig(ngf=8, ndf=8, netG="resnet_6blocks")
+MODEL = NetConfig(ngf=8, ndf=8, netG="resnet_6blocks")
 
 
 def _trainer(**options: object) -> CycleGANTrainer:
     torch.manual_seed(0)
-    model = CycleGAN(MODEL).to("cuda")
-    return CycleGANTrainer(model, TrainConfig(pool_size=2, model=MODEL, **options), seed=1)
+    model = CycleGAN(CycleGANOptions(net=MODEL)).to("cuda")
+    return CycleGANTrainer(model, TrainConfig.create(**asdict(MODEL), pool_size=2, **options), seed=1)
 
 
 def _batch(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,10 +47,10 @@ def test_bf16_step_on_cuda() -> None:
         elif isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
             module.register_forward_hook(lambda m, args, out: seen["conv"].add(out.dtype))
     for step in range(3):
-        losses = trainer.step(*_batch(step))
+        losses = floats(trainer.step(*_batch(step)))
     assert seen == {"conv": {torch.bfloat16}, "norm": {torch.float32}}
     assert all(v == v and abs(v) < 1e3 for v in losses.values())
-    assert trainer.opt_G.defaults["fused"] is True
+    assert trainer.optimizers["G"].defaults["fused"] is True
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
 
 
@@ -60,12 +60,12 @@ def test_fp16_loss_scale_resumes_from_the_checkpoint(tmp_path: Path) -> None:
         trainer.step(*_batch(step))
     assert trainer.scaler.is_enabled()
     runs.save_checkpoint(tmp_path, trainer.model, trainer, runs.Progress(step=3), {})
-    saved = checkpoints.read_state(tmp_path / "checkpoints" / "latest.safetensors")["trainer"]["grad_scaler"]
+    saved = training_state(tmp_path / "checkpoints" / "latest.safetensors")["trainer"]["grad_scaler"]
     assert saved["scale"] == trainer.scaler.get_scale()
     resumed = _trainer(precision="fp16")
     runs.load_checkpoint(tmp_path, resumed.model, resumed, torch.device("cuda"))
     assert resumed.scaler.state_dict() == trainer.scaler.state_dict()
-    want, got = trainer.step(*_batch(7)), resumed.step(*_batch(7))
+    want, got = floats(trainer.step(*_batch(7))), floats(resumed.step(*_batch(7)))
     assert got == pytest.approx(want, rel=1e-5)
 
 

@@ -151,7 +151,7 @@ def test_missing_empty_and_too_small_inputs_are_clear_errors(dataroot: Path, tmp
 
 def test_single_channel_domains_train(dataroot: Path, tmp_path: Path) -> None:
     cfg = tiny_config(dataroot, tmp_path, max_steps=2, lambda_identity=0.0)
-    cfg.model.input_nc = cfg.model.output_nc = 1
+    cfg.model.net.input_nc = cfg.model.net.output_nc = 1
     assert train(cfg, show_progress=False).progress.step == 2
 
 

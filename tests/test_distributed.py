@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from conftest import tiny_config
 from torch import nn
 
 from cyclegan.cli import main
-from cyclegan.config import ModelConfig, TrainConfig
+from cyclegan.config import CycleGANOptions, NetConfig, TrainConfig
 from cyclegan.data.datasets import EpochSampler, RankBatches
 from cyclegan.distributed import World
 from cyclegan.errors import CycleGANError
@@ -60,16 +61,16 @@ def _batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
 def _trajectory(pool_size: int, world: World | None, part: slice) -> dict[str, Any]:
     """Losses of every step, the gradients of the first, and the final weights. The processes recompute
     activations (checkpointing); one process alone keeps them: the arithmetic is the same."""
-    model_cfg = ModelConfig(ngf=4, ndf=4, netG="resnet_6blocks")
+    model_cfg = NetConfig(ngf=4, ndf=4, netG="resnet_6blocks")
     torch.manual_seed(0)
-    model = CycleGAN(model_cfg)
-    cfg = TrainConfig(
-        pool_size=pool_size, batch_size=2, checkpoint_activations=world is not None, model=model_cfg
+    model = CycleGAN(CycleGANOptions(net=model_cfg))
+    cfg = TrainConfig.create(
+        **asdict(model_cfg), pool_size=pool_size, batch_size=2, checkpoint_activations=world is not None
     )
     trainer = CycleGANTrainer(model, cfg, 5, world)
     losses, grads = [], {}
     for step, (a, b) in enumerate(_batches()):
-        losses.append(trainer.step(a[part], b[part]))
+        losses.append({k: v.item() for k, v in trainer.step(a[part], b[part]).items()})
         if step == 0:
             grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return {
@@ -152,8 +153,8 @@ def _translations(run_dir: Path) -> list[torch.Tensor]:
     """Both generators' outputs on a fixed input: weights whose gradient is rounding noise (biases before
     instance norm) drift apart by up to lr per step, but cancel out of the outputs."""
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(9)) * 2 - 1
-    states, model_cfg, _ = checkpoints.read_weights(run_dir / "checkpoints" / "latest.safetensors")
-    model = CycleGAN(model_cfg)
+    states, options, _ = checkpoints.read_weights(run_dir / "checkpoints" / "latest.safetensors")
+    model = CycleGAN(options)
     for name, net in model.networks().items():
         net.load_state_dict(states[name])
     with torch.no_grad():

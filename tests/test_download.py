@@ -34,7 +34,8 @@ from cyclegan.data.download import (
 )
 from cyclegan.errors import CycleGANError
 from cyclegan.models.checkpoints import load_generator
-from cyclegan.nets.networks import NLayerDiscriminator, ResnetGenerator
+from cyclegan.nets.patchgan import NLayerDiscriminator
+from cyclegan.nets.resnet import ResnetGenerator
 from cyclegan.train.loop import train
 from cyclegan.translate.bulk import translate_files
 

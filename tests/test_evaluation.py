@@ -18,7 +18,7 @@ from conftest import StandInInception, write_images
 from PIL import Image
 
 from cyclegan import cli
-from cyclegan.config import ModelConfig
+from cyclegan.config import CycleGANOptions, NetConfig
 from cyclegan.data.datasets import list_images
 from cyclegan.data.demo_scenes import make_demo_dataset
 from cyclegan.errors import CycleGANError
@@ -45,13 +45,13 @@ def one_thread() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def model() -> CycleGAN:
     torch.manual_seed(0)
-    return CycleGAN(ModelConfig(ngf=4, ndf=4, netG="resnet_6blocks"))
+    return CycleGAN(CycleGANOptions(net=NetConfig(ngf=4, ndf=4, netG="resnet_6blocks")))
 
 
 @pytest.fixture(scope="module")
 def checkpoint(model: CycleGAN, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    save_weights(path, model.networks(), model.config, {"epoch": 0, "batch": 0, "step": 0})
+    save_weights(path, model.networks(), model.options, {"epoch": 0, "batch": 0, "step": 0})
     return path
 
 
@@ -180,11 +180,11 @@ def test_single_generator_checkpoint_evaluates_a_to_b_only(
         tmp_path / "horse2zebra.pth", unpaired, out_dir=tmp_path / "out", inception=StandInInception(), **FAST
     )
     assert [(r.method, r.direction) for r in result.rows] == [
-        ("CycleGAN", "A→B"),
+        ("reference generator", "A→B"),
         ("untranslated input", "A→B"),
     ]
-    assert row(result, "CycleGAN", "A→B")["cycle L1"] is None
-    assert math.isfinite(row(result, "CycleGAN", "A→B")["identity L1"])
+    assert row(result, "reference generator", "A→B")["cycle L1"] is None
+    assert math.isfinite(row(result, "reference generator", "A→B")["identity L1"])
     assert any("single-generator" in note for note in result.notes)
     assert not (tmp_path / "out" / "BtoA").exists()
 
@@ -335,9 +335,9 @@ def test_an_unreadable_result_file_is_a_user_error(tmp_path: Path) -> None:
 
 def test_several_snapshots_are_ranked_by_mean_kid(checkpoint: Path, unpaired: Path, tmp_path: Path) -> None:
     torch.manual_seed(5)
-    other = CycleGAN(ModelConfig(ngf=4, ndf=4, netG="resnet_6blocks"))
+    other = CycleGAN(CycleGANOptions(net=NetConfig(ngf=4, ndf=4, netG="resnet_6blocks")))
     second = tmp_path / "other.safetensors"
-    save_weights(second, other.networks(), other.config, {})
+    save_weights(second, other.networks(), other.options, {})
     results = {
         name: evaluate(path, unpaired, out_dir=tmp_path / name, inception=StandInInception(), **FAST)
         for name, path in (("tiny", checkpoint), ("other", second))
@@ -349,7 +349,7 @@ def test_several_snapshots_are_ranked_by_mean_kid(checkpoint: Path, unpaired: Pa
         kids = [r.scores["KID A→B"], r.scores["KID B→A"]]
         assert r.scores["mean KID"] == pytest.approx(sum(kids) / 2)
         assert r.scores["KID A→B"] == results[r.method].row("CycleGAN", "A→B").scores["KID"]
-    assert cli._unique_names([Path("a/epoch_005.safetensors"), Path("b/epoch_005.safetensors")]) == [
+    assert evaluation._unique_names([Path("a/epoch_005.safetensors"), Path("b/epoch_005.safetensors")]) == [
         "1_epoch_005",
         "2_epoch_005",
     ]

@@ -12,10 +12,10 @@ from conftest import write_images
 from PIL import Image
 
 from cyclegan.cli import main
-from cyclegan.config import ModelConfig
+from cyclegan.config import CycleGANOptions, NetConfig
 from cyclegan.errors import CycleGANError
 from cyclegan.models import checkpoints
-from cyclegan.nets.networks import build_generator
+from cyclegan.nets import build_generator
 from cyclegan.translate.export import OnnxTranslator, export_onnx
 from cyclegan.translate.translator import Translator, load_translator
 
@@ -23,20 +23,20 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 
-def save_checkpoint(path: Path, config: ModelConfig) -> Path:
+def save_checkpoint(path: Path, config: NetConfig) -> Path:
     """Our checkpoint format with the two generators (G_B maps B's channels to A's)."""
     torch.manual_seed(0)
     generators = {
         "G_A": build_generator(config),
         "G_B": build_generator(config, config.output_nc, config.input_nc),
     }
-    checkpoints.save_weights(path, generators, config, {"step": 0})
+    checkpoints.save_weights(path, generators, CycleGANOptions(net=config), {"step": 0})
     return path
 
 
 @pytest.fixture
 def resnet(tmp_path: Path) -> Path:
-    return save_checkpoint(tmp_path / "resnet.safetensors", ModelConfig(ngf=4, netG="resnet_6blocks"))
+    return save_checkpoint(tmp_path / "resnet.safetensors", NetConfig(ngf=4, netG="resnet_6blocks"))
 
 
 @pytest.mark.parametrize(
@@ -49,7 +49,7 @@ def resnet(tmp_path: Path) -> Path:
 def test_onnxruntime_matches_pytorch_at_every_size_and_batch(
     tmp_path: Path, netG: str, norm: str, shapes: list[tuple[int, int, int]]
 ) -> None:
-    config = ModelConfig(ngf=4, netG=netG, norm=norm)
+    config = NetConfig(ngf=4, netG=netG, norm=norm)
     path = export_onnx(save_checkpoint(tmp_path / "m.safetensors", config), tmp_path / "m.onnx")
     generator, _ = checkpoints.load_generator(tmp_path / "m.safetensors")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -71,7 +71,7 @@ def test_onnxruntime_matches_pytorch_at_every_size_and_batch(
 
 
 def test_metadata_documents_architecture_direction_and_contract(tmp_path: Path) -> None:
-    config = ModelConfig(input_nc=1, output_nc=3, ngf=4, netG="resnet_6blocks")
+    config = NetConfig(input_nc=1, output_nc=3, ngf=4, netG="resnet_6blocks")
     checkpoint = save_checkpoint(tmp_path / "m.safetensors", config)
     model = onnx.load(str(export_onnx(checkpoint, tmp_path / "b2a.onnx", direction="BtoA")))
     meta = {p.key: p.value for p in model.metadata_props}

@@ -17,21 +17,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config, write_images
+from conftest import tiny_config, training_state, write_images
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from cyclegan.cli import main
-from cyclegan.config import ModelConfig
+from cyclegan.config import CycleGANOptions, NetConfig
 from cyclegan.errors import CycleGANError
 from cyclegan.models import checkpoints
 from cyclegan.models.cycle_gan import CycleGAN
-from cyclegan.nets.networks import build_generator
+from cyclegan.nets import build_generator
 from cyclegan.train.loop import train
 from cyclegan.translate.bulk import translate_files
 from cyclegan.translate.translator import Translator
 
-TINY = ModelConfig(ngf=4, ndf=4, netG="resnet_6blocks")
+TINY = NetConfig(ngf=4, ndf=4, netG="resnet_6blocks")
 
 
 def one_line(capsys: pytest.CaptureFixture[str]) -> str:
@@ -45,8 +45,8 @@ def one_line(capsys: pytest.CaptureFixture[str]) -> str:
 @pytest.fixture
 def checkpoint(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.safetensors"
-    model = CycleGAN(TINY)
-    checkpoints.save_weights(path, model.networks(), TINY, {"step": 1})
+    model = CycleGAN(CycleGANOptions(net=TINY))
+    checkpoints.save_weights(path, model.networks(), CycleGANOptions(net=TINY), {"step": 1})
     return path
 
 
@@ -183,15 +183,17 @@ def test_training_skips_huge_images_and_data_check_names_them(
 
 
 def test_images_whose_channels_differ_from_the_model(tmp_path: Path) -> None:
-    grey = ModelConfig(ngf=4, input_nc=1, output_nc=1)
+    grey = NetConfig(ngf=4, input_nc=1, output_nc=1)
     path = tmp_path / "grey.safetensors"
-    checkpoints.save_weights(path, CycleGAN(grey).networks(), grey, {})
+    checkpoints.save_weights(
+        path, CycleGAN(CycleGANOptions(net=grey)).networks(), CycleGANOptions(net=grey), {}
+    )
     write_images(tmp_path / "rgb", 1, size=(12, 8))
     (out,) = translate_files([tmp_path / "rgb"], path, tmp_path / "out", show_progress=False).written
     assert Image.open(out).mode == "L" and Image.open(out).size == (12, 8)  # RGB is converted to grey
-    four = build_generator(ModelConfig(ngf=4, input_nc=4, output_nc=3))
+    four = build_generator(NetConfig(ngf=4, input_nc=4, output_nc=3))
     with pytest.raises(CycleGANError, match="only 1 and 3 are supported"):
-        Translator(four, ModelConfig(ngf=4, input_nc=4))
+        Translator(four, NetConfig(ngf=4, input_nc=4))
 
 
 def test_output_paths_of_the_wrong_kind(tmp_path: Path, checkpoint: Path) -> None:
@@ -256,7 +258,7 @@ def test_architectures_that_would_crash_later_are_refused_up_front(
 ) -> None:
     cfg = tiny_config(dataroot, tmp_path, lambda_identity=0.0)
     for key, value in model.items():
-        setattr(cfg.model, key, value)
+        setattr(cfg.model.net, key, value)
     with pytest.raises(CycleGANError, match=problem):
         train(cfg, show_progress=False)
 
@@ -272,7 +274,7 @@ def test_images_of_mixed_sizes_train_checkpoint_and_resume(tmp_path: Path) -> No
         cfg = tiny_config(root, tmp_path / preprocess, preprocess=preprocess, load_size=32, crop_size=24,
                           max_steps=4, save_latest_freq=2, pool_size=3)  # fmt: skip
         run_dir = train(cfg, show_progress=False, report=False).run_dir
-        pool = checkpoints.read_state(run_dir / "checkpoints" / "latest.safetensors")["trainer"]["pool_A"]
+        pool = training_state(run_dir / "checkpoints" / "latest.safetensors")["trainer"]["pool_A"]
         assert len({tuple(image.shape) for image in pool["images"]}) > 1  # the pool holds mixed sizes
 
 

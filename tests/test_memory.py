@@ -2,37 +2,40 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import floats, tiny_config
 
 from cyclegan.cli import main
-from cyclegan.config import ModelConfig, TrainConfig
+from cyclegan.config import CycleGANOptions, NetConfig, TrainConfig, changed_options, replace_options
 from cyclegan.devices import parse_memory
 from cyclegan.errors import CycleGANError
-from cyclegan.models.cycle_gan import CycleGAN, CycleGANTrainer, check_training_size
-from cyclegan.nets.networks import build_generator, set_checkpointing
-from cyclegan.train import runs
+from cyclegan.models.base import check_training_size
+from cyclegan.models.cycle_gan import CycleGAN, CycleGANTrainer
+from cyclegan.nets import build_generator, set_checkpointing
 from cyclegan.train.planner import DryRuns, Line, Plan, Variant, plan, smallest_crop
 
 CPU = torch.device("cpu")
 
 
 def one_step(
-    model_cfg: ModelConfig, checkpointing: bool, size: int, bf16: bool = False
+    model_cfg: NetConfig, checkpointing: bool, size: int, bf16: bool = False
 ) -> tuple[dict[str, float], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Losses, gradients and updated state (running statistics included) after one step on batch 2."""
     torch.manual_seed(0)
-    model = CycleGAN(model_cfg)
+    model = CycleGAN(CycleGANOptions(net=model_cfg))
     precision = "bf16" if bf16 else "fp32"
-    cfg = TrainConfig(pool_size=0, checkpoint_activations=checkpointing, precision=precision, model=model_cfg)
+    cfg = TrainConfig.create(
+        **asdict(model_cfg), pool_size=0, checkpoint_activations=checkpointing, precision=precision
+    )
     trainer = CycleGANTrainer(model, cfg)
     inputs = torch.Generator().manual_seed(1)
     a, b = (torch.rand(2, 3, size, size, generator=inputs) * 2 - 1 for _ in range(2))
     torch.manual_seed(2)  # the dropout masks
-    losses = trainer.step(a, b)
+    losses = floats(trainer.step(a, b))
     grads = {name: p.grad.clone() for name, p in model.named_parameters()}
     return losses, grads, {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -40,14 +43,14 @@ def one_step(
 @pytest.mark.parametrize(
     "model_cfg, size",
     [
-        (ModelConfig(ngf=4, ndf=4, netG="resnet_6blocks", dropout=True), 32),
-        (ModelConfig(ngf=4, ndf=4, netG="unet_128", norm="batch", dropout=True), 128),
-        (ModelConfig(ngf=4, ndf=4, netG="unet_128", netD="pixel"), 128),
+        (NetConfig(ngf=4, ndf=4, netG="resnet_6blocks", dropout=True), 32),
+        (NetConfig(ngf=4, ndf=4, netG="unet_128", norm="batch", dropout=True), 128),
+        (NetConfig(ngf=4, ndf=4, netG="unet_128", netD="pixel"), 128),
     ],
     ids=["resnet-dropout", "unet-batchnorm-dropout", "unet-pixelD"],
 )
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
-def test_checkpointed_step_matches_the_plain_step(model_cfg: ModelConfig, size: int, bf16: bool) -> None:
+def test_checkpointed_step_matches_the_plain_step(model_cfg: NetConfig, size: int, bf16: bool) -> None:
     plain_losses, plain_grads, plain_state = one_step(model_cfg, False, size, bf16)
     losses, grads, state = one_step(model_cfg, True, size, bf16)
     assert losses == pytest.approx(plain_losses, rel=1e-6)
@@ -74,7 +77,7 @@ def saved_bytes(net: torch.nn.Module, x: torch.Tensor) -> int:
 
 @pytest.mark.parametrize("netG, size", [("resnet_9blocks", 64), ("unet_128", 128)])
 def test_checkpointing_keeps_far_fewer_activations_and_the_same_weights(netG: str, size: int) -> None:
-    net = build_generator(ModelConfig(ngf=8, netG=netG)).train()
+    net = build_generator(NetConfig(ngf=8, netG=netG)).train()
     keys = list(net.state_dict())
     x = torch.rand(1, 3, size, size)
     plain, expected = saved_bytes(net, x), net(x)
@@ -85,13 +88,15 @@ def test_checkpointing_keeps_far_fewer_activations_and_the_same_weights(netG: st
 
 
 def test_checkpointing_may_change_when_resuming() -> None:
-    assert runs.is_resumable_option("checkpoint_activations")
+    saved = TrainConfig.create(dataroot="x")
+    changed = list(changed_options(saved, replace_options(saved, {"checkpoint_activations": True})))
+    assert changed == [("checkpoint_activations", False, True, True)]
 
 
 def test_planner_fit_predicts_a_larger_crop_and_batch_on_cpu() -> None:
     """Dry runs at 64 and 128 px predict a 160 px, batch 2 run's peak within 20% of its activation memory
     (the part that grows; the fixed part is mostly the Python process itself). Measured: 5-9%."""
-    cfg = TrainConfig(device="cpu", crop_size=160, pool_size=0, model=ModelConfig(ngf=8, ndf=8))
+    cfg = TrainConfig.create(device="cpu", crop_size=160, pool_size=0, ngf=8, ndf=8)
     with DryRuns(CPU) as dry_runs:
         (fitted,) = plan(cfg, [Variant()], sizes=[64, 128], runs=dry_runs)
         actual = dry_runs.train(cfg, Variant(), 160, batch=2).peak_bytes
@@ -102,14 +107,21 @@ def test_planner_fit_predicts_a_larger_crop_and_batch_on_cpu() -> None:
 
 def test_largest_crop_and_batch_follow_the_budget_and_the_size_rules() -> None:
     per_pixel = Line(fixed=2**30, per_pixel=20_000.0)
-    unet = Plan(Variant(), ModelConfig(ngf=4, ndf=4, netG="unet_256"), per_pixel, per_pixel, 0.0, ())
+    unet = Plan(
+        Variant(),
+        CycleGANOptions(net=NetConfig(ngf=4, ndf=4, netG="unet_256")),
+        per_pixel,
+        per_pixel,
+        0.0,
+        (),
+    )
     crop = unet.largest_crop(12 * 2**30)
     assert crop is not None and crop % 256 == 0 and unet.training_bytes(crop) <= 12 * 2**30
     assert unet.training_bytes(crop + 256) > 12 * 2**30
     assert unet.largest_crop(2**30) is None  # nothing left after the fixed part
     assert unet.largest_batch(12 * 2**30, 512) == 11 * 2**30 // (20_000 * 512 * 512)
     # a deep discriminator refuses small crops that the generator's multiple of 4 would allow
-    deep = ModelConfig(ngf=4, ndf=4, netG="resnet_6blocks", netD="n_layers", n_layers_D=6)
+    deep = CycleGANOptions(net=NetConfig(ngf=4, ndf=4, netG="resnet_6blocks", netD="n_layers", n_layers_D=6))
     smallest = smallest_crop(deep)
     assert smallest > 4 and smallest % 4 == 0
     with pytest.raises(CycleGANError):
@@ -117,7 +129,7 @@ def test_largest_crop_and_batch_follow_the_budget_and_the_size_rules() -> None:
     area = Plan(Variant(), deep, Line(0.0, 1.0), None, 0.0, ())
     assert area.largest_crop(float(smallest - 4) ** 2) is None
     assert area.largest_crop(float(smallest + 7) ** 2) == smallest + 4
-    pooled = Plan(Variant(), ModelConfig(), per_pixel, None, 1200.0, ())
+    pooled = Plan(Variant(), CycleGANOptions(), per_pixel, None, 1200.0, ())
     assert pooled.training_bytes(512) == pytest.approx(per_pixel(512 * 512) + 1200 * 512 * 512)
 
 

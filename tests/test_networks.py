@@ -4,15 +4,9 @@ import pytest
 import torch
 from conftest import fixture_path
 
-from cyclegan.config import ModelConfig
+from cyclegan.config import NetConfig
 from cyclegan.errors import CycleGANError
-from cyclegan.nets.networks import (
-    build_discriminator,
-    build_generator,
-    count_parameters,
-    generator_config_from_state_dict,
-    load_weights,
-)
+from cyclegan.nets import build_discriminator, build_generator, generator_config_from_state_dict, load_weights
 
 
 def reference_entries() -> dict:
@@ -22,8 +16,8 @@ def reference_entries() -> dict:
 def build_like(kind_name: str, width: int) -> torch.nn.Module:
     kind, name = kind_name.split(":")
     if kind == "G":
-        return build_generator(ModelConfig(netG=name, ngf=width))
-    return build_discriminator(ModelConfig(netD=name, ndf=width), 3)
+        return build_generator(NetConfig(netG=name, ngf=width))
+    return build_discriminator(NetConfig(netD=name, ndf=width), 3)
 
 
 @pytest.mark.parametrize("which", ["state_dict", "legacy_state_dict"])
@@ -60,14 +54,14 @@ def test_generator_architecture_is_read_from_weights() -> None:
 
 
 def test_parameter_counts_match_the_paper_networks() -> None:
-    assert count_parameters(build_generator(ModelConfig())) == 11_378_179
-    assert count_parameters(build_discriminator(ModelConfig(), 3)) == 2_764_737
+    assert sum(p.numel() for p in build_generator(NetConfig()).parameters()) == 11_378_179
+    assert sum(p.numel() for p in build_discriminator(NetConfig(), 3).parameters()) == 2_764_737
 
 
 @pytest.mark.parametrize("norm", ["instance", "batch", "none"])
 @pytest.mark.parametrize("net_g", ["resnet_6blocks", "unet_128"])
 def test_architecture_round_trips_through_its_weights(norm: str, net_g: str) -> None:
-    cfg = ModelConfig(netG=net_g, ngf=4, norm=norm, input_nc=1, output_nc=3)
+    cfg = NetConfig(netG=net_g, ngf=4, norm=norm, input_nc=1, output_nc=3)
     inferred = generator_config_from_state_dict(build_generator(cfg).state_dict())
     assert (inferred.netG, inferred.ngf, inferred.norm, inferred.input_nc, inferred.output_nc) == (
         net_g,
@@ -80,7 +74,7 @@ def test_architecture_round_trips_through_its_weights(norm: str, net_g: str) -> 
 
 @pytest.mark.parametrize("padding", ["reflect", "replicate", "zero"])
 def test_resnet_keeps_any_size_divisible_by_four(padding: str) -> None:
-    net = build_generator(ModelConfig(ngf=4, netG="resnet_6blocks", padding=padding, dropout=True)).eval()
+    net = build_generator(NetConfig(ngf=4, netG="resnet_6blocks", padding=padding, dropout=True)).eval()
     with torch.no_grad():
         y = net(torch.randn(1, 3, 36, 52))
     assert y.shape == (1, 3, 36, 52)
@@ -89,7 +83,7 @@ def test_resnet_keeps_any_size_divisible_by_four(padding: str) -> None:
 
 @pytest.mark.parametrize("init_type", ["normal", "xavier", "kaiming", "orthogonal"])
 def test_init_types_give_zero_bias_and_scaled_weights(init_type: str) -> None:
-    net = build_discriminator(ModelConfig(ndf=8, init_type=init_type, init_gain=0.02, norm="batch"), 3)
+    net = build_discriminator(NetConfig(ndf=8, init_type=init_type, init_gain=0.02, norm="batch"), 3)
     first = net.model[0]
     assert torch.count_nonzero(first.bias) == 0
     assert 0 < first.weight.std().item() < (0.5 if init_type == "kaiming" else 0.05)
@@ -99,23 +93,23 @@ def test_init_types_give_zero_bias_and_scaled_weights(init_type: str) -> None:
 
 def test_discriminator_variants_output_patch_maps() -> None:
     x = torch.randn(1, 3, 64, 64)
-    assert build_discriminator(ModelConfig(ndf=4), 3)(x).shape == (1, 1, 6, 6)
-    assert build_discriminator(ModelConfig(ndf=4, netD="n_layers", n_layers_D=2), 3)(x).shape == (
+    assert build_discriminator(NetConfig(ndf=4), 3)(x).shape == (1, 1, 6, 6)
+    assert build_discriminator(NetConfig(ndf=4, netD="n_layers", n_layers_D=2), 3)(x).shape == (
         1,
         1,
         14,
         14,
     )
-    assert build_discriminator(ModelConfig(ndf=4, netD="pixel"), 3)(x).shape == (1, 1, 64, 64)
+    assert build_discriminator(NetConfig(ndf=4, netD="pixel"), 3)(x).shape == (1, 1, 64, 64)
 
 
 def test_wrong_weights_give_one_line_errors() -> None:
-    net = build_generator(ModelConfig(ngf=4))
-    other = build_generator(ModelConfig(ngf=8)).state_dict()
+    net = build_generator(NetConfig(ngf=4))
+    other = build_generator(NetConfig(ngf=8)).state_dict()
     with pytest.raises(CycleGANError, match="shape") as err:
         load_weights(net, other)
     assert "\n" not in str(err.value)
-    disc = build_discriminator(ModelConfig(ndf=4), 3).state_dict()
+    disc = build_discriminator(NetConfig(ndf=4), 3).state_dict()
     with pytest.raises(CycleGANError, match="missing"):
         load_weights(net, disc)
     with pytest.raises(CycleGANError, match="not a CycleGAN generator"):

@@ -3,25 +3,30 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import floats, tiny_config
 from torch import nn
 
+from cyclegan import precision
 from cyclegan.cli import main
-from cyclegan.config import ModelConfig, TrainConfig
-from cyclegan.models import cycle_gan as model_module
+from cyclegan.config import CycleGANOptions, NetConfig, TrainConfig
 from cyclegan.models.cycle_gan import CycleGAN, CycleGANTrainer
 from cyclegan.train import runs
 
-MODEL = ModelConfig(ngf=4, ndf=4, netG="resnet_6blocks")
+MODEL = NetConfig(ngf=4, ndf=4, netG="resnet_6blocks")
 
 
 def _trainer(**options: object) -> CycleGANTrainer:
     torch.manual_seed(0)
-    return CycleGANTrainer(CycleGAN(MODEL), TrainConfig(pool_size=2, model=MODEL, **options), seed=1)
+    return CycleGANTrainer(
+        CycleGAN(CycleGANOptions(net=MODEL)),
+        TrainConfig.create(**asdict(MODEL), pool_size=2, **options),
+        seed=1,
+    )
 
 
 def _batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,10 +48,10 @@ def test_bf16_runs_convs_in_bf16_and_keeps_norms_losses_weights_and_adam_in_floa
     for module in trainer.model.modules():
         if isinstance(module, (nn.InstanceNorm2d, nn.Conv2d, nn.ConvTranspose2d)):
             module.register_forward_hook(record)
-    losses = trainer.step(*_batch())
+    losses = floats(trainer.step(*_batch()))
     assert seen == {"conv out": {torch.bfloat16}, "norm in": {torch.float32}, "norm out": {torch.float32}}
     assert all(isinstance(v, float) and v == v for v in losses.values())
-    for optimizer in (trainer.opt_G, trainer.opt_D):
+    for optimizer in (trainer.optimizers["G"], trainer.optimizers["D"]):
         assert optimizer.defaults["fused"] is True
         for group in optimizer.param_groups:
             for p in group["params"]:
@@ -56,7 +61,7 @@ def test_bf16_runs_convs_in_bf16_and_keeps_norms_losses_weights_and_adam_in_floa
 def test_fp32_is_the_reference_path_untouched() -> None:
     trainer = _trainer()  # precision auto: fp32 on CPU
     assert trainer.precision.name == "fp32"
-    assert not trainer.opt_G.defaults["fused"]
+    assert not trainer.optimizers["G"].defaults["fused"]
     assert not trainer.scaler.is_enabled()
     assert not any(m._forward_pre_hooks for m in trainer.model.modules())
 
@@ -65,7 +70,7 @@ def test_bf16_losses_stay_close_to_fp32() -> None:
     exact, fast = _trainer(), _trainer(precision="bf16")
     for step in range(3):
         batch = _batch(step)
-        want, got = exact.step(*batch), fast.step(*batch)
+        want, got = floats(exact.step(*batch)), floats(fast.step(*batch))
         for name, value in want.items():
             assert got[name] == pytest.approx(value, rel=0.1, abs=1e-2), (step, name)
 
@@ -80,18 +85,18 @@ def test_compiled_checkpointed_step_matches_the_eager_step(monkeypatch: pytest.M
     compile_module = nn.Module.compile
     monkeypatch.setattr(nn.Module, "compile", lambda self: compile_module(self, backend="aot_eager"))
 
-    model_cfg, size = ModelConfig(ngf=4, ndf=4, netG="resnet_6blocks", norm="batch"), 32
+    model_cfg, size = NetConfig(ngf=4, ndf=4, netG="resnet_6blocks", norm="batch"), 32
 
     def trainer(**options: object) -> CycleGANTrainer:
         torch.manual_seed(0)
-        cfg = TrainConfig(pool_size=2, batch_size=2, model=model_cfg, **options)
-        return CycleGANTrainer(CycleGAN(model_cfg), cfg, seed=1)
+        cfg = TrainConfig.create(**asdict(model_cfg), pool_size=2, batch_size=2, **options)
+        return CycleGANTrainer(CycleGAN(CycleGANOptions(net=model_cfg)), cfg, seed=1)
 
     eager, compiled = trainer(), trainer(compile="step", checkpoint_activations=True)
     inputs = torch.Generator().manual_seed(3)
     for step in range(2):
         a, b = (torch.rand(2, 3, size, size, generator=inputs) * 2 - 1 for _ in range(2))
-        want, got = eager.step(a, b), compiled.step(a, b)
+        want, got = floats(eager.step(a, b)), floats(compiled.step(a, b))
         for name, value in want.items():
             assert got[name] == pytest.approx(value, rel=1e-4, abs=1e-6), (step, name)
     for name, value in eager.model.state_dict().items():
@@ -107,7 +112,7 @@ def test_compiled_checkpointed_step_matches_the_eager_step(monkeypatch: pytest.M
 
 def test_fp16_loss_scale_is_saved_and_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # fp16 is refused on CPU for training; its loss scaling works there, which is what is checked here.
-    monkeypatch.setattr(model_module, "resolve_precision", lambda name, device: name)
+    monkeypatch.setattr(precision, "resolve_precision", lambda name, device: name)
     trainer = _trainer(precision="fp16")
     trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=3)
     for step in range(3):
@@ -121,7 +126,7 @@ def test_fp16_loss_scale_is_saved_and_resumed(tmp_path: Path, monkeypatch: pytes
     for step in range(
         3, 5
     ):  # this model's fp16 gradients overflow at 2^11: the step is skipped, scale halved
-        assert trainer.step(*_batch(step)) == resumed.step(*_batch(step))
+        assert floats(trainer.step(*_batch(step))) == floats(resumed.step(*_batch(step)))
     assert resumed.scaler.get_scale() == trainer.scaler.get_scale() == 2.0**10
 
 
@@ -135,8 +140,8 @@ def test_channels_last_bf16_resumes_exactly(tmp_path: Path) -> None:
     resumed = _trainer(precision="bf16", channels_last=True)
     runs.load_checkpoint(tmp_path, resumed.model, resumed, torch.device("cpu"))
     p = resumed.model.G_A.model[1].weight
-    assert resumed.opt_G.state[p]["exp_avg"].stride() == p.stride()
-    assert trainer.step(*_batch(5)) == resumed.step(*_batch(5))
+    assert resumed.optimizers["G"].state[p]["exp_avg"].stride() == p.stride()
+    assert floats(trainer.step(*_batch(5))) == floats(resumed.step(*_batch(5)))
     for name, value in trainer.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[name]), name
 

@@ -24,10 +24,10 @@ from PIL import Image
 
 import cyclegan
 from cyclegan.cli import main
-from cyclegan.config import ModelConfig
+from cyclegan.config import CycleGANOptions, NetConfig
 from cyclegan.models import checkpoints
 from cyclegan.models.cycle_gan import CycleGAN
-from cyclegan.nets.networks import ResnetGenerator
+from cyclegan.nets.resnet import ResnetGenerator
 from cyclegan.translate import serve
 from cyclegan.translate.bulk import translate_files
 
@@ -51,9 +51,9 @@ OPTIONS = serve.ServeOptions(max_pixels=5000, max_upload_mb=0.05)  # small limit
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
-    model = CycleGAN(ModelConfig(ngf=4, ndf=4, netG="resnet_6blocks"))
+    model = CycleGAN(CycleGANOptions(net=NetConfig(ngf=4, ndf=4, netG="resnet_6blocks")))
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    checkpoints.save_weights(path, model.networks(), model.config, {"step": 0})
+    checkpoints.save_weights(path, model.networks(), model.options, {"step": 0})
     return path
 
 

@@ -10,11 +10,13 @@ from PIL import Image
 from torch import nn
 
 from cyclegan.cli import main
-from cyclegan.config import ModelConfig
+from cyclegan.config import CycleGANOptions, NetConfig
 from cyclegan.errors import CycleGANError
 from cyclegan.models import checkpoints
 from cyclegan.models.cycle_gan import CycleGAN
-from cyclegan.nets.networks import ResnetGenerator, UnetGenerator, init_weights
+from cyclegan.nets.layers import init_weights
+from cyclegan.nets.resnet import ResnetGenerator
+from cyclegan.nets.unet import UnetGenerator
 from cyclegan.translate.tiling import choose_tile, estimate_memory, translate_tiled
 from cyclegan.translate.translator import Translator
 
@@ -150,7 +152,7 @@ def test_choose_tile_fits_the_budget_and_whole_images_when_they_fit() -> None:
 
 def test_translator_tiles_on_request_or_when_over_the_memory_limit() -> None:
     net, x = resnet(6), image(250, 318, seed=5)[0]
-    config = ModelConfig(ngf=4, netG="resnet_6blocks")
+    config = NetConfig(ngf=4, netG="resnet_6blocks")
     plain = Translator(net, config).translate_tensor(x)
     assert max_diff(Translator(net, config, tile=44).translate_tensor(x), plain) < TOLERANCE
     budget = estimate_memory(net, 252, 320, 64)
@@ -169,9 +171,9 @@ def test_translate_cli_tiles_exactly_and_rejects_bad_values(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     torch.manual_seed(0)
-    model = CycleGAN(ModelConfig(ngf=4, ndf=4, netG="resnet_6blocks"))
+    model = CycleGAN(CycleGANOptions(net=NetConfig(ngf=4, ndf=4, netG="resnet_6blocks")))
     ckpt = tmp_path / "model.safetensors"
-    checkpoints.save_weights(ckpt, model.networks(), model.config, {"step": 0})
+    checkpoints.save_weights(ckpt, model.networks(), model.options, {"step": 0})
     write_images(tmp_path / "in", 1, size=(45, 38))
 
     def run(out: str, *args: str) -> int:
@@ -214,6 +216,6 @@ def test_a_translation_the_cpu_cannot_allocate_is_one_line_naming_tiles() -> Non
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.empty(2**48, dtype=torch.uint8)
 
-    translator = Translator(Greedy(), ModelConfig(ngf=4, netG="resnet_6blocks"))
+    translator = Translator(Greedy(), NetConfig(ngf=4, netG="resnet_6blocks"))
     with pytest.raises(CycleGANError, match="not enough memory to translate a 40x36 image on cpu; translate"):
         translator.translate_tensor(image(36, 40, seed=1)[0])

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import fixture_path, tiny_config
+from conftest import fixture_path, tiny_config, training_state
 
-from cyclegan.config import TrainConfig
+from cyclegan.config import CycleGANOptions, TrainConfig
 from cyclegan.errors import CycleGANError
 from cyclegan.models import checkpoints
-from cyclegan.models.cycle_gan import CycleGANTrainer, lr_factor
+from cyclegan.models.base import lr_factor
+from cyclegan.models.cycle_gan import CycleGANTrainer
 from cyclegan.models.losses import ImagePool
 from cyclegan.train.loop import train
 
@@ -23,22 +24,24 @@ from cyclegan.train.loop import train
 # gradients into visibly different updates, so the comparison runs in a child process pinned to the same ISA.
 TRAJECTORY_SCRIPT = """
 import json, sys, torch
-from cyclegan.config import ModelConfig, TrainConfig
-from cyclegan.nets.networks import load_weights
+from cyclegan.config import TrainConfig
+from cyclegan.nets import load_weights
 from cyclegan.models.cycle_gan import CycleGAN, CycleGANTrainer
 
 ref = torch.load(sys.argv[1], weights_only=True)
 c = ref["config"]
-model_cfg = ModelConfig(ngf=c["ngf"], ndf=c["ndf"], netG=c["netG"], n_layers_D=c["n_layers_D"])
-cfg = TrainConfig(pool_size=0, lambda_A=c["lambda_A"], lambda_B=c["lambda_B"],
-                  lambda_identity=c["lambda_identity"], gan_mode=c["gan_mode"], model=model_cfg)
-model = CycleGAN(model_cfg)
+cfg = TrainConfig.create(
+    ngf=c["ngf"], ndf=c["ndf"], netG=c["netG"], n_layers_D=c["n_layers_D"], pool_size=0,
+    lambda_A=c["lambda_A"], lambda_B=c["lambda_B"], lambda_identity=c["lambda_identity"],
+    gan_mode=c["gan_mode"],
+)
+model = CycleGAN(cfg.model)
 for name, net in model.networks().items():
     load_weights(net, ref["init"][name])
 trainer = CycleGANTrainer(model, cfg)
 errors = []
 for (a, b), expected in zip(ref["inputs"], ref["losses"], strict=True):
-    got = trainer.step(a, b)
+    got = {k: v.item() for k, v in trainer.step(a, b).items()}
     errors.append(max(abs(got[k] - v) / abs(v) for k, v in expected.items()))
 ratios = {}
 for name, net in model.networks().items():
@@ -82,8 +85,9 @@ def test_learning_rate_is_constant_then_decays_linearly_to_zero() -> None:
 def test_trainer_schedule_and_defaults_follow_the_paper(tmp_path: Path) -> None:
     from cyclegan.models.cycle_gan import CycleGAN
 
-    cfg = TrainConfig(n_epochs=2, n_epochs_decay=2)
-    assert (cfg.lr, cfg.beta1, cfg.lambda_A, cfg.lambda_B, cfg.lambda_identity, cfg.pool_size) == (
+    cfg = TrainConfig.create(n_epochs=2, n_epochs_decay=2)
+    o = cfg.model
+    assert (cfg.lr, cfg.beta1, o.lambda_A, o.lambda_B, o.lambda_identity, o.pool_size) == (
         2e-4,
         0.5,
         10.0,
@@ -91,14 +95,14 @@ def test_trainer_schedule_and_defaults_follow_the_paper(tmp_path: Path) -> None:
         0.5,
         50,
     )
-    assert (cfg.gan_mode, cfg.load_size, cfg.crop_size, cfg.batch_size) == ("lsgan", 286, 256, 1)
+    assert (o.gan_mode, cfg.load_size, cfg.crop_size, cfg.batch_size) == ("lsgan", 286, 256, 1)
     trainer = CycleGANTrainer(CycleGAN(cfg.model), cfg)
     lrs = []
     for _ in range(4):
         lrs.append(trainer.lr)
         trainer.end_epoch()
     assert lrs == pytest.approx([2e-4, 2e-4, 2e-4 * 2 / 3, 2e-4 / 3])
-    assert trainer.opt_D.param_groups[0]["betas"] == (0.5, 0.999)
+    assert trainer.optimizers["D"].param_groups[0]["betas"] == (0.5, 0.999)
 
 
 def test_image_pool_fills_then_swaps_half_the_time_and_resumes_exactly() -> None:
@@ -146,14 +150,15 @@ def test_run_folder_holds_config_log_samples_and_self_describing_checkpoints(
     result = train(tiny_config(dataroot, tmp_path, max_steps=10), show_progress=False)
     run = result.run_dir
     saved = TrainConfig.load(run / "config.json")
-    assert saved.seed == 7 and saved.model.ngf == 4
+    assert saved.seed == 7 and saved.model.net.ngf == 4
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert len(rows) == 5 and {"step", "epoch", "lr", "G_A", "D_B", "cycle_A", "idt_B"} <= set(rows[0])
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_0000005.png", "step_0000010.png"]
     _, model_cfg, info = checkpoints.read_weights(run / "checkpoints" / "latest.safetensors")
     assert model_cfg == saved.model and info["step"] == 10
-    state = checkpoints.read_state(run / "checkpoints" / "latest.safetensors")
-    assert {"opt_G", "opt_D", "schedulers", "pool_A", "pool_B"} <= set(state["trainer"])
+    state = training_state(run / "checkpoints" / "latest.safetensors")
+    assert {"optimizers", "schedulers", "pool_A", "pool_B"} <= set(state["trainer"])
+    assert set(state["trainer"]["optimizers"]) == {"G", "D"}
     assert len(state["trainer"]["pool_A"]["images"]) == 3
 
 
@@ -205,11 +210,11 @@ def test_eval_every_logs_fid_kid_and_keeps_the_best_checkpoint(
 
 
 def test_a_batch_normalises_each_image_alone() -> None:
-    from cyclegan.config import ModelConfig
+    from cyclegan.config import NetConfig
     from cyclegan.models.cycle_gan import CycleGAN
 
     torch.manual_seed(0)
-    model = CycleGAN(ModelConfig(ngf=4, ndf=4, netG="resnet_6blocks")).train()
+    model = CycleGAN(CycleGANOptions(net=NetConfig(ngf=4, ndf=4, netG="resnet_6blocks"))).train()
     x = torch.rand(3, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         together = model.G_A(x)
@@ -225,5 +230,5 @@ def test_batches_of_two_keep_the_epoch_and_learning_rate_rule(dataroot: Path, tm
     rows = [json.loads(line) for line in (result.run_dir / "log.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in rows] == [1, 1, 1, 2, 2, 2]
     assert [row["lr"] for row in rows] == pytest.approx([2e-4] * 3 + [1e-4] * 3)
-    state = checkpoints.read_state(result.run_dir / "checkpoints" / "latest.safetensors")
+    state = training_state(result.run_dir / "checkpoints" / "latest.safetensors")
     assert len(state["trainer"]["pool_A"]["images"]) == 3  # the pool holds images, not batches

@@ -8,11 +8,12 @@ import torch
 from conftest import write_images
 from PIL import Image
 
-from cyclegan.config import ModelConfig
+from cyclegan.config import CycleGANOptions, NetConfig
 from cyclegan.errors import CycleGANError
 from cyclegan.models import checkpoints
 from cyclegan.models.cycle_gan import CycleGAN
-from cyclegan.nets.networks import ResnetGenerator, build_discriminator
+from cyclegan.nets import build_discriminator
+from cyclegan.nets.resnet import ResnetGenerator
 from cyclegan.translate.bulk import translate_files
 from cyclegan.translate.translator import Translator
 
@@ -20,9 +21,9 @@ from cyclegan.translate.translator import Translator
 @pytest.fixture
 def checkpoint(tmp_path: Path) -> Path:
     torch.manual_seed(0)
-    model = CycleGAN(ModelConfig(ngf=4, ndf=4, netG="resnet_6blocks"))
+    model = CycleGAN(CycleGANOptions(net=NetConfig(ngf=4, ndf=4, netG="resnet_6blocks")))
     path = tmp_path / "model.safetensors"
-    checkpoints.save_weights(path, model.networks(), model.config, {"step": 0})
+    checkpoints.save_weights(path, model.networks(), model.options, {"step": 0})
     return path
 
 
@@ -79,7 +80,7 @@ def test_translation_errors_are_one_line(tmp_path: Path, checkpoint: Path) -> No
     with pytest.raises(CycleGANError, match="input not found"):
         translate_files([tmp_path / "missing.png"], checkpoint, tmp_path / "out", show_progress=False)
     disc = tmp_path / "netD.pth"
-    torch.save(build_discriminator(ModelConfig(ndf=4), 3).state_dict(), disc)
+    torch.save(build_discriminator(NetConfig(ndf=4), 3).state_dict(), disc)
     with pytest.raises(CycleGANError, match="not a CycleGAN generator"):
         translate_files([tmp_path / "in"], disc, tmp_path / "out", show_progress=False)
     junk = tmp_path / "junk.pth"
@@ -112,8 +113,8 @@ def test_existing_outputs_are_kept_unless_overwrite(tmp_path: Path, checkpoint: 
 
 
 def test_unet_inputs_are_padded_to_its_size_multiple(tmp_path: Path) -> None:
-    model = CycleGAN(ModelConfig(ngf=2, ndf=2, netG="unet_128"))
+    model = CycleGAN(CycleGANOptions(net=NetConfig(ngf=2, ndf=2, netG="unet_128")))
     path = tmp_path / "unet.safetensors"
-    checkpoints.save_weights(path, model.networks(), model.config, {})
+    checkpoints.save_weights(path, model.networks(), model.options, {})
     y = Translator.load(path).translate_tensor(torch.zeros(3, 50, 70))
     assert y.shape == (3, 50, 70)

@@ -77,7 +77,7 @@ class NetConfig:
     )
 
     def validate(self) -> None:
-        _check_fields(self)
+        check_fields(self)
         for name in ("input_nc", "output_nc", "ngf", "ndf", "n_layers_D"):
             if getattr(self, name) < 1:
                 raise CycleGANError(f"--{name} must be at least 1, got {getattr(self, name)}")
@@ -115,7 +115,7 @@ class ModelOptions:
 
     def validate(self) -> None:
         """Checks of this model's options; subclasses add their own rules."""
-        _check_fields(self)
+        check_fields(self)
         self.net.validate()
         for name in ("n_epochs", "n_epochs_decay"):
             if getattr(self, name) < 0:
@@ -375,7 +375,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Every option that could make training fail later is checked here, before anything starts."""
-        _check_fields(self)
+        check_fields(self)
         if not isinstance(self.model, ModelOptions) or type(self.model).name not in ModelOptions.registry:
             raise CycleGANError(f"model must be a registered ModelOptions, got {type(self.model).__name__}")
         self.model.validate()
@@ -535,7 +535,7 @@ def _known_fields(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
     return dict(data)
 
 
-def _check_fields(config: Any) -> None:
+def check_fields(config: Any) -> None:
     """Field values must have their annotated types and be among their choices: config.json and
     checkpoint metadata come from files."""
     hints = typing.get_type_hints(type(config))

@@ -30,7 +30,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from cyclegan.config import DIRECTIONS, ModelOptions, NetConfig, parse_json_object
+from cyclegan.config import DIRECTIONS, ModelOptions, NetConfig, check_fields, parse_json_object
 from cyclegan.errors import CycleGANError, first_line
 from cyclegan.files import atomic_write, fsync_folder
 from cyclegan.layout import CHECKPOINTS, LATEST, PREVIOUS, STAGED
@@ -124,11 +124,12 @@ def _step(path: Path) -> int | None:
         return None
 
 
-def _resumable_info(path: Path) -> dict[str, Any]:
+def _resumable_info(path: Path, resumable: bool = True) -> dict[str, Any]:
+    """The info of a complete checkpoint (with ``resumable``, one holding training state and a step)."""
     with _open(path) as f:
         metadata = f.metadata() or {}
         info = _read_metadata(path, metadata)[1]
-    if "training_state" not in metadata or not isinstance(info.get("step"), int):
+    if resumable and ("training_state" not in metadata or not isinstance(info.get("step"), int)):
         raise CycleGANError(f"{path} holds no training state")
     return info
 
@@ -174,16 +175,19 @@ def _training_state(path: Path, f: Any, metadata: dict[str, str]) -> dict[str, A
         raise CycleGANError(f"{path}: damaged training state ({first_line(err)})") from None
 
 
-def newest_resumable(folder: Path) -> tuple[Path, dict[str, Any], list[str]]:
-    """The newest complete resumable checkpoint in ``folder``, its info, and why others were passed over."""
+def newest_resumable(folder: Path, resumable: bool = True) -> tuple[Path, dict[str, Any], list[str]]:
+    """The newest complete resumable checkpoint in ``folder``, its info, and why others were passed over.
+
+    Without ``resumable``, a weights-only checkpoint counts too (enough to translate with)."""
     found, passed = [], []
     for name in (STAGED, LATEST, PREVIOUS):
         path = folder / name
         if not path.exists():
             continue
         try:
-            info = _resumable_info(path)
-            found.append((info["step"], path, info))
+            info = _resumable_info(path, resumable)
+            step = info.get("step")
+            found.append((step if isinstance(step, int) else -1, path, info))
         except CycleGANError as err:
             passed.append(str(err))
     if not found:
@@ -203,7 +207,7 @@ def resolve_checkpoint(path: Path) -> Path:
         folder = path / CHECKPOINTS
         if not any((folder / name).is_file() for name in (LATEST, PREVIOUS, STAGED)):
             raise CycleGANError(f"{path} is a folder without checkpoints/{LATEST}")
-        return newest_resumable(folder)[0]
+        return newest_resumable(folder, resumable=False)[0]
     if not path.is_file():
         raise CycleGANError(f"checkpoint not found: {path}")
     return path
@@ -284,7 +288,8 @@ def _read_metadata(path: Path, metadata: dict[str, str]) -> tuple[ModelOptions, 
     try:
         model = _json(metadata.get("model", '{"name": "cycle_gan"}'), dict)
         options = ModelOptions.from_dict(model | {"net": _json(metadata["model_config"], dict)})
-        options.validate()
+        check_fields(options)  # types and choices: training rules (say, the identity loss's) apply to runs
+        options.net.validate()
         model_type(options.name)
         info = _json(metadata.get("info", "{}"), dict)
     except (KeyError, ValueError, TypeError, AttributeError) as err:

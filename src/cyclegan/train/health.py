@@ -104,8 +104,7 @@ class Health(Hook):
 
     def after_step(self, run: RunState, losses: dict[str, torch.Tensor]) -> None:
         values = torch.stack([losses[k].float() for k in self.names])
-        bad = ~torch.isfinite(values) | (self.explodable & (values > EXPLODED_LOSS))
-        first = bad & (self.bad_step < 0)
+        first = diverging(values, self.explodable) & (self.bad_step < 0)
         self.bad_step = torch.where(first, run.progress.step, self.bad_step)
         self.bad_value = torch.where(first, values, self.bad_value)
         self.sums += values
@@ -185,6 +184,12 @@ def health_events(run_dir: Path) -> list[dict[str, Any]]:
 
 
 # --- the signals ----------------------------------------------------------------------------------------
+
+
+def diverging(losses: torch.Tensor, explodable: torch.Tensor) -> torch.Tensor:
+    """Which of a step's losses show divergence: non-finite, or (``explodable``: the adversarial ones)
+    above ``EXPLODED_LOSS``. Computed on the device, read only at checks."""
+    return ~torch.isfinite(losses) | (explodable & (losses > EXPLODED_LOSS))
 
 
 @torch.no_grad()
