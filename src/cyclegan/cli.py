@@ -435,12 +435,28 @@ def _report_parser(sub: Any) -> None:
     p = sub.add_parser("report", help="write a run's HTML results page (losses, samples, evaluation, config)")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run folder made by cyclegan train")
     p.add_argument("--out", type=Path, help="where to write the page (default: RUN_DIR/report.html)")
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="serve the run's live report on 127.0.0.1 and reload it whenever training rewrites it (at each"
+        " sample grid and evaluation), until Ctrl-C",
+    )
+    p.add_argument(
+        "--port", type=int, default=8008, help="the --watch port, 0 for any free one (default: 8008)"
+    )
     p.set_defaults(handler=_run_report)
 
 
 def _run_report(args: argparse.Namespace) -> int:
     from cyclegan.evaluate.report import write_report
 
+    if args.watch:
+        from cyclegan.evaluate.watch import watch
+
+        if args.out is not None:
+            raise CycleGANError("--watch serves RUN_DIR/report.html, which training writes; leave out --out")
+        watch(args.run_dir, args.port)
+        return 0
     print(write_report(args.run_dir, args.out))
     return 0
 

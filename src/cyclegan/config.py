@@ -31,6 +31,7 @@ PREPROCESS = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", 
 DIRECTIONS = ("AtoB", "BtoA")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMPILE_MODES = ("none", "networks", "step")
+TRACKERS = ("tensorboard", "wandb", "mlflow")  # what --log_to may name (train/tracking.py has one class each)
 EXACT = {"precision": "fp32", "channels_last": False, "compile": "none"}  # the reference's arithmetic
 
 MAX_WIDTH = 1024  # ngf/ndf: the paper uses 64; wider networks would not fit any GPU memory
@@ -355,6 +356,17 @@ class TrainConfig:
         "steps before health checks judge anything but divergence (early runs look broken)",
         on_resume=True,
     )
+    log_to: str = _opt(
+        "none",
+        "experiment trackers to log to: tensorboard, wandb, mlflow, a comma list of them, or none",
+        on_resume=True,
+    )
+    log_to_strict: bool = _opt(
+        False,
+        "stop the run when a tracker fails (a full disk, a server gone) instead of warning once and"
+        " training on without it",
+        on_resume=True,
+    )
     model: ModelOptions = field(default_factory=CycleGANOptions)
 
     @classmethod
@@ -404,6 +416,7 @@ class TrainConfig:
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise CycleGANError(f"--seed must be in [0, 2^63), got {self.seed}")
         _check_name(self.name)
+        trackers(self.log_to)
         if self.preprocess == "none" and self.batch_size > 1:
             raise CycleGANError("--preprocess none keeps each image's own size, so it needs --batch_size 1")
         if self.compile == "networks" and self.checkpoint_activations and net.norm == "batch":
@@ -450,6 +463,19 @@ class TrainConfig:
         except CycleGANError as err:
             raise CycleGANError(f"invalid run config {path}: {err}") from None
         return cfg
+
+
+def trackers(log_to: str) -> tuple[str, ...]:
+    """The tracker names of ``--log_to`` (none: no tracker); a name that is not one is a one-line error."""
+    names = tuple(name.strip() for name in log_to.split(","))
+    if names == ("none",):
+        return ()
+    for name in names:
+        if name not in TRACKERS or names.count(name) > 1:
+            raise CycleGANError(
+                f"--log_to must be none or a comma list of {', '.join(TRACKERS)}, each once; got {log_to!r}"
+            )
+    return names
 
 
 def replace_options(cfg: TrainConfig, options: Mapping[str, Any]) -> TrainConfig:

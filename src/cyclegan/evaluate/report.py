@@ -54,7 +54,21 @@ class Section:
         return f"<section id='{self.anchor}'>\n<h2>{esc(self.title)}</h2>\n{self.body}\n</section>"
 
 
-def write_report(run_dir: Path, out: Path | None = None) -> Path:
+@dataclass(frozen=True)
+class RunStatus:
+    """How far a run is, as its training process knows it: the live report's header shows it."""
+
+    state: str  # training, finished, interrupted or stopped
+    step: int
+    total_steps: int
+    epoch: int  # the current one, from 1
+    total_epochs: int
+    images_per_s: float | None = None
+    seconds_left: float | None = None
+    reason: str | None = None  # why a stopped run stopped
+
+
+def write_report(run_dir: Path, out: Path | None = None, status: RunStatus | None = None) -> Path:
     """Render the run folder as one HTML page (default ``run_dir/report.html``) and return its path.
 
     Raises CycleGANError when ``run_dir`` is not a run folder (no readable ``config.json``) and OSError when
@@ -62,7 +76,7 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     """
     run = read_run(Path(run_dir))
     out = run.folder / "report.html" if out is None else Path(out)
-    page = render_report(run)
+    page = render_report(run, status)
 
     def write(tmp: Path) -> None:
         tmp.write_text(page, encoding="utf-8")  # not the locale's: the page says it is UTF-8
@@ -71,7 +85,7 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     return out
 
 
-def render_report(run: Run) -> str:
+def render_report(run: Run, status: RunStatus | None = None) -> str:
     """The page as text; separate from writing so that a page is only ever written whole."""
     sections = (
         Section("evaluation", "Evaluation", evaluation_section(run)),
@@ -87,6 +101,7 @@ def render_report(run: Run) -> str:
     header = (
         f"<header><h1>{esc(title)} run <span class='name'>{esc(run.name)}</span></h1>\n"
         f"<p class='meta'>Generated {esc(generated)} from <code>{esc(str(run.folder))}</code></p>\n"
+        f"{status_line(status, run.folder) if status else ''}"
         f"<p class='summary'>{summary(run)}</p>\n<nav>{nav}</nav></header>"
     )
     body = "\n".join(section.html() for section in sections)
@@ -185,6 +200,26 @@ def summary(run: Run) -> str:
         if "KID" in name.upper() and (best := best_point(points, "lower")):
             parts.append(f"best {name} {fmt_number(best[1])} (step {best[0]:,.0f})")
     return " · ".join(esc(part) for part in parts)
+
+
+def status_line(status: RunStatus, folder: Path) -> str:
+    """A progress bar and one line: step, epoch, images/s and, while training, the time left."""
+    total = max(status.total_steps, 1)
+    parts = [
+        f"step {status.step:,} of {status.total_steps:,} ({status.step / total:.0%})",
+        f"epoch {status.epoch} of {status.total_epochs}",
+    ]
+    if status.images_per_s:
+        parts.append(f"{status.images_per_s:.3g} images/s")
+    if status.state == "training" and status.seconds_left is not None:
+        parts.append(f"about {fmt_duration(status.seconds_left)} left")
+    if status.state == "interrupted":
+        parts.append(f"resume with: cyclegan train --resume {folder}")
+    if status.reason:
+        parts.append(status.reason)
+    text = f"<strong>{esc(status.state.capitalize())}</strong> · " + esc(" · ".join(parts))
+    bar = f"<progress max='{total}' value='{min(status.step, total)}'></progress>"
+    return f"<div class='status {esc(status.state)}'>{bar}<p>{text}</p></div>\n"
 
 
 # --- sections -------------------------------------------------------------------------------------------
@@ -460,6 +495,9 @@ h3 small { color: var(--muted); font-weight: normal; }
 code { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 13px; }
 .meta, .note, figcaption, .absent { color: var(--muted); font-size: 13px; }
 .summary { font-size: 15px; margin: 10px 0; padding: 10px 14px; background: #f5f7fa; border-radius: 6px; }
+.status p { margin: 4px 0 10px; font-size: 15px; }
+.status progress { width: 100%; height: 10px; accent-color: #0072b2; }
+.status.stopped strong { color: #d55e00; }
 nav a { margin-right: 16px; font-size: 14px; color: #0b5cad; text-decoration: none; }
 .absent { font-style: italic; }
 table { border-collapse: collapse; font-size: 14px; }

@@ -34,7 +34,7 @@ from cyclegan.errors import CycleGANError
 from cyclegan.layout import CHECKPOINTS, LOG
 from cyclegan.models import Direction, Model, checkpoints
 from cyclegan.train import runs
-from cyclegan.train.hooks import Hook, RunState, StopRun, note
+from cyclegan.train.hooks import Hook, RunState, Scalars, StopRun, Text, note
 from cyclegan.train.samples import sample_images
 
 # Thresholds, each far from what healthy runs show. Healthy figures: the demo's config (64 px, ngf/ndf 32,
@@ -123,6 +123,7 @@ class Health(Hook):
         if run.progress.step < cfg.health_warmup:
             return
         stats = probe(run.model, self.probe_A, self.probe_B)
+        run.publish(Scalars(run.progress.step, "health", stats))
         found = find_problems(run.model.directions, means, stats, self.first_cycle)
         for key in sorted(set(found) | set(self.episodes)):
             if self._update_episode(key, key in found, cfg.health_patience):
@@ -165,6 +166,7 @@ class Health(Hook):
         row = {"step": run.progress.step, "event": "health", "signal": signal, "network": network}
         shown = round(value, 6) if math.isfinite(value) else str(value)  # JSON has no NaN or inf
         runs.append_row(run.run_dir / LOG, row | {"value": shown, "message": message})
+        run.publish(Text(run.progress.step, f"health/{signal}/{network}", message))
 
     def state_dict(self) -> dict[str, Any]:
         return {

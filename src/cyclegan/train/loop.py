@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from cyclegan import distributed
-from cyclegan.config import TrainConfig
+from cyclegan.config import TrainConfig, trackers
 from cyclegan.data.datasets import (
     EpochSampler,
     RankBatches,
@@ -56,6 +56,7 @@ from cyclegan.train.hooks import (
 from cyclegan.train.interrupts import catch_interrupts
 from cyclegan.train.runs import Progress
 from cyclegan.train.samples import SampleGrids
+from cyclegan.train.tracking import Tracker, check_installed
 
 
 @dataclass
@@ -95,6 +96,7 @@ def train(
     ``cfg``: rank 0 alone writes the run folder and runs the hooks. ``cfg`` itself is not changed.
     """
     cfg.validate()
+    check_installed(cfg)  # a tracker asked for but not installed: one line before any folder is made
     distributed.check_global_batch(cfg.batch_size)
     if memory_budget is not None:
         from cyclegan.train.planner import check_budget  # the planner's dry runs: only when asked for
@@ -196,11 +198,14 @@ def _train(
 
 
 def default_hooks(cfg: TrainConfig, report: bool = True) -> list[Hook]:
-    """The hooks every run has: its log, health checks, sample grids, snapshots, evaluation if asked, the
-    report. Health comes first: a step that diverged stops the run before anything is drawn or saved."""
+    """The hooks every run has: its log, health checks, sample grids, snapshots, evaluation and trackers if
+    asked, the report. Health comes first: a step that diverged stops the run before anything is drawn or
+    saved; the trackers and the report come after the hooks whose results they show."""
     hooks: list[Hook] = [LossLog(), *([] if cfg.no_health else [Health()]), SampleGrids(), EpochSnapshots()]
     if cfg.eval_every:
         hooks.append(TestSetEvaluator())
+    if trackers(cfg.log_to):
+        hooks.append(Tracker(trackers(cfg.log_to), cfg.log_to_strict))
     if report:
         hooks.append(Report())
     return hooks

@@ -18,7 +18,7 @@ from cyclegan.errors import CycleGANError
 from cyclegan.files import atomic_write
 from cyclegan.layout import SAMPLES, sample_grid
 from cyclegan.models import Model
-from cyclegan.train.hooks import Hook, RunState
+from cyclegan.train.hooks import Hook, ImageFile, RunState
 
 
 class SampleGrids(Hook):
@@ -28,17 +28,21 @@ class SampleGrids(Hook):
 
     def start(self, run: RunState) -> None:
         self.images = tuple(t.to(run.device) for t in sample_images(run.cfg))
+        self.saved = -1  # the step of the last grid, drawn once
 
     def after_step(self, run: RunState, losses: dict[str, torch.Tensor]) -> None:
         if run.progress.step % run.cfg.sample_freq == 0:
             self._save(run)
 
     def end(self, run: RunState) -> None:
-        if run.stopped is None:  # weights a run stopped on (diverged) draw nothing worth seeing
+        if run.stopped is None and self.saved != run.progress.step:  # a diverged run's weights draw nothing
             self._save(run)
 
     def _save(self, run: RunState) -> None:
-        save_sample_grid(run.run_dir / SAMPLES / sample_grid(run.progress.step), run.model, *self.images)
+        self.saved = step = run.progress.step
+        path = run.run_dir / SAMPLES / sample_grid(step)
+        save_sample_grid(path, run.model, *self.images)
+        run.publish(ImageFile(step, "samples", path))
 
 
 @torch.no_grad()
