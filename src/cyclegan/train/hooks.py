@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,29 +218,35 @@ class TestSetEvaluator(Hook):
             checkpoints.save_weights(path, run.model.networks(), run.model.options, info)
 
 
+LIVE_SHARE = 0.005  # of a run's time, at most, for rewriting its live report at new sample grids
+
+
 class Report(Hook):
-    """The HTML report, with how far the run is: rewritten whenever a sample grid or an evaluation is new,
-    so that it can be watched live (``cyclegan report RUN --watch``), and at the end. A report that fails
-    is a warning, never a failed run."""
+    """The HTML report with how far the run is: rewritten when a sample grid or an evaluation is new, so
+    that it can be watched live (``cyclegan report RUN --watch``), and at the end. A long run's page takes
+    about half a second to render, so a new grid rewrites it only once the run has trained for
+    1 / ``LIVE_SHARE`` times as long as the last rewrite took; new scores always do. A report that fails is
+    a warning, never a failed run."""
 
     name = "report"
 
     def start(self, run: RunState) -> None:
-        self.due, self.warned = False, False
+        self.grid = self.scores = self.warned = False
+        self.next_write = 0.0  # the monotonic time from which a new grid may rewrite the page
         self.mark = (run.progress.step, run.progress.seconds)
         self.speed: float | None = None  # images/s between the last two reports
         run.subscribe(self._notice)
 
     def _notice(self, event: Event) -> None:
-        self.due |= isinstance(event, ImageFile) or (isinstance(event, Scalars) and event.group == "eval")
+        self.grid |= isinstance(event, ImageFile)
+        self.scores |= isinstance(event, Scalars) and event.group == "eval"
 
     def after_step(self, run: RunState, losses: dict[str, torch.Tensor]) -> None:
-        if self.due:
+        if self.scores or (self.grid and time.monotonic() >= self.next_write):
             self._write(run, "training")
 
     def after_epoch(self, run: RunState) -> None:
-        if self.due:
-            self._write(run, "training")
+        self.after_step(run, {})
 
     def end(self, run: RunState) -> None:
         finished = run.progress.step >= run.total_steps
@@ -248,7 +255,8 @@ class Report(Hook):
     def _write(self, run: RunState, state: str, final: bool = False) -> None:
         from cyclegan.evaluate.report import RunStatus, write_report  # on use: matplotlib costs half a second
 
-        self.due = False
+        began = time.monotonic()
+        self.grid = self.scores = False
         p, cfg = run.progress, run.cfg
         if p.step > self.mark[0] and p.seconds > self.mark[1]:
             self.speed = (p.step - self.mark[0]) * cfg.batch_size / (p.seconds - self.mark[1])
@@ -264,3 +272,4 @@ class Report(Hook):
             if final or not self.warned:
                 note(f"warning: the report could not be written ({type(err).__name__}: {err})")
             self.warned = True
+        self.next_write = time.monotonic() + (time.monotonic() - began) / LIVE_SHARE

@@ -312,7 +312,10 @@ class Tracker(Hook):
                 why = f"the {name} tracker cannot start ({type(err).__name__}: {first_line(err)})"
                 if self.strict:
                     self._close_all("stopped")
-                    raise CycleGANError(f"{why}; fix it and resume, or leave out --log_to {name}") from None
+                    raise CycleGANError(
+                        f"{why}: fix it, or leave {name} out of --log_to, and resume with:"
+                        f" cyclegan train --resume {run.run_dir}"
+                    ) from None
                 note(f"warning: {why}; training goes on without it")
         if ids != before:
             atomic_write_text(run.run_dir / TRACKERS, json.dumps(ids, indent=2) + "\n")
