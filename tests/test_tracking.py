@@ -32,6 +32,7 @@ from cyclegan.train import runs
 from cyclegan.train.hooks import Hook, RunState
 from cyclegan.train.loop import train
 
+pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy")  # MLflow's, not ours
 HERE = Path(__file__).parent
 KILLED_AT = 7
 KILLED_RUN = """
@@ -224,7 +225,7 @@ def test_a_tracker_failing_mid_run_is_one_warning_or_with_strict_stops_the_run(
     warned = [line for line in capsys.readouterr().err.splitlines() if "mlflow tracker" in line]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("cyclegan").experiment_id])
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss/G_A")] == [2, 4]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss/G_A")] == [2]  # then it failed
     assert run.info.status == "FAILED"
     if strict:  # the run stops at once, and says why, as a diverged run does
         assert warned == [] and result.progress.step == 4 and result.stopped is not None

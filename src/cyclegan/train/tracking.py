@@ -300,43 +300,41 @@ class Tracker(Hook):
         self.names, self.strict = tuple(names), strict
         self.backends: dict[str, Backend] = {}
         self.failure: str | None = None  # why a backend failed mid-run (stops the run when strict)
+        self.pending: dict[int, dict[str, float]] = {}  # scalars by step, until the step's hooks are done
 
     def start(self, run: RunState) -> None:
         self.run_dir = run.run_dir
         ids = read_ids(run.run_dir)
-        before = dict(ids)
+        before, failed = dict(ids), None
         for name in self.names:
             try:
                 self.backends[name] = BACKENDS[name](run, ids)
             except Exception as err:  # a library's own errors: each raises its own kinds
                 why = f"the {name} tracker cannot start ({type(err).__name__}: {first_line(err)})"
                 if self.strict:
-                    self._close_all("stopped")
-                    raise CycleGANError(
-                        f"{why}: fix it, or leave {name} out of --log_to, and resume with:"
-                        f" cyclegan train --resume {run.run_dir}"
-                    ) from None
+                    failed = f"{why}: fix it, or leave {name} out of --log_to, and resume with:"
+                    failed += f" cyclegan train --resume {run.run_dir}"
+                    break
                 note(f"warning: {why}; training goes on without it")
-        if ids != before:
+        if ids != before:  # before anything is logged, so that a killed run's trackers are found again
             atomic_write_text(run.run_dir / TRACKERS, json.dumps(ids, indent=2) + "\n")
+        if failed is not None:
+            self._close_all("stopped")
+            raise CycleGANError(failed)
         self.mark = (run.progress.step, run.progress.seconds)
         self.batch_size = run.cfg.batch_size
         run.subscribe(self.log)
 
     def log(self, event: Event) -> None:
-        """Hand one event to every working backend; one that raises is dropped with a warning."""
-        for name, backend in list(self.backends.items()):
-            if event.step < backend.first_step:
-                continue
-            try:
-                if isinstance(event, Scalars):
-                    backend.scalars(event.step, {f"{event.group}/{k}": v for k, v in event.values.items()})
-                elif isinstance(event, ImageFile):
-                    backend.image(event.step, event.name, event.path)
-                else:
-                    backend.text(event.step, event.name, event.text)
-            except Exception as err:
-                self._drop(name, err, event.step)
+        """Images and text go to the trackers at once; a step's scalars wait for the end of its hooks, to
+        reach each tracker in one call (MLflow's store commits each call)."""
+        if isinstance(event, Scalars):
+            values = self.pending.setdefault(event.step, {})
+            values.update({f"{event.group}/{k}": v for k, v in event.values.items()})
+        elif isinstance(event, ImageFile):
+            self._call(event.step, "image", event.step, event.name, event.path)
+        else:
+            self._call(event.step, "text", event.step, event.name, event.text)
 
     def after_step(self, run: RunState, losses: dict[str, torch.Tensor]) -> None:
         p = run.progress
@@ -345,31 +343,42 @@ class Tracker(Hook):
             speed = (p.step - self.mark[0]) * self.batch_size / (p.seconds - self.mark[1])
             self.log(Scalars(p.step, "train", {"images_per_s": speed}))
             self.mark = (p.step, p.seconds)
+        self._send()
         if printing or run.saving:  # live dashboards see each interval; a checkpoint's past survives a kill
             self._flush(p.step)
         self._stop_if_failed()
 
     def after_epoch(self, run: RunState) -> None:
+        self._send()
         self._flush(run.progress.step)  # an evaluation's scores, before the next checkpoint
         self._stop_if_failed()
 
     def end(self, run: RunState) -> None:
+        self._send()
         if run.stopped is not None:
             outcome = "stopped"
         else:
             outcome = "finished" if run.progress.step >= run.total_steps else "interrupted"
-        for name, backend in list(self.backends.items()):
-            try:
-                backend.close(outcome)
-            except Exception as err:
-                self._drop(name, err, run.progress.step)
+        self._call(run.progress.step, "close", outcome, logs=False)
 
-    def _flush(self, step: int) -> None:
+    def _send(self) -> None:
+        for step, values in sorted(self.pending.items()):
+            self._call(step, "scalars", step, values)
+        self.pending.clear()
+
+    def _call(self, step: int, method: str, *args: Any, logs: bool = True) -> None:
+        """``method(*args)`` of every backend, but a call that ``logs`` skips the backends that have ``step``
+        already; a backend that raises is dropped with a warning."""
         for name, backend in list(self.backends.items()):
+            if logs and step < backend.first_step:
+                continue
             try:
-                backend.flush()
+                getattr(backend, method)(*args)
             except Exception as err:
                 self._drop(name, err, step)
+
+    def _flush(self, step: int) -> None:
+        self._call(step, "flush", logs=False)
 
     def _drop(self, name: str, err: Exception, step: int) -> None:
         backend = self.backends.pop(name)

@@ -1,0 +1,214 @@
+"""Experiment trackers and the live report: what they cost per training step at the default intervals.
+
+Interleaved rounds of short training runs, identical but for what they log: no tracker and no report
+("none", the run as it was before ``--log_to``), the trackers of ``--trackers`` ("trackers"), and those
+with the live report ("trackers+report"). Each run times its steps from step ``--warmup`` on with a hook
+placed after all others, so what the trackers cost once per run (W&B's service, MLflow's database, the
+last flush) is left out. The default intervals are kept: losses every 100 steps, a sample grid every 400,
+health every 100; epoch snapshots and checkpoints are pushed past the run, as they cost every run alike.
+Beside the end-to-end difference, which a shared machine makes noisy, the time spent inside the tracker
+and report hooks is summed directly (W&B's own process is not in it, only in the end-to-end figure).
+
+Then the report of a long run (2,000 loss rows, 500 sample grids of 1542x1030 px, as 200,000 steps at the
+default intervals leave) is rendered a few times: the live report's cost per rewrite, which the report
+hook keeps under ``LIVE_SHARE`` of the run's time by skipping grids.
+
+    PYTHONPATH=src python benchmarks/tracking.py --steps 800 --rounds 2 --out runs/tracking.json
+
+W&B runs offline (WANDB_MODE=offline unless set) and MLflow writes to a store in the temporary folder;
+MLflow's telemetry is switched off (MLFLOW_DISABLE_TELEMETRY=true unless set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cyclegan.config import TrainConfig
+from cyclegan.evaluate.report import RunStatus, write_report
+from cyclegan.files import atomic_write_text
+from cyclegan.train.hooks import LIVE_SHARE, Hook, Report, RunState
+from cyclegan.train.loop import train
+from cyclegan.train.tracking import Tracker
+
+INSIDE = {"trackers": 0.0, "report": 0.0}  # seconds spent inside those hooks during the timed steps
+
+
+class Clock(Hook):
+    """The time at the end of every step, after every other hook ran."""
+
+    name = "clock"
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def after_step(self, run: RunState, losses: dict[str, torch.Tensor]) -> None:
+        if run.progress.step == run.total_steps and run.device.type == "cuda":
+            torch.cuda.synchronize(run.device)  # the queued steps belong to the timed ones
+        self.times.append(time.perf_counter())
+
+
+def timed(kind: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` adding its time to ``INSIDE[kind]``, once however deeply it calls the others."""
+    depth = {"n": 0}
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        depth["n"] += 1
+        began = time.perf_counter()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            depth["n"] -= 1
+            if depth["n"] == 0:
+                INSIDE[kind] += time.perf_counter() - began
+
+    return wrapper
+
+
+def instrument() -> None:
+    for name in ("log", "after_step", "after_epoch"):
+        setattr(Tracker, name, timed("trackers", getattr(Tracker, name)))
+    for name in ("_notice", "after_step", "after_epoch"):
+        setattr(Report, name, timed("report", getattr(Report, name)))
+
+
+def make_data(root: Path, size: int, count: int) -> None:
+    rng = np.random.default_rng(0)
+    for domain in ("trainA", "trainB", "testA", "testB"):
+        (root / domain).mkdir(parents=True)
+        for i in range(count if domain.startswith("train") else 4):
+            small = (rng.random((size // 8, size // 8, 3)) * 255).astype(np.uint8)
+            Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC).save(
+                root / domain / f"{i}.png"
+            )
+
+
+def one_run(args: argparse.Namespace, data: Path, out: Path, variant: str, round_: int) -> dict[str, Any]:
+    cfg = TrainConfig.create(
+        dataroot=str(data), checkpoints_dir=str(out), name=f"{variant.replace('+', '_')}_{round_}",
+        crop_size=args.size, load_size=args.size + args.size // 8, ngf=args.ngf, ndf=args.ndf,
+        netG=args.netG, num_workers=args.num_workers, device=args.device, seed=0, max_steps=args.steps,
+        n_epochs=10**4, n_epochs_decay=0, save_latest_freq=10**9, save_epoch_freq=10**9,
+        log_to=args.trackers if variant != "none" else "none",
+    )  # fmt: skip
+    clock = Clock()
+    before = dict(INSIDE)
+    result = train(cfg, hooks=[clock], show_progress=False, report=variant == "trackers+report")
+    assert result.progress.step == args.steps
+    times = clock.times[args.warmup :]
+    per_step = (times[-1] - times[0]) / (len(times) - 1)
+    inside = {k: (INSIDE[k] - before[k]) / (len(times) - 1) for k in INSIDE}
+    return {"variant": variant, "round": round_, "s_per_step": per_step, "inside_s_per_step": inside}
+
+
+def long_run_report(folder: Path, renders: int) -> list[float]:
+    """Seconds per render of a 200,000-step run's report (as the live report rewrites it)."""
+    rng = np.random.default_rng(0)
+    (folder / "samples").mkdir(parents=True)
+    TrainConfig.create(dataroot="data").save(folder / "config.json")
+    names = ("D_A", "G_A", "cycle_A", "idt_A", "D_B", "G_B", "cycle_B", "idt_B")
+    rows = [
+        {
+            "step": i * 100,
+            "epoch": i // 10 + 1,
+            "lr": 2e-4,
+            "time": i * 4.0,
+            **{k: rng.random() for k in names},
+        }
+        for i in range(1, 2001)
+    ]
+    atomic_write_text(folder / "log.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    small = (rng.random((130, 200, 3)) * 255).astype(np.uint8)
+    first = folder / "samples" / "step_0000400.png"
+    Image.fromarray(small).resize((1542, 1030), Image.Resampling.BICUBIC).save(first)
+    for step in range(800, 200_001, 400):
+        shutil.copyfile(first, folder / "samples" / f"step_{step:07d}.png")
+    status = RunStatus("training", 200_000, 400_000, 100, 200, 20.0, 10_000.0)
+    seconds = []
+    for _ in range(renders):
+        began = time.perf_counter()
+        write_report(folder, status=status)
+        seconds.append(time.perf_counter() - began)
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--trackers", default="tensorboard,wandb,mlflow", help="what --log_to names")
+    parser.add_argument("--steps", type=int, default=800, help="steps per run (two sample grids at 800)")
+    parser.add_argument("--warmup", type=int, default=20, help="steps not timed at the start of each run")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--ngf", type=int, default=8)
+    parser.add_argument("--ndf", type=int, default=8)
+    parser.add_argument("--netG", default="resnet_6blocks")
+    parser.add_argument("--images", type=int, default=100, help="training images per domain")
+    parser.add_argument("--num_workers", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--renders", type=int, default=3, help="renders of the long run's report")
+    parser.add_argument("--out", type=Path, help="write the results here as JSON")
+    args = parser.parse_args()
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    instrument()
+    variants = ("none", "trackers", "trackers+report")
+    with tempfile.TemporaryDirectory() as tmp:
+        make_data(Path(tmp) / "data", args.size, args.images)
+        runs = [
+            one_run(args, Path(tmp) / "data", Path(tmp) / "runs", variant, r)
+            for r in range(args.rounds)
+            for variant in variants
+        ]
+        renders = long_run_report(Path(tmp) / "long", args.renders)
+    base = statistics.median(r["s_per_step"] for r in runs if r["variant"] == "none")
+    summary: dict[str, Any] = {"base_ms_per_step": 1000 * base}
+    print(f"{args.trackers} at {args.size} px, ngf {args.ngf}, {args.steps} steps x {args.rounds} rounds")
+    for variant in variants:
+        mine = [r for r in runs if r["variant"] == variant]
+        per_step = statistics.median(r["s_per_step"] for r in mine)
+        inside = {k: statistics.median(r["inside_s_per_step"][k] for r in mine) for k in INSIDE}
+        summary[variant] = {
+            "ms_per_step": 1000 * per_step,
+            "end_to_end_overhead": per_step / base - 1,
+            "inside_ms_per_step": {k: 1000 * v for k, v in inside.items()},
+            "inside_share": {k: v / per_step for k, v in inside.items()},
+        }
+        print(
+            f"  {variant:16s} {1000 * per_step:8.2f} ms/step ({per_step / base - 1:+.2%} end to end);"
+            f" inside trackers {inside['trackers'] / per_step:.3%},"
+            f" inside the report {inside['report'] / per_step:.3%}"
+        )
+    summary["long_run_report_s"] = renders
+    print(
+        f"  a 200,000-step run's report renders in {statistics.median(renders):.3f} s; the live report"
+        f" rewrites it at most once per {statistics.median(renders) / LIVE_SHARE:.0f} s of training"
+    )
+    if args.out is not None:
+        atomic_write_text(
+            args.out,
+            json.dumps(
+                {"args": vars(args) | {"out": str(args.out)}, "runs": runs, "summary": summary}, indent=2
+            )
+            + "\n",
+        )
+    print(f"torch {torch.__version__}, {sys.platform}, device {args.device}")
+
+
+if __name__ == "__main__":
+    main()
