@@ -1,13 +1,14 @@
 """Experiment trackers and the live report: what they cost per training step at the default intervals.
 
-Interleaved rounds of short training runs, identical but for what they log: no tracker and no report
-("none", the run as it was before ``--log_to``), the trackers of ``--trackers`` ("trackers"), and those
-with the live report ("trackers+report"). Each run times its steps from step ``--warmup`` on with a hook
-placed after all others, so what the trackers cost once per run (W&B's service, MLflow's database, the
-last flush) is left out. The default intervals are kept: losses every 100 steps, a sample grid every 400,
+Interleaved rounds of short training runs, identical but for what they log: each of ``--variants`` is a
+``--log_to`` value, with "+report" for the live report too; the first is the baseline (by default "none",
+the run as it was before ``--log_to``: no tracker, no live report). Each run times its steps from step
+``--warmup`` on with a hook placed after all others, so what the trackers cost once per run (W&B's
+service, MLflow's database, the last flush) is left out. The default intervals are kept: losses every 100 steps, a sample grid every 400,
 health every 100; epoch snapshots and checkpoints are pushed past the run, as they cost every run alike.
 Beside the end-to-end difference, which a shared machine makes noisy, the time spent inside the tracker
-and report hooks is summed directly (W&B's own process is not in it, only in the end-to-end figure).
+and report hooks is summed directly, and so is the CPU time of child processes (W&B's service runs in
+one): on a machine with cores to spare it costs the training nothing, on a busy one it competes.
 
 Then the report of a long run (2,000 loss rows, 500 sample grids of 1542x1030 px, as 200,000 steps at the
 default intervals leave) is rendered a few times: the live report's cost per rewrite, which the report
@@ -22,6 +23,7 @@ MLflow's telemetry is switched off (MLFLOW_DISABLE_TELEMETRY=true unless set).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -52,13 +54,29 @@ class Clock(Hook):
 
     name = "clock"
 
-    def __init__(self) -> None:
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
         self.times: list[float] = []
+        self.helpers: list[float] = []  # CPU seconds of child processes at the first and last timed step
 
     def after_step(self, run: RunState, losses: dict[str, torch.Tensor]) -> None:
         if run.progress.step == run.total_steps and run.device.type == "cuda":
             torch.cuda.synchronize(run.device)  # the queued steps belong to the timed ones
         self.times.append(time.perf_counter())
+        if run.progress.step in (self.warmup + 1, run.total_steps):
+            self.helpers.append(children_cpu())
+
+
+def children_cpu() -> float:
+    """CPU seconds used so far by this process's living child processes (W&B's service, say)."""
+    import psutil
+
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            times = child.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 def timed(kind: str, method: Callable[..., Any]) -> Callable[..., Any]:
@@ -96,22 +114,27 @@ def make_data(root: Path, size: int, count: int) -> None:
             )
 
 
-def one_run(args: argparse.Namespace, data: Path, out: Path, variant: str, round_: int) -> dict[str, Any]:
+def one_run(args: argparse.Namespace, data: Path, out: Path, variant: str, name: str) -> dict[str, Any]:
+    log_to, _, report = variant.partition("+")
     cfg = TrainConfig.create(
-        dataroot=str(data), checkpoints_dir=str(out), name=f"{variant.replace('+', '_')}_{round_}",
+        dataroot=str(data), checkpoints_dir=str(out), name=name,
         crop_size=args.size, load_size=args.size + args.size // 8, ngf=args.ngf, ndf=args.ndf,
         netG=args.netG, num_workers=args.num_workers, device=args.device, seed=0, max_steps=args.steps,
         n_epochs=10**4, n_epochs_decay=0, save_latest_freq=10**9, save_epoch_freq=10**9,
-        log_to=args.trackers if variant != "none" else "none",
+        log_to=log_to,
     )  # fmt: skip
-    clock = Clock()
+    clock = Clock(args.warmup)
     before = dict(INSIDE)
-    result = train(cfg, hooks=[clock], show_progress=False, report=variant == "trackers+report")
+    result = train(cfg, hooks=[clock], show_progress=False, report=report == "report")
     assert result.progress.step == args.steps
     times = clock.times[args.warmup :]
     per_step = (times[-1] - times[0]) / (len(times) - 1)
     inside = {k: (INSIDE[k] - before[k]) / (len(times) - 1) for k in INSIDE}
-    return {"variant": variant, "round": round_, "s_per_step": per_step, "inside_s_per_step": inside}
+    helpers = (clock.helpers[1] - clock.helpers[0]) / (times[-1] - times[0])
+    return {
+        "variant": variant, "run": name, "s_per_step": per_step, "inside_s_per_step": inside,
+        "helper_cpu_s_per_s": helpers,
+    }  # fmt: skip
 
 
 def long_run_report(folder: Path, renders: int) -> list[float]:
@@ -149,7 +172,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--trackers", default="tensorboard,wandb,mlflow", help="what --log_to names")
+    parser.add_argument(
+        "--variants",
+        default="none;tensorboard,wandb,mlflow;tensorboard,wandb,mlflow+report",
+        help="runs to compare, separated by ';': a --log_to value, +report for the live report; the first is"
+        " the baseline",
+    )
     parser.add_argument("--steps", type=int, default=800, help="steps per run (two sample grids at 800)")
     parser.add_argument("--warmup", type=int, default=20, help="steps not timed at the start of each run")
     parser.add_argument("--rounds", type=int, default=2)
@@ -167,32 +195,34 @@ def main() -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     instrument()
-    variants = ("none", "trackers", "trackers+report")
+    variants = args.variants.split(";")
     with tempfile.TemporaryDirectory() as tmp:
         make_data(Path(tmp) / "data", args.size, args.images)
         runs = [
-            one_run(args, Path(tmp) / "data", Path(tmp) / "runs", variant, r)
+            one_run(args, Path(tmp) / "data", Path(tmp) / "runs", variant, f"round{r}_{i}")
             for r in range(args.rounds)
-            for variant in variants
+            for i, variant in enumerate(variants)
         ]
         renders = long_run_report(Path(tmp) / "long", args.renders)
-    base = statistics.median(r["s_per_step"] for r in runs if r["variant"] == "none")
+    base = statistics.median(r["s_per_step"] for r in runs if r["variant"] == variants[0])
     summary: dict[str, Any] = {"base_ms_per_step": 1000 * base}
-    print(f"{args.trackers} at {args.size} px, ngf {args.ngf}, {args.steps} steps x {args.rounds} rounds")
+    print(f"{args.size} px, ngf {args.ngf}, {args.steps} steps x {args.rounds} rounds, against {variants[0]}")
     for variant in variants:
         mine = [r for r in runs if r["variant"] == variant]
         per_step = statistics.median(r["s_per_step"] for r in mine)
         inside = {k: statistics.median(r["inside_s_per_step"][k] for r in mine) for k in INSIDE}
+        helpers = statistics.median(r["helper_cpu_s_per_s"] for r in mine)
         summary[variant] = {
+            "helper_cpu_s_per_s": helpers,
             "ms_per_step": 1000 * per_step,
             "end_to_end_overhead": per_step / base - 1,
             "inside_ms_per_step": {k: 1000 * v for k, v in inside.items()},
             "inside_share": {k: v / per_step for k, v in inside.items()},
         }
         print(
-            f"  {variant:16s} {1000 * per_step:8.2f} ms/step ({per_step / base - 1:+.2%} end to end);"
+            f"  {variant:40s} {1000 * per_step:8.2f} ms/step ({per_step / base - 1:+.2%} end to end);"
             f" inside trackers {inside['trackers'] / per_step:.3%},"
-            f" inside the report {inside['report'] / per_step:.3%}"
+            f" inside the report {inside['report'] / per_step:.3%}; child processes {helpers:.3f} CPU-s/s"
         )
     summary["long_run_report_s"] = renders
     print(
