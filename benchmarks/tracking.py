@@ -131,6 +131,7 @@ def one_run(args: argparse.Namespace, data: Path, out: Path, variant: str, name:
     per_step = (times[-1] - times[0]) / (len(times) - 1)
     inside = {k: (INSIDE[k] - before[k]) / (len(times) - 1) for k in INSIDE}
     helpers = (clock.helpers[1] - clock.helpers[0]) / (times[-1] - times[0])
+    print(f"  {name} {variant}: {1000 * per_step:.2f} ms/step", flush=True)
     return {
         "variant": variant, "run": name, "s_per_step": per_step, "inside_s_per_step": inside,
         "helper_cpu_s_per_s": helpers,
