@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import statistics
@@ -39,12 +40,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cyclegan.config import TrainConfig
+from cyclegan.config import TrainConfig, trackers
 from cyclegan.evaluate.report import RunStatus, write_report
 from cyclegan.files import atomic_write_text
 from cyclegan.train.hooks import LIVE_SHARE, Hook, Report, RunState
 from cyclegan.train.loop import train
-from cyclegan.train.tracking import Tracker
+from cyclegan.train.tracking import BACKENDS, Backend, Tracker
 
 INSIDE = {"trackers": 0.0, "report": 0.0}  # seconds spent inside those hooks during the timed steps
 
@@ -138,6 +139,70 @@ def one_run(args: argparse.Namespace, data: Path, out: Path, variant: str, name:
     }  # fmt: skip
 
 
+class Capture(Hook):
+    """Keeps the run's state, to open trackers on it after the run."""
+
+    name = "capture"
+
+    def start(self, run: RunState) -> None:
+        self.run = run
+
+
+def per_call_costs(
+    args: argparse.Namespace, data: Path, out: Path, repeats: int
+) -> dict[str, dict[str, float]]:
+    """Milliseconds per call of each tracker, each flushed, with a step's usual scalars (losses, learning
+    rate, epoch, images/s and health: 19 values) and the sample grid of a 256-px run (1542x1030 px), and
+    what they add per step at the default intervals: scalars every 100 steps, a grid every 400."""
+    capture = Capture()
+    cfg = TrainConfig.create(
+        dataroot=str(data), checkpoints_dir=str(out), name="calls", crop_size=args.size,
+        load_size=args.size + args.size // 8, ngf=args.ngf, ndf=args.ndf, netG=args.netG, num_workers=0,
+        device=args.device, seed=0, max_steps=1,
+    )  # fmt: skip
+    train(cfg, hooks=[capture], show_progress=False, report=False)
+    run = capture.run
+    grid = grid_png(out / "grid.png")
+    values = {f"loss/{name}": 0.5 for name in run.model.loss_names}
+    values |= {"train/lr": 2e-4, "train/epoch": 1.0, "train/images_per_s": 30.0}
+    values |= {f"health/{k}_{d}": 0.3 for k in ("change", "gap", "diversity", "colour") for d in "AB"}
+    steps = itertools.count(1)  # W&B takes steps in order only
+    costs = {}
+    variants = args.variants.split(";")
+    for name in dict.fromkeys(n for v in variants for n in trackers(v.partition("+")[0])):
+        backend = BACKENDS[name](run, {})
+
+        def scalars(b: Backend = backend) -> None:
+            b.scalars(next(steps), values)
+            b.flush()
+
+        def image(b: Backend = backend) -> None:
+            b.image(next(steps), "samples", grid)
+            b.flush()  # TensorBoard writes in a thread: counted as if it waited for the disk
+
+        scalars_ms, image_ms = ms(scalars, repeats), ms(image, repeats)
+        backend.close("finished")
+        costs[name] = {
+            "scalars_ms": scalars_ms, "image_ms": image_ms,
+            "ms_per_step": scalars_ms / 100 + image_ms / 400,
+        }  # fmt: skip
+    return costs
+
+
+def ms(call: Callable[[], object], repeats: int) -> float:
+    began = time.perf_counter()
+    for _ in range(repeats):
+        call()
+    return 1000 * (time.perf_counter() - began) / repeats
+
+
+def grid_png(path: Path) -> Path:
+    """A sample grid as a 256-px CycleGAN run draws it (4 rows of 6 images): 1542x1030 px, photo-like."""
+    small = (np.random.default_rng(0).random((130, 200, 3)) * 255).astype(np.uint8)
+    Image.fromarray(small).resize((1542, 1030), Image.Resampling.BICUBIC).save(path)
+    return path
+
+
 def long_run_report(folder: Path, renders: int) -> list[float]:
     """Seconds per render of a 200,000-step run's report (as the live report rewrites it)."""
     rng = np.random.default_rng(0)
@@ -155,9 +220,7 @@ def long_run_report(folder: Path, renders: int) -> list[float]:
         for i in range(1, 2001)
     ]
     atomic_write_text(folder / "log.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    small = (rng.random((130, 200, 3)) * 255).astype(np.uint8)
-    first = folder / "samples" / "step_0000400.png"
-    Image.fromarray(small).resize((1542, 1030), Image.Resampling.BICUBIC).save(first)
+    first = grid_png(folder / "samples" / "step_0000400.png")
     for step in range(800, 200_001, 400):
         os.link(first, folder / "samples" / f"step_{step:07d}.png")  # 500 names, one file's space
     status = RunStatus("training", 200_000, 400_000, 100, 200, 20.0, 10_000.0)
@@ -181,7 +244,7 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=800, help="steps per run (two sample grids at 800)")
     parser.add_argument("--warmup", type=int, default=20, help="steps not timed at the start of each run")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="0: only the per-call costs and the report")
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--ngf", type=int, default=8)
     parser.add_argument("--ndf", type=int, default=8)
@@ -189,6 +252,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=100, help="training images per domain")
     parser.add_argument("--num_workers", type=int, default=0)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--repeats", type=int, default=20, help="calls timed per tracker and kind")
     parser.add_argument("--renders", type=int, default=3, help="renders of the long run's report")
     parser.add_argument("--out", type=Path, help="write the results here as JSON")
     args = parser.parse_args()
@@ -197,6 +261,7 @@ def main() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     instrument()
     variants = args.variants.split(";")
+    summary: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         make_data(Path(tmp) / "data", args.size, args.images)
         runs = [
@@ -204,9 +269,30 @@ def main() -> None:
             for r in range(args.rounds)
             for i, variant in enumerate(variants)
         ]
-        renders = long_run_report(Path(tmp) / "long", args.renders)
+        if runs:
+            summary["runs"] = summarize(runs, variants, args)
+        summary["calls"] = per_call_costs(args, Path(tmp) / "data", Path(tmp) / "calls", args.repeats)
+        summary["long_run_report_s"] = long_run_report(Path(tmp) / "long", args.renders)
+    for name, cost in summary["calls"].items():
+        print(
+            f"  {name}: {cost['scalars_ms']:.2f} ms per step's scalars, {cost['image_ms']:.2f} ms per"
+            f" 1542x1030 grid, written out: {cost['ms_per_step']:.3f} ms per step at the default intervals"
+        )
+    render = statistics.median(summary["long_run_report_s"])
+    print(
+        f"  a 200,000-step run's report renders in {render:.3f} s; the live report rewrites it at most once"
+        f" per {render / LIVE_SHARE:.0f} s of training"
+    )
+    if args.out is not None:
+        text = json.dumps({"args": vars(args) | {"out": str(args.out)}, "summary": summary, "runs": runs})
+        atomic_write_text(args.out, text + "\n")
+    print(f"torch {torch.__version__}, {sys.platform}, device {args.device}")
+
+
+def summarize(runs: list[dict[str, Any]], variants: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """Per variant, the median over rounds; printed as a table."""
     base = statistics.median(r["s_per_step"] for r in runs if r["variant"] == variants[0])
-    summary: dict[str, Any] = {"base_ms_per_step": 1000 * base}
+    summary: dict[str, Any] = {}
     print(f"{args.size} px, ngf {args.ngf}, {args.steps} steps x {args.rounds} rounds, against {variants[0]}")
     for variant in variants:
         mine = [r for r in runs if r["variant"] == variant]
@@ -214,31 +300,17 @@ def main() -> None:
         inside = {k: statistics.median(r["inside_s_per_step"][k] for r in mine) for k in INSIDE}
         helpers = statistics.median(r["helper_cpu_s_per_s"] for r in mine)
         summary[variant] = {
-            "helper_cpu_s_per_s": helpers,
             "ms_per_step": 1000 * per_step,
             "end_to_end_overhead": per_step / base - 1,
-            "inside_ms_per_step": {k: 1000 * v for k, v in inside.items()},
             "inside_share": {k: v / per_step for k, v in inside.items()},
+            "helper_cpu_s_per_s": helpers,
         }
         print(
             f"  {variant:40s} {1000 * per_step:8.2f} ms/step ({per_step / base - 1:+.2%} end to end);"
             f" inside trackers {inside['trackers'] / per_step:.3%},"
             f" inside the report {inside['report'] / per_step:.3%}; child processes {helpers:.3f} CPU-s/s"
         )
-    summary["long_run_report_s"] = renders
-    print(
-        f"  a 200,000-step run's report renders in {statistics.median(renders):.3f} s; the live report"
-        f" rewrites it at most once per {statistics.median(renders) / LIVE_SHARE:.0f} s of training"
-    )
-    if args.out is not None:
-        atomic_write_text(
-            args.out,
-            json.dumps(
-                {"args": vars(args) | {"out": str(args.out)}, "runs": runs, "summary": summary}, indent=2
-            )
-            + "\n",
-        )
-    print(f"torch {torch.__version__}, {sys.platform}, device {args.device}")
+    return summary
 
 
 if __name__ == "__main__":
