@@ -23,7 +23,7 @@ EVAL_FILE = "eval.json"
 DEMO_FILE = "demo.json"
 LOCK = ".lock"
 WANDB = "wandb"
-TRACKERS = "trackers.json"
+TRACKER_IDS = "trackers.json"
 MLRUNS = "mlruns"  # in CHECKPOINTS_DIR: one store for all its runs, as `tensorboard --logdir` sees them all
 
 

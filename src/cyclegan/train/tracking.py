@@ -14,8 +14,10 @@ deprecated) with its artifacts beside it, shared by the runs of that folder so i
 
 A resumed run continues the same tracker runs. TensorBoard: the resumed session's event file purges what
 a killed session logged after the checkpoint (``purge_step``), as ``log.jsonl`` forgets those rows. W&B and
-MLflow keep everything they are sent, so their run ids are kept in ``trackers.json`` from the first start
-on, and a resumed run skips the steps its tracker run already has (a resumed run repeats them exactly).
+MLflow keep everything they are sent: their run ids are kept in ``trackers.json`` from the first start on
+(before any checkpoint), and a resumed run skips the steps its MLflow run, or online W&B run, already has;
+a resumed run repeats them exactly. Offline, W&B keeps a folder per session of the one run, which
+``wandb sync`` uploads.
 
 A tracker that cannot start, or fails mid-run (a full disk, a server gone), is one warning and the run
 goes on without it; with ``--log_to_strict`` it stops the run instead: before training when it cannot
@@ -43,7 +45,7 @@ import torch
 from cyclegan.config import TrainConfig, trackers
 from cyclegan.errors import CycleGANError, first_line
 from cyclegan.files import atomic_write_text
-from cyclegan.layout import MLRUNS, TRACKERS
+from cyclegan.layout import MLRUNS, TRACKER_IDS
 from cyclegan.train.hooks import Event, Hook, ImageFile, RunState, Scalars, StopRun, note
 
 if TYPE_CHECKING:
@@ -327,7 +329,7 @@ class Tracker(Hook):
                     break
                 note(f"warning: {why}; training goes on without it")
         if ids != before:  # before anything is logged, so that a killed run's trackers are found again
-            atomic_write_text(run.run_dir / TRACKERS, json.dumps(ids, indent=2) + "\n")
+            atomic_write_text(run.run_dir / TRACKER_IDS, json.dumps(ids, indent=2) + "\n")
         if failed is not None:
             self._close_all("stopped")
             raise CycleGANError(failed)
@@ -416,7 +418,7 @@ class Tracker(Hook):
 def read_ids(run_dir: Path) -> dict[str, str]:
     """The tracker run ids a run has kept (``trackers.json``); a missing or damaged file keeps none."""
     try:
-        data = json.loads((run_dir / TRACKERS).read_text(encoding="utf-8"))
+        data = json.loads((run_dir / TRACKER_IDS).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     if not isinstance(data, dict):
