@@ -19,6 +19,19 @@ hook keeps under ``LIVE_SHARE`` of the run's time by skipping grids.
 
 W&B runs offline (WANDB_MODE=offline unless set) and MLflow writes to a store in the temporary folder;
 MLflow's telemetry is switched off (MLFLOW_DISABLE_TELEMETRY=true unless set).
+
+Measured on the shared 2-core CPU machine (torch 2.14, tensorboard 2.21, wandb 0.31, mlflow 3.17),
+``--steps 820 --rounds 1`` (32 px, ngf 8, about 36 ms a step, the step time of a small GPU run):
+
+* inside the hooks, all three trackers together: 0.30-0.42% of the run's time (two runs); the live
+  report: 0.27-0.35% (its cap is 0.5%); W&B's service process: 0.002 CPU-s per second. The end-to-end
+  differences (+1.6%, +7.4%) are this machine's noise: five identical runs without trackers spread over
+  30.6-33.5 ms a step.
+* per call, written out: TensorBoard 0.83 ms per step's scalars and 104 ms per 1542x1030 grid (a JPEG
+  preview: its writer checksums in pure Python, 243 ms for the PNG itself), W&B 0.13 ms and 40 ms, MLflow
+  5.6 ms (an SQLite commit) and 4 ms: 0.27, 0.10 and 0.07 ms per step at the default intervals, so one
+  tracker stays under 1% for steps of 27 ms or longer, all three for steps of 44 ms or longer.
+* a 200,000-step run's report renders in 0.51 s: the live report rewrites it at most every 103 s.
 """
 
 from __future__ import annotations
