@@ -21,7 +21,7 @@ W&B runs offline (WANDB_MODE=offline unless set) and MLflow writes to a store in
 MLflow's telemetry is switched off (MLFLOW_DISABLE_TELEMETRY=true unless set).
 
 Measured on the shared 2-core CPU machine (torch 2.14, tensorboard 2.21, wandb 0.31, mlflow 3.17),
-``--steps 820 --rounds 1`` (32 px, ngf 8, about 36 ms a step, the step time of a small GPU run):
+``--steps 820 --rounds 1`` (32 px, ngf 8: about 36 ms a step):
 
 * inside the hooks, all three trackers together: 0.30-0.42% of the run's time (two runs); the live
   report: 0.27-0.35% (its cap is 0.5%); W&B's service process: 0.002 CPU-s per second. The end-to-end
