@@ -100,13 +100,6 @@ class Model(nn.Module):
         which = " and ".join(d.name for d in cls.directions)
         raise CycleGANError(f"a {cls.name} model translates {which} only, not {name}")
 
-    @classmethod
-    def channels(cls, net: NetConfig, direction: str) -> tuple[int, int]:
-        """(in, out) channels of the generator of ``direction``."""
-        d = cls.direction(direction)
-        sides = {"A": net.input_nc, "B": net.output_nc}
-        return sides[d.source], sides[d.target]
-
     def generator(self, direction: str) -> nn.Module:
         return getattr(self, self.direction(direction).generator)
 

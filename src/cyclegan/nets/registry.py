@@ -69,3 +69,8 @@ def size_multiple(cfg: NetConfig) -> int:
     """Image sides the generator maps back to themselves are multiples of this (it says so itself)."""
     with torch.device("meta"):
         return int(_lookup(GENERATORS, cfg.netG, "--netG")(cfg, cfg.input_nc, cfg.output_nc).size_multiple)
+
+
+def input_channels(generator: nn.Module) -> int:
+    """The channels of the images a network takes, from its first convolution (wrappers included)."""
+    return next(m for m in generator.modules() if isinstance(m, nn.Conv2d)).in_channels

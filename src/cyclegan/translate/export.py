@@ -35,7 +35,7 @@ from cyclegan.data.images import to_image, to_tensor
 from cyclegan.errors import CycleGANError, first_line
 from cyclegan.files import atomic_write
 from cyclegan.models.checkpoints import load_generator, resolve_checkpoint
-from cyclegan.nets import MIN_SIZE, size_multiple
+from cyclegan.nets import MIN_SIZE, input_channels, size_multiple
 
 FORMAT = "cyclegan-onnx/1"
 OPSET = 17
@@ -72,7 +72,7 @@ def export_onnx(checkpoint: Path, out: Path, *, direction: str = "AtoB", overwri
     ends = (model.graph.input[0], model.graph.output[0])
     channels = [v.type.tensor_type.shape.dim[1].dim_value for v in ends]
     onnx.helper.set_model_props(model, metadata(config, direction, *channels))
-    model.doc_string = f"CycleGAN {config.netG} generator ({direction}); see metadata_props for the contract"
+    model.doc_string = f"{config.netG} generator ({direction}); see metadata_props for the contract"
     onnx.checker.check_model(model)
     data = model.SerializeToString()
 
@@ -84,9 +84,8 @@ def export_onnx(checkpoint: Path, out: Path, *, direction: str = "AtoB", overwri
 
 
 def _trace(generator: nn.Module, multiple: int) -> bytes:
-    in_channels = next(m for m in generator.modules() if isinstance(m, nn.Conv2d)).in_channels
     side = max(multiple, MIN_SIZE)
-    sample = torch.zeros(1, in_channels, side, side)
+    sample = torch.zeros(1, input_channels(generator), side, side)
     axes = {0: "batch", 2: "height", 3: "width"}
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # the deprecation notice and tracer notes about shape checks

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cyclegan.errors import CycleGANError
+from cyclegan.nets import input_channels
 from cyclegan.nets.resnet import ResnetBlock, ResnetGenerator
 from cyclegan.nets.unet import UnetGenerator, UnetSkipConnectionBlock
 
@@ -673,8 +674,7 @@ def estimate_memory(generator: nn.Module, height: int, width: int, tile: int | N
     """
     graph = _graph(generator)
     m = graph.multiple
-    conv = next(op.module for op in graph.ops if isinstance(op, _Conv))
-    shape = (conv.in_channels, -(-height // m) * m, -(-width // m) * m)
+    shape = (input_channels(generator), -(-height // m) * m, -(-width // m) * m)
     if tile is None:
         return _Net(generator, shape).whole_image_bytes() + ALLOCATOR_CACHE[1]
     return _Schedule(generator, shape, tile).peak_bytes() + ALLOCATOR_CACHE[1]

@@ -15,7 +15,7 @@ from cyclegan.data.images import to_image, to_tensor
 from cyclegan.devices import is_out_of_memory
 from cyclegan.errors import CycleGANError
 from cyclegan.models.checkpoints import load_generator
-from cyclegan.nets import MIN_SIZE, size_multiple
+from cyclegan.nets import MIN_SIZE, input_channels, size_multiple
 from cyclegan.precision import Autocast, Precision
 from cyclegan.translate.tiling import check_tile, choose_tile, translate_tiled
 
@@ -43,7 +43,7 @@ class Translator:
     ) -> None:
         self.generator, self.config, self.device = generator, config, torch.device(device)
         self.generator.to(self.device)
-        self.in_channels = next(m for m in generator.modules() if isinstance(m, nn.Conv2d)).in_channels
+        self.in_channels = input_channels(generator)
         if self.in_channels not in (1, 3):
             raise CycleGANError(
                 f"the model takes {self.in_channels}-channel images; only 1 and 3 are supported"
