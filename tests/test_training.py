@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
 import itertools
 import json
 import os
@@ -232,3 +234,28 @@ def test_batches_of_two_keep_the_epoch_and_learning_rate_rule(dataroot: Path, tm
     assert [row["lr"] for row in rows] == pytest.approx([2e-4] * 3 + [1e-4] * 3)
     state = training_state(result.run_dir / "checkpoints" / "latest.safetensors")
     assert len(state["trainer"]["pool_A"]["images"]) == 3  # the pool holds images, not batches
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal", [False, True], ids=["redirected", "terminal"])
+def test_progress_is_a_bar_on_a_terminal_and_a_line_per_interval_elsewhere(
+    dataroot: Path, tmp_path: Path, terminal: bool
+) -> None:
+    """Redirected (CI, nohup, a job scheduler), stderr gets no bar redraws but one line per print interval."""
+    cfg = tiny_config(dataroot, tmp_path, max_steps=6, print_freq=2, no_health=True)
+    with Terminal() if terminal else open(tmp_path / "stderr.txt", "w+") as stderr:
+        with contextlib.redirect_stderr(stderr):
+            train(cfg, report=False)
+        stderr.seek(0)
+        text = stderr.read()
+    lines = [line.split(" ")[:3] for line in text.splitlines() if line.startswith("step ")]
+    if terminal:
+        assert "\r" in text and "6/6" in text and not lines
+    else:
+        assert "\r" not in text
+        assert lines == [["step", "2/6", "epoch"], ["step", "4/6", "epoch"], ["step", "6/6", "epoch"]]
+        assert text.count("D_A ") == 3

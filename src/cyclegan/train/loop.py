@@ -152,8 +152,8 @@ def _train(
             runs.drop_rows_after(run_dir / name, progress.step)
         runs.save_config(run_dir, cfg)  # only now: every option has been validated and the data checked
     total = _total_steps(cfg, len(dataset))
-    bar = tqdm(total=total, initial=progress.step, disable=not (show_progress and world.is_main), unit="step")
-    run = RunState(cfg, run_dir, model, trainer, progress, device, total, bar.set_postfix_str, world)
+    bar, status = _progress_bar(progress, total, show_progress and world.is_main)
+    run = RunState(cfg, run_dir, model, trainer, progress, device, total, status, world)
     for hook in hooks:
         hook.load_state_dict(hook_states.get(hook.name, {}))
         hook.start(run)
@@ -193,6 +193,15 @@ def _train(
             hook.end(run)
     skipped = world.union(skipped)  # each process decodes its own share of the images
     return TrainResult(run_dir, progress, interrupted, skipped, run.stopped, world.is_main)
+
+
+def _progress_bar(progress: Progress, total: int, show: bool) -> tuple[tqdm, Callable[[str], None]]:
+    """The bar, and where a hook's status line goes: beside the bar on a terminal; elsewhere (CI, nohup, a
+    job scheduler's log) there is no bar, whose redraws would fill the file, but the status as one line."""
+    bar = tqdm(total=total, initial=progress.step, disable=None if show else True, unit="step")
+    if bar.disable and show:
+        return bar, lambda text: note(f"step {progress.step}/{total} {text}")
+    return bar, bar.set_postfix_str
 
 
 def default_hooks(cfg: TrainConfig, report: bool = True) -> list[Hook]:
