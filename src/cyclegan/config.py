@@ -18,7 +18,7 @@ import dataclasses
 import json
 import math
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -137,10 +137,7 @@ class ModelOptions:
 
 def options_type(name: Any) -> type[ModelOptions]:
     """The options class registered for ``--model NAME``."""
-    if not isinstance(name, str) or name not in ModelOptions.registry:
-        raise CycleGANError(
-            f"--model must be one of {', '.join(sorted(ModelOptions.registry))}, got {name!r}"
-        )
+    check_choice("--model", name, sorted(ModelOptions.registry))
     return ModelOptions.registry[name]
 
 
@@ -552,9 +549,14 @@ def check_fields(config: Any) -> None:
             ok = isinstance(value, tuple(t for t in allowed if t is not type(None)))
         if not ok:
             raise CycleGANError(f"--{f.name} has the wrong type: {value!r}")
-        choices = f.metadata.get("choices")
-        if choices and value not in choices:
-            raise CycleGANError(f"--{f.name} must be one of {', '.join(choices)}, got {value!r}")
+        if f.metadata.get("choices"):
+            check_choice(f"--{f.name}", value, f.metadata["choices"])
+
+
+def check_choice(flag: str, value: Any, choices: Collection[str]) -> None:
+    """A one-line refusal, naming the choices, of a value that is not one of them."""
+    if value not in choices:
+        raise CycleGANError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
 
 
 def _check_weight(options: ModelOptions, name: str) -> None:

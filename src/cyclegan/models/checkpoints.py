@@ -31,7 +31,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from cyclegan.config import DIRECTIONS, ModelOptions, NetConfig, check_fields, parse_json_object
+from cyclegan.config import DIRECTIONS, ModelOptions, NetConfig, check_choice, check_fields, parse_json_object
 from cyclegan.errors import CycleGANError, first_line
 from cyclegan.files import atomic_write, fsync_folder
 from cyclegan.layout import CHECKPOINTS, LATEST, PREVIOUS, STAGED
@@ -223,8 +223,7 @@ def load_generator(checkpoint: Path, direction: str = "AtoB") -> tuple[nn.Module
     is not used.
     """
     path = resolve_checkpoint(checkpoint)
-    if direction not in DIRECTIONS:
-        raise CycleGANError(f"--direction must be AtoB or BtoA, got {direction!r}")
+    check_choice("--direction", direction, DIRECTIONS)
     _refuse_lfs_pointer(path)
     if path.suffix == ".safetensors" or _is_safetensors(path):
         options = read_options(path)

@@ -12,8 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from cyclegan.config import NetConfig
-from cyclegan.errors import CycleGANError
+from cyclegan.config import NetConfig, check_choice
 from cyclegan.nets.layers import init_weights
 
 GeneratorBuilder = Callable[[NetConfig, int, int], nn.Module]
@@ -44,8 +43,7 @@ def register_discriminator(*names: str) -> Callable[[DiscriminatorBuilder], Disc
 
 
 def _lookup(table: dict, name: str, flag: str) -> Callable:
-    if name not in table:
-        raise CycleGANError(f"{flag} must be one of {', '.join(table)}, got {name!r}")
+    check_choice(flag, name, table)
     return table[name]
 
 

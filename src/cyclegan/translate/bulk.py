@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from cyclegan.config import check_choice
 from cyclegan.data.datasets import list_images
 from cyclegan.data.images import (
     DECODE_ERRORS,
@@ -172,8 +173,7 @@ def translate_files(
     """
     if max_pixels < 1:
         raise CycleGANError(f"--max_pixels must be at least 1, got {max_pixels}")
-    if image_format not in FORMATS:
-        raise CycleGANError(f"--format must be one of {', '.join(FORMATS)}, got {image_format!r}")
+    check_choice("--format", image_format, FORMATS)
     if not 1 <= quality <= 100:
         raise CycleGANError(f"--quality must be between 1 and 100, got {quality}")
     for name, number in (("--batch_size", batch_size), ("--num_workers", num_workers)):

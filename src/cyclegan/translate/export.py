@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cyclegan.config import DIRECTIONS, NetConfig
+from cyclegan.config import DIRECTIONS, NetConfig, check_choice
 from cyclegan.data.datasets import pad_to_multiple
 from cyclegan.data.images import to_image, to_tensor
 from cyclegan.errors import CycleGANError, first_line
@@ -179,8 +179,7 @@ def _providers(ort: ModuleType, device: torch.device) -> list[Any]:
 
 def load_onnx_translator(path: Path, direction: str, device: torch.device | str = "cpu") -> OnnxTranslator:
     """An OnnxTranslator, refusing a model exported for the other direction (it holds one generator)."""
-    if direction not in DIRECTIONS:
-        raise CycleGANError(f"--direction must be AtoB or BtoA, got {direction!r}")
+    check_choice("--direction", direction, DIRECTIONS)
     translator = OnnxTranslator(path, device)
     if translator.direction != direction:
         raise CycleGANError(

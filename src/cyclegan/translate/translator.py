@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cyclegan.config import NetConfig
+from cyclegan.config import NetConfig, check_choice
 from cyclegan.data.datasets import pad_to_multiple
 from cyclegan.data.images import to_image, to_tensor
 from cyclegan.devices import is_out_of_memory
@@ -114,6 +114,7 @@ def load_translator(
     checkpoints, or onnxruntime on a model written by ``cyclegan export``. Both map PIL images and tensors
     the same way."""
     device = torch.device(device)
+    check_choice("--backend", backend, BACKENDS)
     if backend == "onnxruntime":
         if precision != "fp32" or tile is not None or max_memory is not None:
             raise CycleGANError(
@@ -123,8 +124,6 @@ def load_translator(
         from cyclegan.translate.export import load_onnx_translator
 
         return load_onnx_translator(Path(checkpoint), direction, device)
-    if backend != "torch":
-        raise CycleGANError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if precision == "auto":
         raise CycleGANError("--precision must be fp32, bf16 or fp16 for translation")
     arithmetic = Precision.on(precision, device)
