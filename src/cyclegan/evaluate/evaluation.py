@@ -28,7 +28,7 @@ from cyclegan.evaluate import metrics
 from cyclegan.evaluate.results import ResultRow, ResultTable
 from cyclegan.files import atomic_write
 from cyclegan.layout import EVAL_FILE
-from cyclegan.models import Model, model_type
+from cyclegan.models import Model, evaluating, model_type
 from cyclegan.models.checkpoints import read_options, resolve_checkpoint, translations
 from cyclegan.translate.translator import Translator
 
@@ -318,11 +318,9 @@ def evaluate_model(
     """
     if real is None:
         real = real_features(inception, test_a, test_b, device=device, batch_size=batch_size)
-    was_training = model.training
-    model.eval()
     scores: dict[str, float] = {}
-    try:
-        tests = {"A": test_a, "B": test_b}
+    tests = {"A": test_a, "B": test_b}
+    with evaluating(model):
         for d in model.directions:
             direction, sources, target = d.name, tests[d.source], real[d.target]
             translator = Translator(model.generator(direction), model.net, device)
@@ -332,8 +330,6 @@ def evaluate_model(
             distribution = _distribution_scores(features, target, kid_subsets)
             scores[f"FID {ARROWS[direction]}"] = distribution["FID"]
             scores[f"KID {ARROWS[direction]}"] = distribution["KID"]
-    finally:
-        model.train(was_training)
     return scores
 
 

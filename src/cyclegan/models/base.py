@@ -8,6 +8,8 @@ these declarations, so a new model plugs in without touching them.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -157,6 +159,18 @@ def lr_factor(epoch: int, n_epochs: int, n_epochs_decay: int) -> float:
     ``epoch`` counts from 0, so the last epoch trains at 1 / (n_epochs_decay + 1) of the initial rate.
     """
     return 1.0 - max(0, epoch + 1 - n_epochs) / float(n_epochs_decay + 1)
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """Eval mode inside the block (dropout draws no random numbers, batch norm leaves its running
+    statistics alone), then the mode the model had: for sample grids, probes and evaluations mid-training."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
