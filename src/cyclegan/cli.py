@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from cyclegan.config import (
-    DEFAULT_MAX_PIXELS,
     DIRECTIONS,
+    IMAGE_FORMATS,
     PRECISIONS,
     DemoSettings,
     ModelOptions,
     ServeOptions,
     TrainConfig,
+    TranslateOptions,
     option_fields,
 )
 from cyclegan.errors import CycleGANError
@@ -212,6 +213,7 @@ def _run_plan(args: argparse.Namespace) -> int:
 
 
 def _translate_parser(sub: Any) -> None:
+    t = TranslateOptions()
     p = sub.add_parser(
         "translate",
         help="translate images with a trained model",
@@ -232,10 +234,12 @@ def _translate_parser(sub: Any) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--overwrite", action="store_true", help="translate again images whose output exists")
     p.add_argument(
-        "--format", dest="image_format", choices=("png", "jpg", "webp"), default="png",
+        "--format", dest="image_format", choices=tuple(IMAGE_FORMATS), default=t.image_format,
         help="output format (default: png, lossless)",
     )  # fmt: skip
-    p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality, 1-100 (default: 95)")
+    p.add_argument(
+        "--quality", type=int, default=t.quality, help=f"JPEG/WebP quality, 1-100 (default: {t.quality})"
+    )
     p.add_argument(
         "--backend", choices=("torch", "onnxruntime"), default="torch",
         help="run the model with PyTorch, or an exported .onnx model with onnxruntime (default: torch)",
@@ -263,8 +267,8 @@ def _translate_parser(sub: Any) -> None:
         " (powers of 1024; the process itself needs some 0.5 GB more)",
     )  # fmt: skip
     p.add_argument(
-        "--max_pixels", type=int, default=DEFAULT_MAX_PIXELS,
-        help=f"larger images are skipped unread (default: {DEFAULT_MAX_PIXELS:,}, Pillow's bomb limit)",
+        "--max_pixels", type=int, default=t.max_pixels,
+        help=f"larger images are skipped unread (default: {t.max_pixels:,}, Pillow's bomb limit)",
     )  # fmt: skip
     p.set_defaults(handler=_run_translate)
 

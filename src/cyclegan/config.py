@@ -621,6 +621,29 @@ class DemoSettings:
         )
 
 
+IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}  # what translations are saved as: Pillow's name
+
+
+@dataclass(frozen=True)
+class TranslateOptions:
+    """How translated files are written and batched; the CLI's and ``translate_files``'s defaults."""
+
+    image_format: str = "png"  # lossless; jpg and webp take ``quality``
+    quality: int = 95
+    batch_size: int | None = None  # same-size images translated at once (default: 8 on a GPU, 1 on a CPU)
+    num_workers: int | None = None  # threads decoding, and as many writing (default: CPU count, at most 8)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are skipped unread
+
+    def validate(self) -> None:
+        check_choice("--format", self.image_format, IMAGE_FORMATS)
+        if not 1 <= self.quality <= 100:
+            raise CycleGANError(f"--quality must be between 1 and 100, got {self.quality}")
+        for name in ("batch_size", "num_workers", "max_pixels"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise CycleGANError(f"--{name} must be at least 1, got {value}")
+
+
 @dataclass(frozen=True)
 class ServeOptions:
     """The server's limits and batching; the CLI's defaults come from here."""

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from cyclegan.config import check_choice
+from cyclegan.config import IMAGE_FORMATS, TranslateOptions
 from cyclegan.data.datasets import list_images
 from cyclegan.data.images import (
     DECODE_ERRORS,
@@ -31,8 +31,6 @@ from cyclegan.data.images import (
 from cyclegan.errors import CycleGANError
 from cyclegan.files import atomic_write
 from cyclegan.translate.translator import AnyTranslator, load_translator
-
-FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
 
 
 @dataclass(frozen=True)
@@ -141,12 +139,12 @@ def translate_files(
     backend: str = "torch",
     precision: str = "fp32",
     overwrite: bool = False,
-    image_format: str = "png",
-    quality: int = 95,
+    image_format: str = TranslateOptions.image_format,
+    quality: int = TranslateOptions.quality,
     batch_size: int | None = None,
     num_workers: int | None = None,
     shard: Shard | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int = TranslateOptions.max_pixels,
     tile: int | None = None,
     max_memory: int | None = None,
     show_progress: bool = True,
@@ -171,14 +169,7 @@ def translate_files(
     Unreadable images get one warning each and are skipped; if there were any, :class:`UnreadableImages`
     is raised at the end, after everything readable has been written.
     """
-    if max_pixels < 1:
-        raise CycleGANError(f"--max_pixels must be at least 1, got {max_pixels}")
-    check_choice("--format", image_format, FORMATS)
-    if not 1 <= quality <= 100:
-        raise CycleGANError(f"--quality must be between 1 and 100, got {quality}")
-    for name, number in (("--batch_size", batch_size), ("--num_workers", num_workers)):
-        if number is not None and number < 1:
-            raise CycleGANError(f"{name} must be at least 1, got {number}")
+    TranslateOptions(image_format, quality, batch_size, num_workers, max_pixels).validate()
     out_dir = Path(out_dir)
     shard = shard or Shard()
     pairs = collect_inputs(inputs, out_dir, f".{image_format}")
@@ -265,7 +256,7 @@ def saver(image_format: str, quality: int) -> Callable[[Path, torch.Tensor], Non
 
     def save(dst: Path, y: torch.Tensor) -> None:
         image = to_image(y)
-        atomic_write(dst, lambda tmp: image.save(tmp, format=FORMATS[image_format], **options))
+        atomic_write(dst, lambda tmp: image.save(tmp, format=IMAGE_FORMATS[image_format], **options))
 
     return save
 
