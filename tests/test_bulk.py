@@ -246,3 +246,20 @@ def test_two_ranks_split_the_inputs_without_overlap(
     assert len(whole.written) == 7 and files(tmp_path / "two") == files(tmp_path / "one")
     for name in files(tmp_path / "one"):
         assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"image_format": "gif"}, "--format must be one of png, jpg, webp, got 'gif'"),
+        ({"quality": 0}, "--quality must be between 1 and 100, got 0"),
+        ({"batch_size": 0}, "--batch_size must be at least 1, got 0"),
+        ({"num_workers": 0}, "--num_workers must be at least 1, got 0"),
+        ({"max_pixels": 0}, "--max_pixels must be at least 1, got 0"),
+    ],
+)
+def test_bad_options_are_refused_before_anything_is_read(tmp_path: Path, option: dict, message: str) -> None:
+    write_images(tmp_path / "in", 1)
+    with pytest.raises(CycleGANError, match=message):
+        translate_files([tmp_path / "in"], tmp_path / "no model", tmp_path / "out", **option)
+    assert not (tmp_path / "out").exists()
