@@ -333,7 +333,7 @@ def _download_parser(sub: Any) -> None:
     p = sub.add_parser(
         "download",
         help="download a standard dataset or a released pretrained model",
-        description="Download, verify and unpack standard CycleGAN datasets and pretrained generators.",
+        description="Download, verify and unpack standard datasets and released pretrained generators.",
     )
     p.add_argument("--list", action="store_true", help="print what is available and exit")
     p.add_argument(
@@ -453,8 +453,9 @@ def _eval_parser(sub: Any) -> None:
     p = sub.add_parser(
         "eval",
         help="score a model on the test split: FID, KID, cycle, identity (PSNR/SSIM where paired)",
-        description="Translate testA with G and testB with F (saved as PNG), score them against the real "
-        "test images of the other domain, and print the scores beside the untranslated inputs as a baseline.",
+        description="Translate the test split in every direction the model has (saved as PNG), score the"
+        " translations against the real test images of the target domain, and print the scores beside the"
+        " untranslated inputs as a baseline.",
     )
     p.add_argument(
         "checkpoints",
@@ -565,7 +566,10 @@ def _run_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="cyclegan", description="Unpaired image-to-image translation with CycleGAN.")
+    parser = Parser(
+        prog="cyclegan",
+        description="Image-to-image translation: CycleGAN, CUT, FastCUT (unpaired) and pix2pix (paired).",
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
     _train_parser(sub)
     _plan_parser(sub)

@@ -53,7 +53,7 @@ from cyclegan.train.hooks import (
     TestSetEvaluator,
     note,
 )
-from cyclegan.train.interrupts import catch_interrupts
+from cyclegan.train.interrupts import Interrupts, catch_interrupts
 from cyclegan.train.runs import Progress
 from cyclegan.train.samples import SampleGrids
 
@@ -159,7 +159,7 @@ def _train(
         hook.start(run)
 
     interrupted, committed, began = False, progress.step, time.time() - progress.seconds
-    first = progress.step
+    first, per_epoch = progress.step, math.ceil(len(dataset) / cfg.batch_size)
     with bar, catch_interrupts() as interrupts:
         for batch in _batches(dataset, cfg, progress, world, total):
             if batch is None:  # an epoch has closed
@@ -168,6 +168,8 @@ def _train(
                 run.stopped = _call(hooks, lambda hook: hook.after_epoch(run), world)
                 if run.stopped is not None:
                     break
+                if run.saving:  # a commit due at an epoch's last step waits for the epoch to close
+                    committed = _commit(run, hooks, interrupts)
                 continue
             _warn_skipped(batch["skipped"], skipped, world)
             losses = _step(trainer, batch, cfg, progress.step, world, first=progress.step == first)
@@ -179,16 +181,13 @@ def _train(
             run.stopped = _call(hooks, partial(_after_step, run=run, losses=losses), world)
             if run.stopped is not None:
                 break  # the weights are not worth saving: the last checkpoint stays the latest
-            if run.saving and world.is_main:
-                with interrupts.protect():
-                    runs.save_checkpoint(run_dir, model, trainer, progress, _states(hooks))
-                committed = progress.step
+            if run.saving and (interrupted or progress.batch < per_epoch):
+                committed = _commit(run, hooks, interrupts)
             if interrupted:
                 break
         bar.close()
-        if run.stopped is None and committed != progress.step and world.is_main:
-            with interrupts.protect():  # an epoch closed after the last commit
-                runs.save_checkpoint(run_dir, model, trainer, progress, _states(hooks))
+        if run.stopped is None and committed != progress.step:
+            _commit(run, hooks, interrupts)
         for hook in hooks:
             hook.end(run)
     skipped = world.union(skipped)  # each process decodes its own share of the images
@@ -272,8 +271,13 @@ def _after_step(hook: Hook, *, run: RunState, losses: dict[str, torch.Tensor]) -
     hook.after_step(run, losses)
 
 
-def _states(hooks: Sequence[Hook]) -> dict[str, Any]:
-    return {hook.name: hook.state_dict() for hook in hooks}
+def _commit(run: RunState, hooks: Sequence[Hook], interrupts: Interrupts) -> int:
+    """Commit the resumable checkpoint (rank 0 writes it; a second Ctrl-C waits for it); its step."""
+    if run.world.is_main:
+        with interrupts.protect():
+            states = {hook.name: hook.state_dict() for hook in hooks}
+            runs.save_checkpoint(run.run_dir, run.model, run.trainer, run.progress, states)
+    return run.progress.step
 
 
 def training_data(cfg: TrainConfig) -> tuple[UnpairedDataset, set[str]]:
