@@ -270,16 +270,16 @@ def _translate_parser(sub: Any) -> None:
 
 
 def _run_translate(args: argparse.Namespace) -> int:
-    from cyclegan.devices import parse_memory, resolve_device
-    from cyclegan.translate.bulk import Shard, translate_files
+    from cyclegan.devices import parse_memory
+    from cyclegan.distributed import TorchrunEnv
+    from cyclegan.translate.bulk import translate_files
 
-    shard = Shard.from_env()
     done = translate_files(
         args.inputs,
         args.checkpoint,
         args.out,
         direction=args.direction,
-        device=shard.device(resolve_device(args.device)),
+        device=args.device,
         backend=args.backend,
         precision=args.precision,
         max_pixels=args.max_pixels,
@@ -290,7 +290,7 @@ def _run_translate(args: argparse.Namespace) -> int:
         quality=args.quality,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
-        shard=shard,
+        shard=TorchrunEnv.read(),
     )
     print(f"{done.summary()}; outputs in {args.out}")
     return 0
