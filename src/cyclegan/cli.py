@@ -259,8 +259,8 @@ def _translate_parser(sub: Any) -> None:
     )  # fmt: skip
     p.add_argument(
         "--max_memory", metavar="SIZE",
-        help="tile images whose translation would need more than SIZE of tensors, e.g. 3GB or 512MB"
-        " (powers of 1024; the process itself needs some 0.5 GB more)",
+        help="keep each forward within SIZE of tensors, e.g. 3GB or 512MB: batches run in parts, images"
+        " too large whole run in exact tiles (powers of 1024; the process itself needs some 0.5 GB more)",
     )  # fmt: skip
     p.add_argument(
         "--max_pixels", type=int, default=DEFAULT_MAX_PIXELS,
@@ -539,7 +539,7 @@ def _serve_parser(sub: Any) -> None:
     )  # fmt: skip
     p.add_argument(
         "--max_memory", metavar="SIZE", default=f"{o.max_memory // 2**20}MB",
-        help="images needing more tensor memory than SIZE are translated in exact tiles"
+        help="keep each forward within SIZE of tensors: batches run in parts, larger images in exact tiles"
         f" (default: {o.max_memory // 2**20}MB)",
     )  # fmt: skip
     p.set_defaults(handler=_run_serve)

@@ -145,16 +145,19 @@ def translate_files(
             raise CycleGANError(f"{name} must be at least 1, got {number}")
     out_dir = Path(out_dir)
     shard = shard or TorchrunEnv()
+    if isinstance(model, (str, Path)):
+        device = resolve_device(device, shard.local_rank)  # under torchrun: the GPU of the local rank
     pairs = collect_inputs(inputs, out_dir, f".{image_format}")
     check_outputs([dst for _, dst in pairs], out_dir)
     mine = pairs[shard.rank :: shard.world_size]
     existing = set() if overwrite else {dst for _, dst in mine if dst.exists()}
     skipped = [dst for _, dst in mine if dst in existing]
     todo = [(src, dst) for src, dst in mine if dst not in existing]
-    if isinstance(model, (str, Path)):
-        device = resolve_device(device, shard.local_rank)  # under torchrun: the GPU of the local rank
-        model = load_translator(Path(model), direction, device, backend, precision, tile, max_memory)
-    translator = model
+    translator = (
+        load_translator(Path(model), direction, device, backend, precision, tile, max_memory)
+        if isinstance(model, (str, Path))
+        else model
+    )
     batch_size = default_batch_size(translator.device) if batch_size is None else batch_size
     num_workers = default_workers() if num_workers is None else num_workers
     progress = tqdm(

@@ -192,8 +192,8 @@ def load_translators(
     checkpoint: Path, device: torch.device | str = "cpu", max_memory: int | None = None
 ) -> dict[str, Translator]:
     """Every direction a checkpoint or run folder translates (a reference ``.pth`` holds one generator,
-    A→B). An image whose translation would need more than ``max_memory`` bytes of tensors is translated in
-    exact tiles (the same pixels, in bounded memory)."""
+    A→B). Each forward stays within ``max_memory`` bytes of tensors: a batch runs in parts, and an image
+    too large for it whole is translated in exact tiles (the same pixels, in bounded memory)."""
     path = resolve_checkpoint(Path(checkpoint))
     return {d: Translator.load(path, d, device, max_memory=max_memory) for d in translations(path)}
 
