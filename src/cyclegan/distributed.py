@@ -202,11 +202,6 @@ def check_global_batch(batch_size: int) -> None:
         )
 
 
-def launched() -> bool:
-    """Whether this process is one of a process group: started by torchrun, or in the caller's group."""
-    return _in_group() or TorchrunEnv.read().launched
-
-
 def world_size() -> int:
     """The number of training processes: the caller's process group, else torchrun's WORLD_SIZE."""
     return dist.get_world_size() if _in_group() else TorchrunEnv.read().world_size

@@ -138,7 +138,7 @@ def _score_split(
     either = forward or backward
     assert either is not None, "a split is scored by at least one generator"
     channels = either.in_channels
-    identity = backward if backward is not None and _has_identity(backward) else None
+    identity = backward if backward is not None and _has_identity(backward.config) else None
     row, back_row = scores[(method, direction)], scores[(method, OTHER[direction])]
     written = []
     for key, path in tqdm(sources.items(), desc=ARROWS[direction], disable=not show_progress, unit="image"):
@@ -167,10 +167,10 @@ def _score_split(
     return written
 
 
-def _has_identity(translator: Translator) -> bool:
+def _has_identity(net: NetConfig) -> bool:
     """Whether a generator can map its target domain to itself: only when both domains have the same
     channels (a 1->3-channel model has no identity term)."""
-    return translator.config.input_nc == translator.config.output_nc
+    return net.input_nc == net.output_nc
 
 
 def _distribution_scores(fake: torch.Tensor, real: torch.Tensor, kid_subsets: int) -> dict[str, float]:
@@ -217,7 +217,7 @@ def _protocol(
 
 def _notes(single: bool, paired: bool, aligned: bool, supplied: bool, n: int, net: NetConfig) -> list[str]:
     notes = [f"FID and KID of {n}-image sets are biased by set size: compare only numbers on the same sets"]
-    identity = net.input_nc == net.output_nc
+    identity = _has_identity(net)
     if single:
         notes.append(
             "reference single-generator checkpoint: only A→B is evaluated; there is no cycle without F"

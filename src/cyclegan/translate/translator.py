@@ -83,12 +83,12 @@ class Translator:
         """How ``batch`` images of this (padded) size are translated: so many per forward, whole or (when
         a tile size is given) one at a time in tiles of that size."""
         plan = self._plans(batch, height, width)
-        if isinstance(plan, TooLarge):
-            raise plan
+        if isinstance(plan, str):
+            raise TooLarge(plan)
         return plan
 
-    def _plan(self, batch: int, height: int, width: int) -> tuple[int, int | None] | TooLarge:
-        """The plan, or the refusal (kept too, so that a size refused once is not traced again)."""
+    def _plan(self, batch: int, height: int, width: int) -> tuple[int, int | None] | str:
+        """The plan, or why there is none (kept too, so that a size refused once is not traced again)."""
         if self.tile is not None or self.max_memory is None:
             return (batch, None) if self.tile is None else (1, self.tile)
         whole = images_that_fit(self.generator, height, width, self.max_memory, batch)
@@ -97,7 +97,7 @@ class Translator:
         try:
             return 1, choose_tile(self.generator, height, width, self.max_memory)
         except TooLarge as refusal:
-            return refusal
+            return str(refusal)
 
     @torch.inference_mode()
     def translate_tensor(self, x: torch.Tensor) -> torch.Tensor:
