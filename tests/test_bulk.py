@@ -15,11 +15,13 @@ from PIL import Image
 
 from cyclegan.cli import main
 from cyclegan.config import CycleGANOptions, NetConfig
+from cyclegan.devices import resolve_device
+from cyclegan.distributed import TorchrunEnv
 from cyclegan.errors import CycleGANError
 from cyclegan.models import checkpoints
 from cyclegan.models.cycle_gan import CycleGAN
 from cyclegan.translate import bulk
-from cyclegan.translate.bulk import Shard, UnreadableImages, same_size_batches, translate_files
+from cyclegan.translate.bulk import UnreadableImages, same_size_batches, translate_files
 from cyclegan.translate.translator import Translator
 
 
@@ -203,16 +205,22 @@ def test_images_are_converted_to_the_channels_the_model_takes(tmp_path: Path) ->
 
 
 def test_shards_come_from_torchruns_variables() -> None:
-    assert Shard.from_env({}) == Shard(0, 1, 0)
-    assert Shard.from_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == Shard(3, 4, 1)
+    assert TorchrunEnv.read({}) == TorchrunEnv(0, 1, 0, launched=False)
+    env = TorchrunEnv.read({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"})
+    assert env == TorchrunEnv(3, 4, 1, launched=True) and env.label == "rank 3/4"
     with pytest.raises(CycleGANError, match="must be integers"):
-        Shard.from_env({"RANK": "one", "WORLD_SIZE": "2"})
-    with pytest.raises(CycleGANError, match=r"RANK must be in 0\.\.WORLD_SIZE-1"):
-        Shard.from_env({"RANK": "2", "WORLD_SIZE": "2"})
-    assert Shard(1, 2, 1).device(torch.device("cpu")) == torch.device("cpu")
+        TorchrunEnv.read({"RANK": "one", "WORLD_SIZE": "2"})
+    for bad in ({"RANK": "2", "WORLD_SIZE": "2"}, {"WORLD_SIZE": "0"}, {"LOCAL_RANK": "-1"}):
+        with pytest.raises(CycleGANError, match=r"WORLD_SIZE must be at least 1, RANK in 0\.\.WORLD_SIZE-1"):
+            TorchrunEnv.read(bad)
+    assert resolve_device("cpu", local_rank=1) == torch.device("cpu")
     if not torch.cuda.is_available():
+        with pytest.raises(CycleGANError, match="CUDA is not available"):
+            resolve_device("cuda", local_rank=1)
+    elif torch.cuda.device_count() == 1:
+        assert resolve_device("auto", local_rank=0) == resolve_device("cuda:0", local_rank=1)
         with pytest.raises(CycleGANError, match="LOCAL_RANK 1 has no GPU"):
-            Shard(1, 2, 1).device(torch.device("cuda"))
+            resolve_device("cuda", local_rank=1)
 
 
 def test_two_ranks_split_the_inputs_without_overlap(

@@ -263,8 +263,8 @@ def _translate_parser(sub: Any) -> None:
     )  # fmt: skip
     p.add_argument(
         "--max_memory", metavar="SIZE",
-        help="tile images whose translation would need more than SIZE of tensors, e.g. 3GB or 512MB"
-        " (powers of 1024; the process itself needs some 0.5 GB more)",
+        help="keep each forward within SIZE of tensors, e.g. 3GB or 512MB: batches run in parts, images"
+        " too large whole run in exact tiles (powers of 1024; the process itself needs some 0.5 GB more)",
     )  # fmt: skip
     p.add_argument(
         "--max_pixels", type=int, default=t.max_pixels,
@@ -274,16 +274,16 @@ def _translate_parser(sub: Any) -> None:
 
 
 def _run_translate(args: argparse.Namespace) -> int:
-    from cyclegan.devices import parse_memory, resolve_device
-    from cyclegan.translate.bulk import Shard, translate_files
+    from cyclegan.devices import parse_memory
+    from cyclegan.distributed import TorchrunEnv
+    from cyclegan.translate.bulk import translate_files
 
-    shard = Shard.from_env()
     done = translate_files(
         args.inputs,
         args.checkpoint,
         args.out,
         direction=args.direction,
-        device=shard.device(resolve_device(args.device)),
+        device=args.device,
         backend=args.backend,
         precision=args.precision,
         max_pixels=args.max_pixels,
@@ -294,7 +294,7 @@ def _run_translate(args: argparse.Namespace) -> int:
         quality=args.quality,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
-        shard=shard,
+        shard=TorchrunEnv.read(),
     )
     print(f"{done.summary()}; outputs in {args.out}")
     return 0
@@ -544,7 +544,7 @@ def _serve_parser(sub: Any) -> None:
     )  # fmt: skip
     p.add_argument(
         "--max_memory", metavar="SIZE", default=f"{o.max_memory // 2**20}MB",
-        help="images needing more tensor memory than SIZE are translated in exact tiles"
+        help="keep each forward within SIZE of tensors: batches run in parts, larger images in exact tiles"
         f" (default: {o.max_memory // 2**20}MB)",
     )  # fmt: skip
     p.set_defaults(handler=_run_serve)

@@ -203,8 +203,11 @@ class RankBatches(Sampler[list[int]]):
 
 
 def ignore_interrupts(worker_id: int) -> None:
-    """Loader workers leave Ctrl-C to the main process, which stops cleanly after the current step."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """Loader workers leave Ctrl-C and SIGTERM to the main process, which stops cleanly after the current
+    step: a terminal, SLURM, systemd and ``docker stop`` signal the whole process group, workers included.
+    The main process still ends its workers through their queues (and they end when it dies)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def collate(items: list[dict]) -> dict:

@@ -142,9 +142,9 @@ def check_training_size(options: ModelOptions, height: int, width: int) -> None:
     """
     with torch.device("meta"):  # built without allocating or initialising any weights
         model = build_model(options).train()
-    a = torch.empty(1, options.net.input_nc, height, width, device="meta")
-    b = torch.empty(1, options.net.output_nc, height, width, device="meta")
-    try:
+    try:  # a size too large to describe is refused here too
+        a = torch.empty(1, options.net.input_nc, height, width, device="meta")
+        b = torch.empty(1, options.net.output_nc, height, width, device="meta")
         model.trial_forward(a, b)
     except (RuntimeError, ValueError) as err:
         raise CycleGANError(

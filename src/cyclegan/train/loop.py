@@ -100,21 +100,16 @@ def train(
         from cyclegan.train.planner import check_budget  # the planner's dry runs: only when asked for
 
         note(check_budget(cfg, memory_budget))
-    try:
-        with distributed.session(cfg.device, cfg.dist_timeout) as world, ExitStack() as held:
-            Precision.on(cfg.precision, world.device)  # before any folder is made: fp16 needs CUDA
-            if cfg.compile != "none":
-                check_compiler(world.device)
-            resuming = run_dir is not None
-            run_dir, seed = world.on_main(lambda: _claim_run(cfg, run_dir, held))
-            cfg = dataclasses.replace(cfg, seed=seed)
-            all_hooks = [*default_hooks(cfg, report), *hooks] if world.is_main else []
-            _check_names(all_hooks)
-            return _train(cfg, run_dir, world, resuming, all_hooks, show_progress, should_stop)
-    except RuntimeError as err:
-        if distributed.launched() and distributed.is_collective_failure(err):
-            raise distributed.stopped_peer_error(err, cfg.dist_timeout) from None
-        raise
+    with distributed.session(cfg.device, cfg.dist_timeout) as world, ExitStack() as held:
+        Precision.on(cfg.precision, world.device)  # before any folder is made: fp16 needs CUDA
+        if cfg.compile != "none":
+            check_compiler(world.device)
+        resuming = run_dir is not None
+        run_dir, seed = world.on_main(lambda: _claim_run(cfg, run_dir, held))
+        cfg = dataclasses.replace(cfg, seed=seed)
+        all_hooks = [*default_hooks(cfg, report), *hooks] if world.is_main else []
+        _check_names(all_hooks)
+        return _train(cfg, run_dir, world, resuming, all_hooks, show_progress, should_stop)
 
 
 def _claim_run(cfg: TrainConfig, run_dir: Path | None, held: ExitStack) -> tuple[Path, int]:
@@ -161,7 +156,7 @@ def _train(
     interrupted, committed, began = False, progress.step, time.time() - progress.seconds
     first, per_epoch = progress.step, math.ceil(len(dataset) / cfg.batch_size)
     with bar, catch_interrupts() as interrupts:
-        for batch in _batches(dataset, cfg, progress, world, total):
+        for batch in interrupts.until_stopped(_batches(dataset, cfg, progress, world, total)):
             if batch is None:  # an epoch has closed
                 trainer.end_epoch()
                 progress.epoch, progress.batch = progress.epoch + 1, 0
@@ -186,6 +181,7 @@ def _train(
             if interrupted:
                 break
         bar.close()
+        interrupted = interrupted or interrupts.requested
         if run.stopped is None and committed != progress.step:
             _commit(run, hooks, interrupts)
         for hook in hooks:

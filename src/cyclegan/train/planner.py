@@ -184,6 +184,8 @@ def plan(
     if len(sizes) < 2:
         raise CycleGANError("the memory fit needs dry runs at two or more different sizes")
     for crop in sizes:
+        if crop < 1:
+            raise CycleGANError(f"--probe_sizes must be positive, got {crop}")
         check_training_size(cfg.model, crop, crop)
     for variant in variants:
         resolve_precision(variant.precision, device)

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cyclegan.config import DIRECTIONS, NetConfig, check_choice
+from cyclegan.config import DIRECTIONS, NetConfig, check_choice, parse_json_object
 from cyclegan.data.datasets import pad_to_multiple
 from cyclegan.data.images import to_image, to_tensor
 from cyclegan.errors import CycleGANError, first_line
@@ -144,11 +144,32 @@ class OnnxTranslator:
         if meta.get("format") != FORMAT:
             raise CycleGANError(f"{path} was not written by cyclegan export (no {FORMAT} metadata)")
         try:
-            self.config = NetConfig(**json.loads(meta["model_config"]))
+            self.config = NetConfig(**parse_json_object(meta["model_config"]))
             self.direction = meta["direction"]
             self.in_channels, self.multiple = int(meta["in_channels"]), int(meta["size_multiple"])
-        except (KeyError, ValueError, TypeError, CycleGANError) as err:
+        except (KeyError, ValueError, TypeError) as err:
             raise CycleGANError(f"{path}: damaged metadata ({first_line(err)})") from None
+        try:
+            self._check_contract()
+        except CycleGANError as err:
+            raise CycleGANError(f"{path}: invalid metadata: {err}") from None
+
+    def _check_contract(self) -> None:
+        """The metadata comes from a file anyone could have edited: it must describe the graph it is in
+        (its channels) and the architecture it names (its size multiple), as checkpoint metadata must."""
+        self.config.validate()
+        if self.direction not in DIRECTIONS:
+            raise CycleGANError(f"direction must be AtoB or BtoA, got {self.direction!r}")
+        graph = self.session.get_inputs()[0].shape
+        takes = graph[1] if len(graph) == 4 else None
+        if self.in_channels != takes:
+            raise CycleGANError(f"in_channels {self.in_channels}, but the model takes {takes}-channel images")
+        if takes not in (1, 3):
+            raise CycleGANError(f"the model takes {takes}-channel images; only 1 and 3 are supported")
+        if self.multiple != size_multiple(self.config):
+            raise CycleGANError(
+                f"size_multiple {self.multiple}, but a {self.config.netG} needs {size_multiple(self.config)}"
+            )
 
     def translate_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """C×H×W (or N×C×H×W) in [-1, 1] -> the translation, same spatial size, on the CPU."""
