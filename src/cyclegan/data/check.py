@@ -13,24 +13,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from cyclegan.data.datasets import SPLITS
-from cyclegan.data.images import DECODE_ERRORS, IMAGE_EXTENSIONS, load_image
+from cyclegan.data.datasets import SPLITS, is_image_file, visible_files
+from cyclegan.data.images import DECODE_ERRORS, load_image
 from cyclegan.errors import CycleGANError, first_line
 
 _LISTED = 20  # longer lists of files are cut, with a count of the rest
-
-
-def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
-
-
-def visible_files(folder: Path) -> list[Path]:
-    """Files under ``folder`` (recursively, sorted), skipping hidden files and hidden folders."""
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
 
 
 @dataclass
@@ -77,7 +64,7 @@ def check_data(root: Path) -> DataReport:
         if p.name not in SPLITS and not p.name.startswith(".")
     )
     splits = [_check_split(name, root / name) for name in SPLITS]
-    return _report(root, splits, ("trainA", "trainB"), others)
+    return _report(root, splits, (SPLITS[0], SPLITS[1]), others)
 
 
 def check_domains(domain_a: Path, domain_b: Path) -> DataReport:
