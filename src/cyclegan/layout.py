@@ -3,7 +3,7 @@
 ``config.json``, ``checkpoints/latest.safetensors`` (resumable; the one before it is kept as
 ``previous.safetensors``), ``checkpoints/epoch_NNN.safetensors`` and ``best.safetensors`` (weights only),
 ``log.jsonl``, ``eval_log.jsonl``, ``samples/step_NNNNNNN.png``, ``eval.json`` or ``demo.json`` (scores),
-``report.html``.
+``report.html``, ``intensity.json`` (the data's mapping to [-1, 1], for data that is not 8-bit).
 """
 
 CONFIG = "config.json"
@@ -19,6 +19,7 @@ REPORT = "report.html"
 EVAL_FILE = "eval.json"
 DEMO_FILE = "demo.json"
 LOCK = ".lock"
+INTENSITY = "intensity.json"
 
 
 def epoch_checkpoint(epoch: int) -> str:

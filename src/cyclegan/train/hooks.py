@@ -48,6 +48,7 @@ class RunState:
     world: World = field(default_factory=World)  # hooks run on rank 0 only
     stopped: str | None = None  # why a hook stopped the run without saving its weights (see StopRun)
     saving: bool = False  # a checkpoint is committed after this step's hooks (a hook can still veto it)
+    intensity: str | None = None  # the data's mapping to [-1, 1] as JSON (None: 8-bit), for checkpoints
 
 
 class StopRun(Exception):
@@ -134,7 +135,8 @@ class EpochSnapshots(Hook):
         p = run.progress
         if p.epoch % run.cfg.save_epoch_freq == 0:
             path = run.run_dir / CHECKPOINTS / epoch_checkpoint(p.epoch)
-            checkpoints.save_weights(path, run.model.networks(), run.model.options, dataclasses.asdict(p))
+            networks, options = run.model.networks(), run.model.options
+            checkpoints.save_weights(path, networks, options, dataclasses.asdict(p), intensity=run.intensity)
 
 
 class TestSetEvaluator(Hook):
@@ -169,7 +171,9 @@ class TestSetEvaluator(Hook):
             p.best_kid = kid
             info = {**dataclasses.asdict(p), "metrics": scores}
             path = run.run_dir / CHECKPOINTS / BEST
-            checkpoints.save_weights(path, run.model.networks(), run.model.options, info)
+            checkpoints.save_weights(
+                path, run.model.networks(), run.model.options, info, intensity=run.intensity
+            )
 
 
 class Report(Hook):
