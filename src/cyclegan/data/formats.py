@@ -2,9 +2,10 @@
 
 8-bit images keep their own path (:mod:`cyclegan.data.images`: Pillow, converted to RGB or grey). Every
 other file is read here as float32 ``C×H×W`` arrays of its own values, in its own channel count: 16-bit PNG
-(torchvision's decoder), TIFF of any integer or float type (tifffile), DICOM (pydicom, the stored values
-through the rescale slope and intercept, so CT comes in Hounsfield units) and NIfTI (nibabel, volumes cut
-into 2-D slices along a chosen axis). pydicom and nibabel are the optional ``medical`` extra.
+(Pillow for grey, pypng for colour), TIFF of any integer or float type (tifffile), DICOM (pydicom, the
+stored values through the rescale slope and intercept, so CT comes in Hounsfield units) and NIfTI
+(nibabel, volumes cut into 2-D slices along a chosen axis). pydicom and nibabel are the optional
+``medical`` extra.
 
 A file is first *probed* from its header alone (:func:`probe`): its :class:`Kind` (sample type and
 channels), slice size, slice count and the full range of its sample type. Training checks that a domain's
@@ -28,7 +29,6 @@ from types import ModuleType
 from typing import Any, BinaryIO
 
 import numpy as np
-import torch
 from PIL import Image
 
 from cyclegan.data.images import IMAGE_EXTENSIONS, check_pixels, image_size
@@ -257,6 +257,14 @@ def _rescale(ds: Any) -> tuple[float, float]:
     return float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
 
 
+def _no_decoder(syntax: Any) -> str:
+    name = getattr(syntax, "name", "unknown")
+    return (
+        f"no installed handler decodes its transfer syntax {name} (pydicom's pixel-data plugins, e.g."
+        " pylibjpeg or gdcm, add decoders)"
+    )
+
+
 def _probe_dicom(ds: Any, name: str) -> Header:
     if "PixelData" not in ds:
         kinds = ("FloatPixelData", "DoubleFloatPixelData")
@@ -271,10 +279,7 @@ def _probe_dicom(ds: Any, name: str) -> Header:
         except NotImplementedError:
             available = False
         if not available:
-            raise UnreadableImage(
-                f"no installed handler decodes its transfer syntax {syntax.name} (pydicom's pixel-data"
-                " plugins, e.g. pylibjpeg or gdcm, add decoders)"
-            )
+            raise UnreadableImage(_no_decoder(syntax))
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if photometric not in ("MONOCHROME1", "MONOCHROME2", "RGB"):
         raise UnreadableImage(f"DICOM photometric interpretation {photometric} is not supported")
@@ -359,11 +364,7 @@ def read(item: Item | BinaryIO, axis: int = 2) -> np.ndarray:
 def _read(source: Source, index: int, axis: int) -> np.ndarray:
     fmt = _format(source)
     if fmt == "png16":
-        from torchvision.io import ImageReadMode, decode_png
-
-        data = source.read_bytes() if isinstance(source, Path) else source.read()
-        pixels = decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8), ImageReadMode.UNCHANGED)
-        return pixels.to(torch.int32).numpy().astype(np.float32)
+        return _read_png16(source)
     if fmt == "tiff":
         import tifffile
 
@@ -382,6 +383,18 @@ def _read(source: Source, index: int, axis: int) -> np.ndarray:
     raise UnreadableImage(f"{_name(source)} is an 8-bit image, read by Pillow")
 
 
+def _read_png16(source: Source) -> np.ndarray:
+    """A 16-bit PNG: Pillow reads grey ones losslessly and fast; pypng every kind (colour too)."""
+    if _probe_png16(_head(source, 26)).kind.channels == 1:
+        with Image.open(source) as image:
+            return np.asarray(image).astype(np.float32)[None]
+    import png
+
+    reader = png.Reader(filename=str(source)) if isinstance(source, Path) else png.Reader(file=source)
+    width, height, rows, info = reader.asDirect()
+    return np.vstack(list(rows)).reshape(height, width, info["planes"]).transpose(2, 0, 1).astype(np.float32)
+
+
 def _channels_first(array: np.ndarray, axes: str) -> np.ndarray:
     if axes == "YX":
         return array[None]
@@ -396,7 +409,11 @@ def _dicom_frames(ds: Any) -> np.ndarray:
     """Every frame as F×C×H×W float32 modality values (stored values through the rescale)."""
     _probe_dicom(ds, "")
     frames, channels = int(ds.get("NumberOfFrames", 1) or 1), int(ds.get("SamplesPerPixel", 1))
-    pixels = ds.pixel_array.reshape(frames, int(ds.Rows), int(ds.Columns), channels)
+    try:
+        stored = ds.pixel_array
+    except (RuntimeError, NotImplementedError, ValueError):  # no plugin decodes this kind of compression
+        raise UnreadableImage(_no_decoder(ds.file_meta.get("TransferSyntaxUID"))) from None
+    pixels = stored.reshape(frames, int(ds.Rows), int(ds.Columns), channels)
     slope, intercept = _rescale(ds)
     return (pixels.transpose(0, 3, 1, 2).astype(np.float64) * slope + intercept).astype(np.float32)
 

@@ -157,7 +157,8 @@ def _train(
             intensity.save(run_dir / INTENSITY, dataset.intensities)
     total = _total_steps(cfg, len(dataset))
     bar = tqdm(total=total, initial=progress.step, disable=not (show_progress and world.is_main), unit="step")
-    run = RunState(cfg, run_dir, model, trainer, progress, device, total, bar.set_postfix_str, world, mapping)
+    status = bar.set_postfix_str
+    run = RunState(cfg, run_dir, model, trainer, progress, device, total, status, world, intensity=mapping)
     for hook in hooks:
         hook.load_state_dict(hook_states.get(hook.name, {}))
         hook.start(run)

@@ -75,7 +75,7 @@ def export_onnx(checkpoint: Path, out: Path, *, direction: str = "AtoB", overwri
     ends = (model.graph.input[0], model.graph.output[0])
     channels = [v.type.tensor_type.shape.dim[1].dim_value for v in ends]
     conversion = checkpoint_conversion(source, direction)
-    onnx.helper.set_model_props(model, metadata(config, direction, *channels, conversion=conversion))
+    onnx.helper.set_model_props(model, metadata(config, direction, channels[0], channels[1], conversion))
     model.doc_string = f"CycleGAN {config.netG} generator ({direction}); see metadata_props for the contract"
     onnx.checker.check_model(model)
     data = model.SerializeToString()
