@@ -23,10 +23,13 @@ from cyclegan.config import NetConfig, TrainConfig
 from cyclegan.data import formats
 from cyclegan.data.intensity import Intensities, Intensity
 from cyclegan.errors import CycleGANError
+from cyclegan.evaluate.evaluation import evaluate
+from cyclegan.evaluate.values import FID_NOTE
 from cyclegan.layout import INTENSITY
 from cyclegan.models import checkpoints
 from cyclegan.train import resume_config, train
 from cyclegan.translate.bulk import UnreadableImages, translate_files
+from cyclegan.translate.export import export_onnx
 from cyclegan.translate.translator import Translator
 
 pydicom = pytest.importorskip("pydicom")
@@ -124,10 +127,11 @@ def test_dicom_and_nifti_are_written_back_with_their_headers(tmp_path: Path) -> 
 
 def _medical_dataset(root: Path) -> None:
     """Domain A: a CT slice (DICOM, Hounsfield units); domain B: the slices of a float NIfTI volume."""
-    (root / "trainA").mkdir(parents=True)
-    (root / "trainB").mkdir()
-    shutil.copy(DICOM / "CT_small.dcm", root / "trainA" / "ct.dcm")
-    shutil.copy(NIFTI / "reoriented_anat_moved.nii", root / "trainB" / "mr.nii")
+    for split in ("train", "test"):
+        (root / f"{split}A").mkdir(parents=True)
+        (root / f"{split}B").mkdir()
+        shutil.copy(DICOM / "CT_small.dcm", root / f"{split}A" / "ct.dcm")
+        shutil.copy(NIFTI / "reoriented_anat_moved.nii", root / f"{split}B" / "mr.nii")
 
 
 def test_training_on_dicom_and_nifti_slices_resumes_and_translates_back(tmp_path: Path) -> None:
@@ -156,6 +160,20 @@ def test_training_on_dicom_and_nifti_slices_resumes_and_translates_back(tmp_path
     assert mr.shape == (21, 26, 22)
     values = np.asarray(mr.dataobj)
     assert np.isfinite(values).all() and values.min() >= saved.a.low and values.max() <= saved.a.high
+
+    scores = evaluate(run, tmp_path / "data", out_dir=tmp_path / "eval", show_progress=False)
+    assert "FID" not in scores.columns and scores.notes[0] == FID_NOTE
+    assert all(np.isfinite(v) for row in scores.rows for v in row.scores.values() if v is not None)
+    assert (tmp_path / "eval" / "AtoB" / "ct.dcm").is_file() and (
+        tmp_path / "eval" / "BtoA" / "mr.nii"
+    ).is_file()
+
+    onnx = export_onnx(run, tmp_path / "model.onnx")
+    translate_files(
+        [tmp_path / "data" / "trainA"], onnx, tmp_path / "onnx", backend="onnxruntime", show_progress=False
+    )
+    by_onnx = pydicom.dcmread(tmp_path / "onnx" / "ct.dcm").pixel_array.astype(int)
+    assert np.abs(by_onnx - ct.pixel_array.astype(int)).max() <= 1  # float32 rounding of the network alone
 
 
 def test_bad_scientific_input_is_refused_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -193,3 +211,32 @@ def test_bad_scientific_input_is_refused_in_one_line(tmp_path: Path, monkeypatch
     monkeypatch.setitem(sys.modules, "pydicom", None)
     with one_line(r"reading DICOM needs pydicom, which is not installed: pip install 'cyclegan\[medical\]'"):
         formats.probe(mixed / "trainA" / "ct.dcm")
+
+
+def test_serve_takes_and_returns_sixteen_bit_png_and_tiff(tmp_path: Path) -> None:
+    pytest.importorskip("httpx")
+    from fastapi.testclient import TestClient
+
+    from cyclegan.config import CycleGANOptions
+    from cyclegan.models.cycle_gan import CycleGAN
+    from cyclegan.translate import serve
+
+    model = CycleGAN(
+        CycleGANOptions(net=NetConfig(ngf=4, ndf=4, netG="resnet_6blocks", input_nc=1, output_nc=1))
+    )
+    grey16 = Intensity(0.0, 65535.0, "uint16", 1)
+    path = tmp_path / "model.safetensors"
+    mapping = Intensities(grey16, grey16).to_json()
+    checkpoints.save_weights(path, model.networks(), model.options, {"step": 0}, intensity=mapping)
+    image = np.random.default_rng(1).integers(0, 65536, (24, 20), dtype=np.uint16)
+    _write_png16(tmp_path / "in.png", image)
+    tifffile.imwrite(tmp_path / "in.tif", image)
+    with TestClient(serve.create_app(path)) as client:
+        for name, kind in (("in.png", "image/png"), ("in.tif", "image/tiff")):
+            files = {"image": (name, (tmp_path / name).read_bytes(), kind)}
+            reply = client.post("/translate", files=files)
+            assert reply.status_code == 200, reply.text
+            assert reply.headers["content-type"] == kind
+            (tmp_path / f"out_{name}").write_bytes(reply.content)
+            header = formats.probe(tmp_path / f"out_{name}")
+            assert header.kind == formats.Kind("uint16", 1) and header.size == (20, 24)

@@ -212,6 +212,15 @@ def _probe_png16(head: bytes) -> Header:
     return Header(Kind("uint16", channels), "png16", (width, height), 1, _range(np.dtype(np.uint16)))
 
 
+def _seekable(source: Source) -> Path | BinaryIO:
+    """What tifffile opens: a path, or an upload's bytes in memory (it needs a named or in-memory file)."""
+    if isinstance(source, Path):
+        return source
+    data = source.read()
+    source.seek(0)
+    return io.BytesIO(data)
+
+
 def _tiff_layout(axes: str, shape: tuple[int, ...]) -> tuple[int, int, int]:
     """(channels, height, width) of a TIFF series, or UnreadableImage for what is not one 2-D image."""
     if axes == "YX":
@@ -226,13 +235,9 @@ def _tiff_layout(axes: str, shape: tuple[int, ...]) -> tuple[int, int, int]:
 def _probe_tiff(source: Source) -> Header | None:
     import tifffile
 
-    try:
-        with tifffile.TiffFile(source) as tif:
-            series = tif.series[0]
-            dtype, axes, shape = np.dtype(series.dtype), series.axes, tuple(series.shape)
-    finally:
-        if not isinstance(source, Path):
-            source.seek(0)
+    with tifffile.TiffFile(_seekable(source)) as tif:
+        series = tif.series[0]
+        dtype, axes, shape = np.dtype(series.dtype), series.axes, tuple(series.shape)
     channels, height, width = _tiff_layout(axes, shape)
     if dtype == np.uint8:
         return None  # Pillow's, as before
@@ -368,7 +373,7 @@ def _read(source: Source, index: int, axis: int) -> np.ndarray:
     if fmt == "tiff":
         import tifffile
 
-        with tifffile.TiffFile(source) as tif:
+        with tifffile.TiffFile(_seekable(source)) as tif:
             series = tif.series[0]
             array, axes = series.asarray(), series.axes
         return _channels_first(array, axes).astype(np.float32)
