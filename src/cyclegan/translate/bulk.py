@@ -189,6 +189,7 @@ def translate_files(
             raise CycleGANError(f"{name} must be at least 1, got {number}")
     out_dir = Path(out_dir)
     shard = shard or Shard()
+    collect_inputs(inputs, out_dir)  # missing inputs fail before the model loads; names follow its data
     translator = (
         load_translator(Path(model), direction, device, backend, precision, tile, max_memory)
         if isinstance(model, (str, Path))
