@@ -235,12 +235,15 @@ def _tiff_layout(axes: str, shape: tuple[int, ...]) -> tuple[int, int, int]:
 def _probe_tiff(source: Source) -> Header | None:
     import tifffile
 
-    with tifffile.TiffFile(_seekable(source)) as tif:
-        series = tif.series[0]
-        dtype, axes, shape = np.dtype(series.dtype), series.axes, tuple(series.shape)
-    channels, height, width = _tiff_layout(axes, shape)
+    try:
+        with tifffile.TiffFile(_seekable(source)) as tif:
+            series = tif.series[0]
+            dtype, axes, shape = np.dtype(series.dtype), series.axes, tuple(series.shape)
+    except Exception:  # what tifffile cannot parse, Pillow may still read as an 8-bit image (as before)
+        return None
     if dtype == np.uint8:
         return None  # Pillow's, as before
+    channels, height, width = _tiff_layout(axes, shape)
     if dtype.kind not in "iuf":
         raise UnreadableImage(f"TIFF samples of type {dtype} are not supported")
     return Header(Kind(dtype.name, channels), "tiff", (width, height), 1, _range(dtype))

@@ -68,17 +68,22 @@ class Intensity:
     def eight_bit(self) -> bool:
         return self.low is None
 
+    @property
+    def window(self) -> tuple[float, float]:
+        """(low, high) in raw units; the 8-bit rule's is 0..255 (its images take Pillow's path, though)."""
+        return (0.0, 255.0) if self.low is None or self.high is None else (self.low, self.high)
+
     def forward(self, raw: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Raw values (C×H×W or N×C×H×W) -> float32 in [-1, 1]."""
-        assert self.low is not None and self.high is not None, "the 8-bit rule maps Pillow images"
+        low, high = self.window
         x = torch.as_tensor(np.asarray(raw), dtype=torch.float64)
-        return ((x - self.low) * (2.0 / (self.high - self.low)) - 1.0).clamp(-1.0, 1.0).float()
+        return ((x - low) * (2.0 / (high - low)) - 1.0).clamp(-1.0, 1.0).float()
 
     def inverse(self, y: torch.Tensor) -> np.ndarray:
         """Network outputs in [-1, 1] -> float64 raw values, the window's ends at most."""
-        assert self.low is not None and self.high is not None, "the 8-bit rule maps Pillow images"
+        low, high = self.window
         x = y.detach().to(device="cpu", dtype=torch.float64).clamp(-1.0, 1.0)
-        return ((x + 1.0) * ((self.high - self.low) / 2.0) + self.low).numpy()
+        return ((x + 1.0) * ((high - low) / 2.0) + low).numpy()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -190,7 +195,8 @@ def resolve(
     for path, header in headers:
         kinds.setdefault(header.kind, path)
     eight_bit = Kind() in kinds
-    if rule == "auto" and eight_bit:
+    pillow_reads = all(h.format in ("pillow", "png16", "tiff") for _, h in headers)
+    if rule == "auto" and eight_bit and pillow_reads:
         note = None
         if len(kinds) > 1:
             other = next(k for k in kinds if not k.eight_bit)

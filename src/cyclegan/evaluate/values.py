@@ -47,10 +47,8 @@ def read_values(path: Path, intensity: Intensity, channels: int, axis: int) -> n
 
 def _unit(values: np.ndarray, intensity: Intensity) -> torch.Tensor:
     """Values scaled by a window: 0 at its low end, 1 at its high end (not clipped)."""
-    assert intensity.low is not None and intensity.high is not None
-    return torch.from_numpy(
-        (np.asarray(values, np.float64) - intensity.low) / (intensity.high - intensity.low)
-    )
+    low, high = intensity.window
+    return torch.from_numpy((np.asarray(values, np.float64) - low) / (high - low))
 
 
 def _write(data: bytes, path: Path) -> None:
