@@ -22,6 +22,7 @@ from torch import nn
 from cyclegan.cli import main
 from cyclegan.config import NetConfig
 from cyclegan.data import formats
+from cyclegan.data.check import check_data
 from cyclegan.data.intensity import Intensities, Intensity
 from cyclegan.errors import CycleGANError
 from cyclegan.evaluate.evaluation import evaluate
@@ -137,6 +138,10 @@ def _medical_dataset(root: Path) -> None:
 
 def test_training_on_dicom_and_nifti_slices_resumes_and_translates_back(tmp_path: Path) -> None:
     _medical_dataset(tmp_path / "data")
+    shutil.copy(DICOM / "rtplan.dcm", tmp_path / "data" / "testA" / "plan.dcm")
+    report = check_data(tmp_path / "data")
+    assert report.will_train and report.splits[0].modes == {"1-channel int16": 1}
+    assert [why for _, why in report.splits[2].unreadable] == ["the DICOM file holds no pixel data"]
     cfg = tiny_config(
         tmp_path / "data", tmp_path / "runs", input_nc=1, output_nc=1, window_a="-1000,1000", max_steps=2,
         sample_freq=2,

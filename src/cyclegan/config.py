@@ -18,7 +18,7 @@ import dataclasses
 import json
 import math
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -137,10 +137,7 @@ class ModelOptions:
 
 def options_type(name: Any) -> type[ModelOptions]:
     """The options class registered for ``--model NAME``."""
-    if not isinstance(name, str) or name not in ModelOptions.registry:
-        raise CycleGANError(
-            f"--model must be one of {', '.join(sorted(ModelOptions.registry))}, got {name!r}"
-        )
+    check_choice("--model", name, sorted(ModelOptions.registry))
     return ModelOptions.registry[name]
 
 
@@ -589,9 +586,14 @@ def check_fields(config: Any) -> None:
             ok = isinstance(value, tuple(t for t in allowed if t is not type(None)))
         if not ok:
             raise CycleGANError(f"--{f.name} has the wrong type: {value!r}")
-        choices = f.metadata.get("choices")
-        if choices and value not in choices:
-            raise CycleGANError(f"--{f.name} must be one of {', '.join(choices)}, got {value!r}")
+        if f.metadata.get("choices"):
+            check_choice(f"--{f.name}", value, f.metadata["choices"])
+
+
+def check_choice(flag: str, value: Any, choices: Collection[str]) -> None:
+    """A one-line refusal, naming the choices, of a value that is not one of them."""
+    if value not in choices:
+        raise CycleGANError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
 
 
 def _check_weight(options: ModelOptions, name: str) -> None:
@@ -654,6 +656,30 @@ class DemoSettings:
             netD="n_layers",
             n_layers_D=2,
         )
+
+
+IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}  # what translations are saved as: Pillow's name
+
+
+@dataclass(frozen=True)
+class TranslateOptions:
+    """How translated files are written and batched; the CLI's and ``translate_files``'s defaults."""
+
+    image_format: str | None = None  # None: lossless (see translate_files); png, jpg, webp: 8-bit files
+    quality: int = 95
+    batch_size: int | None = None  # same-size images translated at once (default: 8 on a GPU, 1 on a CPU)
+    num_workers: int | None = None  # threads decoding, and as many writing (default: CPU count, at most 8)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are skipped unread
+
+    def validate(self) -> None:
+        if self.image_format is not None:
+            check_choice("--format", self.image_format, IMAGE_FORMATS)
+        if not 1 <= self.quality <= 100:
+            raise CycleGANError(f"--quality must be between 1 and 100, got {self.quality}")
+        for name in ("batch_size", "num_workers", "max_pixels"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise CycleGANError(f"--{name} must be at least 1, got {value}")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""``cyclegan demo``: render the day/night street dataset, train a small CycleGAN on it, and score it.
+"""``cyclegan demo``: render the day/night street dataset, train a small model on it (CycleGAN unless
+``--model`` names another), and score it.
 
 Every test scene exists by day (testA) and by night (testB), so G(day) and F(night) can be scored against
 the true answer with PSNR and SSIM, beside two baselines: the untranslated input, and a global colour

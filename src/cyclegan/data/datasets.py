@@ -35,13 +35,22 @@ def list_images(folder: Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise CycleGANError(f"image folder not found: {folder}")
+    return [p for p in visible_files(folder) if is_image_file(p)]
+
+
+def visible_files(folder: Path) -> list[Path]:
+    """Files under ``folder`` (recursively, sorted), skipping hidden files and hidden folders."""
     return sorted(
         p
         for p in folder.rglob("*")
-        if formats.is_image_name(p)
-        and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
+
+
+def is_image_file(path: Path) -> bool:
+    """Whether training, translation and the data check take ``path`` for an image (or a DICOM or NIfTI
+    file): by its extension."""
+    return formats.is_image_name(path)
 
 
 def scaled_width_size(size: tuple[int, int], width: int, min_height: int, multiple: int) -> tuple[int, int]:
@@ -267,8 +276,11 @@ class RankBatches(Sampler[list[int]]):
 
 
 def ignore_interrupts(worker_id: int) -> None:
-    """Loader workers leave Ctrl-C to the main process, which stops cleanly after the current step."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """Loader workers leave Ctrl-C and SIGTERM to the main process, which stops cleanly after the current
+    step: a terminal, SLURM, systemd and ``docker stop`` signal the whole process group, workers included.
+    The main process still ends its workers through their queues (and they end when it dies)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def collate(items: list[dict]) -> dict:

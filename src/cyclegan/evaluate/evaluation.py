@@ -20,6 +20,7 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
+from cyclegan.config import NetConfig
 from cyclegan.data.datasets import list_images
 from cyclegan.data.demo_scenes import DEMO_MARKER
 from cyclegan.data.images import open_image, to_unit_tensor
@@ -30,7 +31,7 @@ from cyclegan.evaluate.values import FID_NOTE, score_values
 from cyclegan.evaluate.values import protocol as value_protocol
 from cyclegan.files import atomic_write
 from cyclegan.layout import EVAL_FILE
-from cyclegan.models import Model, model_type
+from cyclegan.models import Model, evaluating, model_type
 from cyclegan.models.checkpoints import read_options, resolve_checkpoint, translations
 from cyclegan.translate.translator import Translator
 
@@ -139,12 +140,13 @@ def _score_split(
     either = forward or backward
     assert either is not None, "a split is scored by at least one generator"
     channels = either.in_channels
+    identity = backward if backward is not None and _has_identity(backward.config) else None
     row, back_row = scores[(method, direction)], scores[(method, OTHER[direction])]
     written = []
     for key, path in tqdm(sources.items(), desc=ARROWS[direction], disable=not show_progress, unit="image"):
         source = open_image(path, channels)
-        if backward is not None:
-            back_row["identity L1"].append(_l1(backward(source), source))
+        if identity is not None:
+            back_row["identity L1"].append(_l1(identity(source), source))
         if forward is None:
             continue
         fake = forward(source)
@@ -165,6 +167,12 @@ def _score_split(
             _add_paired(row, fake, truth)
             _add_paired(scores[(BASELINE, direction)], source.convert(truth.mode), truth)
     return written
+
+
+def _has_identity(net: NetConfig) -> bool:
+    """Whether a generator can map its target domain to itself: only when both domains have the same
+    channels (a 1->3-channel model has no identity term)."""
+    return net.input_nc == net.output_nc
 
 
 def _distribution_scores(fake: torch.Tensor, real: torch.Tensor, kid_subsets: int) -> dict[str, float]:
@@ -209,12 +217,18 @@ def _protocol(
     }
 
 
-def _notes(single: bool, paired: bool, aligned: bool, supplied: bool, n: int) -> list[str]:
+def _notes(single: bool, paired: bool, aligned: bool, supplied: bool, n: int, net: NetConfig) -> list[str]:
     notes = [f"FID and KID of {n}-image sets are biased by set size: compare only numbers on the same sets"]
+    identity = _has_identity(net)
     if single:
         notes.append(
-            "reference single-generator checkpoint: only A→B is evaluated; there is no cycle without F, and "
-            "identity L1 is G(testB) vs testB"
+            "reference single-generator checkpoint: only A→B is evaluated; there is no cycle without F"
+            + (", and identity L1 is G(testB) vs testB" if identity else "")
+        )
+    if not identity:
+        notes.append(
+            f"identity L1 omitted: A images have {net.input_nc} channel(s) and B images {net.output_nc},"
+            " so no generator maps a domain to itself"
         )
     if aligned:
         notes.append("aligned test/ images split down the middle: left half is A, right half is B")
@@ -300,7 +314,14 @@ def evaluate(
             for row_method in (method, BASELINE)
             for d in directions
         ],
-        notes=_notes(method == "reference generator", paired, aligned, inception is not None, min(n_a, n_b)),
+        notes=_notes(
+            method == "reference generator",
+            paired,
+            aligned,
+            inception is not None,
+            min(n_a, n_b),
+            next(iter(translators.values())).config,
+        ),
     )
     result.save(out_dir / EVAL_FILE)
     return result
@@ -321,7 +342,8 @@ def _value_scores(
     columns = [c for c in COLUMNS if c not in ("FID", "KID", "KID std")] + list(
         PAIRED_COLUMNS if paired else ()
     )
-    notes = _notes(False, paired, aligned, False, min(len(sources["A"]), len(sources["B"])))[1:]
+    net = next(iter(translators.values())).config
+    notes = _notes(False, paired, aligned, False, min(len(sources["A"]), len(sources["B"])), net)[1:]
     return ResultTable(
         title=f"{method} evaluation of {name} on {dataroot.resolve().name}",
         protocol={**value_protocol(translators), "N testA": len(sources["A"]), "N testB": len(sources["B"])},
@@ -355,11 +377,9 @@ def evaluate_model(
     """
     if real is None:
         real = real_features(inception, test_a, test_b, device=device, batch_size=batch_size)
-    was_training = model.training
-    model.eval()
     scores: dict[str, float] = {}
-    try:
-        tests = {"A": test_a, "B": test_b}
+    tests = {"A": test_a, "B": test_b}
+    with evaluating(model):
         for d in model.directions:
             direction, sources, target = d.name, tests[d.source], real[d.target]
             translator = Translator(model.generator(direction), model.net, device)
@@ -369,8 +389,6 @@ def evaluate_model(
             distribution = _distribution_scores(features, target, kid_subsets)
             scores[f"FID {ARROWS[direction]}"] = distribution["FID"]
             scores[f"KID {ARROWS[direction]}"] = distribution["KID"]
-    finally:
-        model.train(was_training)
     return scores
 
 

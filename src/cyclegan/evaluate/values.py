@@ -90,7 +90,7 @@ def score_values(
         items = tqdm(sources[side].items(), desc=direction, disable=not show_progress, unit="image")
         for key, path in items:
             x = read_values(path, source, either.in_channels, axis)
-            if backward is not None:
+            if backward is not None and backward.config.input_nc == backward.config.output_nc:
                 mapped = source.forward(x)
                 back_row["identity L1"].append(
                     float((backward.translate_tensor(mapped) - mapped).abs().mean() / 2)

@@ -32,7 +32,7 @@ import torch
 from cyclegan.config import TrainConfig
 from cyclegan.errors import CycleGANError
 from cyclegan.layout import CHECKPOINTS, LOG
-from cyclegan.models import Direction, Model, checkpoints
+from cyclegan.models import Direction, Model, checkpoints, evaluating
 from cyclegan.train import runs
 from cyclegan.train.hooks import Hook, RunState, StopRun, note
 from cyclegan.train.samples import run_images
@@ -200,15 +200,11 @@ def probe(model: Model, real_A: torch.Tensor, real_B: torch.Tensor) -> dict[str,
     mode: dropout draws no random numbers and batch norm leaves its running statistics alone.
     """
     images = {"A": real_A, "B": real_B}
-    was_training = model.training
-    model.eval()
     stats: dict[str, float] = {}
-    try:
+    with evaluating(model):
         for d in model.directions:
             fake = model.generator(d.name)(images[d.source])
             stats |= translation_stats(d.source, images[d.source], fake, images[d.target])
-    finally:
-        model.train(was_training)
     return stats
 
 

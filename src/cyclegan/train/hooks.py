@@ -44,7 +44,7 @@ class RunState:
     progress: Progress
     device: torch.device
     total_steps: int
-    status: Callable[[str], None]  # shows a short text beside the progress bar
+    status: Callable[[str], None]  # shows a short text beside the progress bar (as a line without one)
     world: World = field(default_factory=World)  # hooks run on rank 0 only
     stopped: str | None = None  # why a hook stopped the run without saving its weights (see StopRun)
     saving: bool = False  # a checkpoint is committed after this step's hooks (a hook can still veto it)

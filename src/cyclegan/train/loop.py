@@ -54,7 +54,7 @@ from cyclegan.train.hooks import (
     TestSetEvaluator,
     note,
 )
-from cyclegan.train.interrupts import catch_interrupts
+from cyclegan.train.interrupts import Interrupts, catch_interrupts
 from cyclegan.train.runs import Progress
 from cyclegan.train.samples import SampleGrids
 
@@ -101,21 +101,16 @@ def train(
         from cyclegan.train.planner import check_budget  # the planner's dry runs: only when asked for
 
         note(check_budget(cfg, memory_budget))
-    try:
-        with distributed.session(cfg.device, cfg.dist_timeout) as world, ExitStack() as held:
-            Precision.on(cfg.precision, world.device)  # before any folder is made: fp16 needs CUDA
-            if cfg.compile != "none":
-                check_compiler(world.device)
-            resuming = run_dir is not None
-            run_dir, seed = world.on_main(lambda: _claim_run(cfg, run_dir, held))
-            cfg = dataclasses.replace(cfg, seed=seed)
-            all_hooks = [*default_hooks(cfg, report), *hooks] if world.is_main else []
-            _check_names(all_hooks)
-            return _train(cfg, run_dir, world, resuming, all_hooks, show_progress, should_stop)
-    except RuntimeError as err:
-        if distributed.launched() and distributed.is_collective_failure(err):
-            raise distributed.stopped_peer_error(err, cfg.dist_timeout) from None
-        raise
+    with distributed.session(cfg.device, cfg.dist_timeout) as world, ExitStack() as held:
+        Precision.on(cfg.precision, world.device)  # before any folder is made: fp16 needs CUDA
+        if cfg.compile != "none":
+            check_compiler(world.device)
+        resuming = run_dir is not None
+        run_dir, seed = world.on_main(lambda: _claim_run(cfg, run_dir, held))
+        cfg = dataclasses.replace(cfg, seed=seed)
+        all_hooks = [*default_hooks(cfg, report), *hooks] if world.is_main else []
+        _check_names(all_hooks)
+        return _train(cfg, run_dir, world, resuming, all_hooks, show_progress, should_stop)
 
 
 def _claim_run(cfg: TrainConfig, run_dir: Path | None, held: ExitStack) -> tuple[Path, int]:
@@ -156,23 +151,24 @@ def _train(
         if mapping is not None:
             intensity.save(run_dir / INTENSITY, dataset.intensities)
     total = _total_steps(cfg, len(dataset))
-    bar = tqdm(total=total, initial=progress.step, disable=not (show_progress and world.is_main), unit="step")
-    status = bar.set_postfix_str
+    bar, status = _progress_bar(progress, total, show_progress and world.is_main)
     run = RunState(cfg, run_dir, model, trainer, progress, device, total, status, world, intensity=mapping)
     for hook in hooks:
         hook.load_state_dict(hook_states.get(hook.name, {}))
         hook.start(run)
 
     interrupted, committed, began = False, progress.step, time.time() - progress.seconds
-    first = progress.step
+    first, per_epoch = progress.step, math.ceil(len(dataset) / cfg.batch_size)
     with bar, catch_interrupts() as interrupts:
-        for batch in _batches(dataset, cfg, progress, world, total):
+        for batch in interrupts.until_stopped(_batches(dataset, cfg, progress, world, total)):
             if batch is None:  # an epoch has closed
                 trainer.end_epoch()
                 progress.epoch, progress.batch = progress.epoch + 1, 0
                 run.stopped = _call(hooks, lambda hook: hook.after_epoch(run), world)
                 if run.stopped is not None:
                     break
+                if run.saving:  # a commit due at an epoch's last step waits for the epoch to close
+                    committed = _commit(run, hooks, interrupts)
                 continue
             _warn_skipped(batch["skipped"], skipped, world)
             losses = _step(trainer, batch, cfg, progress.step, world, first=progress.step == first)
@@ -184,20 +180,27 @@ def _train(
             run.stopped = _call(hooks, partial(_after_step, run=run, losses=losses), world)
             if run.stopped is not None:
                 break  # the weights are not worth saving: the last checkpoint stays the latest
-            if run.saving and world.is_main:
-                with interrupts.protect():
-                    runs.save_checkpoint(run_dir, model, trainer, progress, _states(hooks), mapping)
-                committed = progress.step
+            if run.saving and (interrupted or progress.batch < per_epoch):
+                committed = _commit(run, hooks, interrupts)
             if interrupted:
                 break
         bar.close()
-        if run.stopped is None and committed != progress.step and world.is_main:
-            with interrupts.protect():  # an epoch closed after the last commit
-                runs.save_checkpoint(run_dir, model, trainer, progress, _states(hooks), mapping)
+        interrupted = interrupted or interrupts.requested
+        if run.stopped is None and committed != progress.step:
+            _commit(run, hooks, interrupts)
         for hook in hooks:
             hook.end(run)
     skipped = world.union(skipped)  # each process decodes its own share of the images
     return TrainResult(run_dir, progress, interrupted, skipped, run.stopped, world.is_main)
+
+
+def _progress_bar(progress: Progress, total: int, show: bool) -> tuple[tqdm, Callable[[str], None]]:
+    """The bar, and where a hook's status line goes: beside the bar on a terminal; elsewhere (CI, nohup, a
+    job scheduler's log) there is no bar, whose redraws would fill the file, but the status as one line."""
+    bar = tqdm(total=total, initial=progress.step, disable=None if show else True, unit="step")
+    if bar.disable and show:
+        return bar, lambda text: note(f"step {progress.step}/{total} {text}")
+    return bar, bar.set_postfix_str
 
 
 def default_hooks(cfg: TrainConfig, report: bool = True) -> list[Hook]:
@@ -268,8 +271,13 @@ def _after_step(hook: Hook, *, run: RunState, losses: dict[str, torch.Tensor]) -
     hook.after_step(run, losses)
 
 
-def _states(hooks: Sequence[Hook]) -> dict[str, Any]:
-    return {hook.name: hook.state_dict() for hook in hooks}
+def _commit(run: RunState, hooks: Sequence[Hook], interrupts: Interrupts) -> int:
+    """Commit the resumable checkpoint (rank 0 writes it; a second Ctrl-C waits for it); its step."""
+    if run.world.is_main:
+        with interrupts.protect():
+            states = {hook.name: hook.state_dict() for hook in hooks}
+            runs.save_checkpoint(run.run_dir, run.model, run.trainer, run.progress, states, run.intensity)
+    return run.progress.step
 
 
 def training_data(

@@ -19,7 +19,7 @@ from cyclegan.data.intensity import Intensities, Intensity, load_mapped
 from cyclegan.errors import CycleGANError
 from cyclegan.files import atomic_write
 from cyclegan.layout import SAMPLES, sample_grid
-from cyclegan.models import Model
+from cyclegan.models import Model, evaluating
 from cyclegan.train.hooks import Hook, RunState
 
 
@@ -46,12 +46,8 @@ class SampleGrids(Hook):
 @torch.no_grad()
 def grid(model: Model, real_A: torch.Tensor, real_B: torch.Tensor) -> torch.Tensor:
     """One row per image pair, one column per ``model.sample_columns``, in [0, 1]; grey images as RGB."""
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         columns = model.sample_row(real_A, real_B)
-    finally:
-        model.train(was_training)
     columns = [c.expand(-1, 3, -1, -1) if c.shape[1] == 1 else c for c in columns]
     tiles = torch.stack(columns, 1).flatten(0, 1)
     return make_grid((tiles.float().cpu() + 1) / 2, nrow=len(columns), padding=2, pad_value=1.0)

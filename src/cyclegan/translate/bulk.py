@@ -19,61 +19,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from cyclegan.config import IMAGE_FORMATS, TranslateOptions
 from cyclegan.data import formats
 from cyclegan.data.datasets import list_images
 from cyclegan.data.images import DECODE_ERRORS, DEFAULT_MAX_PIXELS, first_line, to_image
 from cyclegan.data.intensity import Conversion, load_mapped
+from cyclegan.devices import resolve_device
+from cyclegan.distributed import TorchrunEnv
 from cyclegan.errors import CycleGANError
 from cyclegan.files import atomic_write
 from cyclegan.translate.translator import AnyTranslator, load_translator
-
-FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
-
-
-@dataclass(frozen=True)
-class Shard:
-    """This process's share of a bulk job: every ``world_size``-th input, starting at ``rank``.
-
-    Disjoint sharding needs no process group, only the variables torchrun sets for each process.
-    """
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Shard:
-        """From RANK, WORLD_SIZE and LOCAL_RANK (as torchrun sets them); one process when unset."""
-        env = os.environ if environ is None else environ
-        try:
-            shard = cls(*(int(env.get(name, default)) for name, default in SHARD_VARIABLES))
-        except ValueError:
-            found = ", ".join(f"{name}={env.get(name)!r}" for name, _ in SHARD_VARIABLES)
-            raise CycleGANError(f"RANK, WORLD_SIZE and LOCAL_RANK must be integers, got {found}") from None
-        if not (0 <= shard.rank < shard.world_size and shard.local_rank >= 0):
-            raise CycleGANError(
-                f"RANK must be in 0..WORLD_SIZE-1 and LOCAL_RANK at least 0, got RANK={shard.rank} "
-                f"WORLD_SIZE={shard.world_size} LOCAL_RANK={shard.local_rank}"
-            )
-        return shard
-
-    @property
-    def label(self) -> str:
-        return f"rank {self.rank}/{self.world_size}" if self.world_size > 1 else ""
-
-    def device(self, device: torch.device) -> torch.device:
-        """A GPU named without an index (``cuda``, or ``auto`` on a GPU machine) becomes cuda:LOCAL_RANK,
-        so each rank on a node gets its own; an explicit cuda:N is kept."""
-        if device.type != "cuda" or device.index is not None:
-            return device
-        if self.local_rank >= torch.cuda.device_count():
-            raise CycleGANError(
-                f"LOCAL_RANK {self.local_rank} has no GPU: only {torch.cuda.device_count()} on this machine"
-            )
-        return torch.device("cuda", self.local_rank)
-
-
-SHARD_VARIABLES = (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"))
 
 
 @dataclass
@@ -83,7 +38,7 @@ class Translated:
     written: list[Path]
     skipped: list[Path]  # outputs that were already there
     unreadable: list[Path]  # inputs that could not be decoded
-    shard: Shard = field(default_factory=Shard)
+    shard: TorchrunEnv = field(default_factory=TorchrunEnv)
 
     def summary(self) -> str:
         where = f"{self.shard.label}: " if self.shard.label else ""
@@ -105,7 +60,9 @@ def collect_inputs(
     inputs: Iterable[Path], out_dir: Path, suffix: str | Callable[[Path], str] = ".png"
 ) -> list[tuple[Path, Path]]:
     """(source, destination) pairs: a file keeps its name, a folder's images keep their relative paths;
-    every output gets ``suffix``, or ``suffix(source)`` (lossless PNG unless asked otherwise)."""
+    every output gets ``suffix``, or ``suffix(source)`` (lossless PNG unless asked otherwise). An input
+    folder that holds ``out_dir`` gives none of the images in it: outputs never become inputs of the next
+    run."""
     if out_dir.exists() and not out_dir.is_dir():
         raise CycleGANError(f"--out {out_dir} exists and is not a folder")
     ending = suffix if callable(suffix) else lambda _: suffix
@@ -113,10 +70,14 @@ def collect_inputs(
     def renamed(path: Path, relative: Path) -> Path:
         return out_dir / relative.parent / (formats.stem(path) + ending(path))
 
+    outputs = out_dir.resolve()
     pairs: list[tuple[Path, Path]] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            pairs += [(p, renamed(p, p.relative_to(item))) for p in list_images(item)]
+            images = list_images(item)
+            if outputs != item.resolve():
+                images = [p for p in images if not p.parent.resolve().is_relative_to(outputs)]
+            pairs += [(p, renamed(p, p.relative_to(item))) for p in images]
         elif item.is_file():
             pairs.append((item, renamed(item, Path(item.name))))
         else:
@@ -143,12 +104,12 @@ def translate_files(
     backend: str = "torch",
     precision: str = "fp32",
     overwrite: bool = False,
-    image_format: str | None = None,
-    quality: int = 95,
+    image_format: str | None = TranslateOptions.image_format,
+    quality: int = TranslateOptions.quality,
     batch_size: int | None = None,
     num_workers: int | None = None,
-    shard: Shard | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    shard: TorchrunEnv | None = None,
+    max_pixels: int = TranslateOptions.max_pixels,
     tile: int | None = None,
     max_memory: int | None = None,
     show_progress: bool = True,
@@ -162,33 +123,30 @@ def translate_files(
     slice); ``quality`` is for JPEG and WebP.
 
     ``model`` is a ready translator, or a checkpoint that :func:`load_translator` reads with ``direction``,
-    ``device``, ``backend`` and ``precision``. ``num_workers`` threads (default: one per CPU, at most 8)
-    decode ahead and as many encode and write behind while the model runs; same-size images are translated
-    ``batch_size`` at a time (default: :func:`default_batch_size`; lower it if memory runs out).
+    ``device`` (``auto``, ``cpu``, ``cuda`` or ``cuda:N``; under torchrun ``auto`` and ``cuda`` mean the
+    GPU of the process's local rank), ``backend`` and ``precision``. ``num_workers`` threads (default: one
+    per CPU, at most 8) decode ahead and as many encode and write behind while the model runs; same-size
+    images are translated ``batch_size`` at a time (default: :func:`default_batch_size`; lower it if memory
+    runs out; with ``max_memory`` a batch runs in as many parts as the budget requires).
 
     Images are converted to the channels the model takes: a grey model gets RGB images as their
     luminance, an RGB model gets grey images copied to all three channels (transparent and palette
     images are put on white first); outputs have the model's output channels.
 
     Resumable: outputs that already exist are complete (writes are atomic), so they are skipped, not
-    redone, unless ``overwrite``. With a ``shard`` (the CLI makes one from torchrun's environment) only
-    every ``world_size``-th input from ``rank`` is done, chosen before skipping, so ranks never overlap.
+    redone, unless ``overwrite``. With a ``shard`` (the CLI passes ``TorchrunEnv.read()``, what torchrun
+    set) only every ``world_size``-th input from ``rank`` is done, chosen before skipping, so ranks never
+    overlap.
 
     Path problems (an output in the way, a read-only or misplaced folder) fail before anything is written.
     Unreadable images get one warning each and are skipped; if there were any, :class:`UnreadableImages`
     is raised at the end, after everything readable has been written.
     """
-    if max_pixels < 1:
-        raise CycleGANError(f"--max_pixels must be at least 1, got {max_pixels}")
-    if image_format is not None and image_format not in FORMATS:
-        raise CycleGANError(f"--format must be one of {', '.join(FORMATS)}, got {image_format!r}")
-    if not 1 <= quality <= 100:
-        raise CycleGANError(f"--quality must be between 1 and 100, got {quality}")
-    for name, number in (("--batch_size", batch_size), ("--num_workers", num_workers)):
-        if number is not None and number < 1:
-            raise CycleGANError(f"{name} must be at least 1, got {number}")
+    TranslateOptions(image_format, quality, batch_size, num_workers, max_pixels).validate()
     out_dir = Path(out_dir)
-    shard = shard or Shard()
+    shard = shard or TorchrunEnv()
+    if isinstance(model, (str, Path)):
+        device = resolve_device(device, shard.local_rank)  # under torchrun: the GPU of the local rank
     collect_inputs(inputs, out_dir)  # missing inputs fail before the model loads; names follow its data
     translator = (
         load_translator(Path(model), direction, device, backend, precision, tile, max_memory)
@@ -307,7 +265,7 @@ def saver(
     def save(dst: Path, y: torch.Tensor) -> None:
         if preview:
             image = to_image(y if y.dim() == 3 else y[len(y) // 2])
-            atomic_write(dst, lambda tmp: image.save(tmp, format=FORMATS[chosen], **options))
+            atomic_write(dst, lambda tmp: image.save(tmp, format=IMAGE_FORMATS[chosen], **options))
             return
         assert sources is not None, "lossless outputs are written in their source's kind"
         values = conversion.target.inverse(y if y.dim() == 4 else y[None])

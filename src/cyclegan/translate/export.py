@@ -30,14 +30,14 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cyclegan.config import DIRECTIONS, NetConfig
+from cyclegan.config import DIRECTIONS, NetConfig, check_choice, parse_json_object
 from cyclegan.data.datasets import pad_to_multiple
 from cyclegan.data.images import to_image, to_tensor
 from cyclegan.data.intensity import Conversion
 from cyclegan.errors import CycleGANError, first_line
 from cyclegan.files import atomic_write
 from cyclegan.models.checkpoints import load_generator, resolve_checkpoint
-from cyclegan.nets import MIN_SIZE, size_multiple
+from cyclegan.nets import MIN_SIZE, input_channels, size_multiple
 from cyclegan.translate.translator import checkpoint_conversion
 
 FORMAT = "cyclegan-onnx/1"
@@ -76,7 +76,7 @@ def export_onnx(checkpoint: Path, out: Path, *, direction: str = "AtoB", overwri
     channels = [v.type.tensor_type.shape.dim[1].dim_value for v in ends]
     conversion = checkpoint_conversion(source, direction)
     onnx.helper.set_model_props(model, metadata(config, direction, channels[0], channels[1], conversion))
-    model.doc_string = f"CycleGAN {config.netG} generator ({direction}); see metadata_props for the contract"
+    model.doc_string = f"{config.netG} generator ({direction}); see metadata_props for the contract"
     onnx.checker.check_model(model)
     data = model.SerializeToString()
 
@@ -88,9 +88,8 @@ def export_onnx(checkpoint: Path, out: Path, *, direction: str = "AtoB", overwri
 
 
 def _trace(generator: nn.Module, multiple: int) -> bytes:
-    in_channels = next(m for m in generator.modules() if isinstance(m, nn.Conv2d)).in_channels
     side = max(multiple, MIN_SIZE)
-    sample = torch.zeros(1, in_channels, side, side)
+    sample = torch.zeros(1, input_channels(generator), side, side)
     axes = {0: "batch", 2: "height", 3: "width"}
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # the deprecation notice and tracer notes about shape checks
@@ -167,14 +166,35 @@ class OnnxTranslator:
         if meta.get("format") != FORMAT:
             raise CycleGANError(f"{path} was not written by cyclegan export (no {FORMAT} metadata)")
         try:
-            self.config = NetConfig(**json.loads(meta["model_config"]))
+            self.config = NetConfig(**parse_json_object(meta["model_config"]))
             self.direction = meta["direction"]
             self.in_channels, self.multiple = int(meta["in_channels"]), int(meta["size_multiple"])
-        except (KeyError, ValueError, TypeError, CycleGANError) as err:
+        except (KeyError, ValueError, TypeError) as err:
             raise CycleGANError(f"{path}: damaged metadata ({first_line(err)})") from None
         self.conversion = (
             Conversion.from_json(meta["intensity"], str(path)) if "intensity" in meta else Conversion()
         )
+        try:
+            self._check_contract()
+        except CycleGANError as err:
+            raise CycleGANError(f"{path}: invalid metadata: {err}") from None
+
+    def _check_contract(self) -> None:
+        """The metadata comes from a file anyone could have edited: it must describe the graph it is in
+        (its channels) and the architecture it names (its size multiple), as checkpoint metadata must."""
+        self.config.validate()
+        if self.direction not in DIRECTIONS:
+            raise CycleGANError(f"direction must be AtoB or BtoA, got {self.direction!r}")
+        graph = self.session.get_inputs()[0].shape
+        takes = graph[1] if len(graph) == 4 else None
+        if self.in_channels != takes:
+            raise CycleGANError(f"in_channels {self.in_channels}, but the model takes {takes}-channel images")
+        if takes not in (1, 3):
+            raise CycleGANError(f"the model takes {takes}-channel images; only 1 and 3 are supported")
+        if self.multiple != size_multiple(self.config):
+            raise CycleGANError(
+                f"size_multiple {self.multiple}, but a {self.config.netG} needs {size_multiple(self.config)}"
+            )
 
     def translate_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """C×H×W (or N×C×H×W) in [-1, 1] -> the translation, same spatial size, on the CPU."""
@@ -205,8 +225,7 @@ def _providers(ort: ModuleType, device: torch.device) -> list[Any]:
 
 def load_onnx_translator(path: Path, direction: str, device: torch.device | str = "cpu") -> OnnxTranslator:
     """An OnnxTranslator, refusing a model exported for the other direction (it holds one generator)."""
-    if direction not in DIRECTIONS:
-        raise CycleGANError(f"--direction must be AtoB or BtoA, got {direction!r}")
+    check_choice("--direction", direction, DIRECTIONS)
     translator = OnnxTranslator(path, device)
     if translator.direction != direction:
         raise CycleGANError(

@@ -11,7 +11,8 @@
                      type) and answers in the upload's kind: 16-bit PNG, or TIFF as image/tiff.
 
 Every error is ``{"error": "one line"}``: 400 a bad form or an unreadable image, 413 an upload or an image
-above the limits, 415 a body that is not multipart/form-data, 503 a full queue.
+above the limits (of pixels, or of memory even in tiles), 415 a body that is not multipart/form-data, 503 a
+full queue, 500 anything unexpected (its detail goes to the server's log, in one line, not to the client).
 
 One model runs at a time: requests wait in a queue that one worker thread drains. The worker decodes the
 uploads itself, so waiting requests hold compressed bytes (spooled to disk above 1 MB), not pixels, and
@@ -26,6 +27,7 @@ import base64
 import contextlib
 import dataclasses
 import io
+import logging
 import socket
 import threading
 import time
@@ -45,7 +47,7 @@ from cyclegan.data import formats
 from cyclegan.data.images import DECODE_ERRORS, ImageTooLarge, check_pixels, first_line, to_image
 from cyclegan.data.intensity import Conversion, load_mapped
 from cyclegan.devices import resolve_device
-from cyclegan.errors import CycleGANError
+from cyclegan.errors import CycleGANError, TooLarge
 from cyclegan.models.checkpoints import resolve_checkpoint, translations
 from cyclegan.translate.translator import Translator
 
@@ -58,6 +60,8 @@ try:
     from starlette.datastructures import FormData, UploadFile
     from starlette.exceptions import HTTPException
     from starlette.formparsers import MultiPartException, MultiPartParser
+    from starlette.requests import ClientDisconnect
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 except ModuleNotFoundError as missing:  # optional: everything but the server itself works without them
     MISSING: str | None = missing.name
 else:
@@ -68,6 +72,7 @@ else:
 # 17.6 one by one; the bare generator at 256 px runs 17% slower in batches of 8. So a CPU batches images up
 # to 64x64 only. The CUDA budget is a conservative guess, not a measurement.
 BATCH_PIXELS = {"cpu": 8 * 64 * 64, "cuda": 16 * 256 * 256}
+LOG = logging.getLogger("uvicorn.error")  # the server's own log, as uvicorn configures it
 
 
 class RequestError(CycleGANError):
@@ -183,8 +188,8 @@ def load_translators(
     checkpoint: Path, device: torch.device | str = "cpu", max_memory: int | None = None
 ) -> dict[str, Translator]:
     """Every direction a checkpoint or run folder translates (a reference ``.pth`` holds one generator,
-    A→B). An image whose translation would need more than ``max_memory`` bytes of tensors is translated in
-    exact tiles (the same pixels, in bounded memory)."""
+    A→B). Each forward stays within ``max_memory`` bytes of tensors: a batch runs in parts, and an image
+    too large for it whole is translated in exact tiles (the same pixels, in bounded memory)."""
     path = resolve_checkpoint(Path(checkpoint))
     return {d: Translator.load(path, d, device, max_memory=max_memory) for d in translations(path)}
 
@@ -232,7 +237,7 @@ def translate_jobs(translators: dict[str, Translator], max_pixels: int) -> Calla
 def _run_group(translator: Translator, group: list[tuple[Job, torch.Tensor]]) -> None:
     try:
         ys = run_model(translator, torch.stack([x for _, x in group]))
-    except CycleGANError as err:  # the translator's out-of-memory message
+    except TooLarge as err:  # beyond the memory budget even in tiles, or beyond the device's memory
         for job, _ in group:
             job.future.set_exception(RequestError(413, str(err)))
         return
@@ -322,6 +327,8 @@ async def read_form(request: Request, limit: int) -> FormData:
         return await parser.parse()
     except MultiPartException as err:
         raise RequestError(400, f"bad multipart/form-data body: {err.message}") from None
+    except ClientDisconnect:  # nobody is left to answer: no traceback, no 500 in the log
+        raise RequestError(400, "the client disconnected during the upload") from None
 
 
 def _wants_json(request: Request) -> bool:
@@ -378,6 +385,7 @@ def create_app(
         await run_in_threadpool(batcher.close)
 
     app = FastAPI(title="cyclegan", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(Contained)
 
     @app.exception_handler(RequestError)
     async def refused(_: Request, err: RequestError) -> JSONResponse:
@@ -386,10 +394,6 @@ def create_app(
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, err: HTTPException) -> JSONResponse:
         return JSONResponse({"error": str(err.detail)}, status_code=err.status_code, headers=err.headers)
-
-    @app.exception_handler(Exception)
-    async def crashed(_: Request, err: Exception) -> JSONResponse:
-        return JSONResponse({"error": f"internal error: {first_line(err)}"}, status_code=500)
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> HTMLResponse:
@@ -433,6 +437,34 @@ def create_app(
         )
 
     return app
+
+
+class Contained:
+    """Answers an unexpected error with a generic 500 and logs its detail in one line: its text may show
+    paths and internals that are not the client's business, and a traceback per request floods the log."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception as err:
+            LOG.error(
+                "%s %s failed: %s: %s", scope["method"], scope["path"], type(err).__name__, first_line(err)
+            )
+            if not started:
+                await JSONResponse({"error": "internal error"}, status_code=500)(scope, receive, send)
 
 
 def listen(host: str, port: int) -> socket.socket:
