@@ -142,6 +142,7 @@ def test_training_on_dicom_and_nifti_slices_resumes_and_translates_back(tmp_path
     report = check_data(tmp_path / "data")
     assert report.will_train and report.splits[0].modes == {"1-channel int16": 1}
     assert [why for _, why in report.splits[2].unreadable] == ["the DICOM file holds no pixel data"]
+    (tmp_path / "data" / "testA" / "plan.dcm").unlink()
     cfg = tiny_config(
         tmp_path / "data", tmp_path / "runs", input_nc=1, output_nc=1, window_a="-1000,1000", max_steps=2,
         sample_freq=2,

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from cyclegan.data import formats
-from cyclegan.data.images import DEFAULT_MAX_PIXELS, load_image
+from cyclegan.data.images import DEFAULT_MAX_PIXELS, open_image
 from cyclegan.data.intensity import Conversion, Intensity
 from cyclegan.errors import CycleGANError
 from cyclegan.evaluate import metrics
@@ -35,11 +35,15 @@ FID_NOTE = (
 
 
 def read_values(path: Path, intensity: Intensity, channels: int, axis: int) -> np.ndarray:
-    """A file's values as N×C×H×W float32 in its own units (N slices of a volume, 1 for an image)."""
-    header = formats.probe(path, axis, DEFAULT_MAX_PIXELS)
-    if header.kind.eight_bit:
-        return formats.pillow_values(load_image(path, channels))[None]
-    values = formats.read_stack(path, axis)
+    """A file's values as N×C×H×W float32 in its own units (N slices of a volume, 1 for an image); a file
+    that cannot be read is a one-line error, as for 8-bit evaluation."""
+    try:
+        header = formats.probe(path, axis, DEFAULT_MAX_PIXELS)
+        if header.kind.eight_bit:
+            return formats.pillow_values(open_image(path, channels))[None]
+        values = formats.read_stack(path, axis)
+    except formats.UnreadableImage as err:
+        raise CycleGANError(f"cannot read image {err}") from None
     if values.shape[1] != channels:
         raise CycleGANError(f"{path} has {values.shape[1]} channel(s); the model takes {channels}")
     return values
