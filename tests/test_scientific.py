@@ -7,6 +7,7 @@ NIfTI volumes); the 16-bit PNG and TIFF files are made here with numpy.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import sys
 from pathlib import Path
@@ -16,14 +17,16 @@ import png
 import pytest
 import tifffile
 import torch
-from conftest import tiny_config
+from conftest import tiny_config, write_images
+from PIL import Image
 from torch import nn
 
 from cyclegan.cli import main
 from cyclegan.config import NetConfig
 from cyclegan.data import formats
 from cyclegan.data.check import check_data
-from cyclegan.data.intensity import Intensities, Intensity
+from cyclegan.data.datasets import scan_domain
+from cyclegan.data.intensity import Intensities, Intensity, resolve
 from cyclegan.errors import CycleGANError
 from cyclegan.evaluate.evaluation import evaluate
 from cyclegan.evaluate.values import FID_NOTE
@@ -250,3 +253,22 @@ def test_serve_takes_and_returns_sixteen_bit_png_and_tiff(tmp_path: Path) -> Non
             (tmp_path / f"out_{name}").write_bytes(reply.content)
             header = formats.probe(tmp_path / f"out_{name}")
             assert header.kind == formats.Kind("uint16", 1) and header.size == (20, 24)
+
+
+def test_windows_on_eight_bit_images_and_the_rule_for_mixed_bit_depths(tmp_path: Path) -> None:
+    folder = tmp_path / "mixed"
+    write_images(folder, 2, size=(8, 6))
+    _write_png16(folder / "deep.png", np.full((6, 8), 40000, np.uint16))
+    cfg = tiny_config(tmp_path, tmp_path / "runs", window_a="percentile:0,100")
+    domain = scan_domain(folder, cfg, 3, 4)[0]
+    mapping, note = resolve("--window_a", "auto", domain.headers, domain.paths, 3, 2)
+    assert mapping.eight_bit and note is not None and "deep.png (1-channel uint16) is read as 8-bit" in note
+    with pytest.raises(CycleGANError, match=r"deep\.png is 1-channel uint16 and .*img_000\.png is 8-bit"):
+        resolve("--window_a", "dtype", domain.headers, domain.paths, 3, 2)
+    (folder / "deep.png").unlink()
+    domain = scan_domain(folder, cfg, 3, 4)[0]
+    mapping, _ = resolve("--window_a", "percentile:0,100", domain.headers, domain.paths, 3, 2)
+    pixels = np.stack([np.asarray(Image.open(p)) for p in domain.paths])
+    assert (mapping.low, mapping.high, mapping.dtype) == (pixels.min(), pixels.max(), "uint8")
+    x = dataclasses.replace(domain, intensity=mapping).read(domain.paths[0])
+    assert isinstance(x, torch.Tensor) and x.shape == (3, 6, 8) and x.min() >= -1 and x.max() <= 1

@@ -178,7 +178,7 @@ def probe(source: Source, axis: int = 2, max_pixels: int | None = None) -> Heade
         size = image_size(source) if isinstance(source, Path) else _pillow_size(source)
         if size is None:
             raise UnreadableImage(f"{_name(source)}: not a readable image")
-        header = Header(Kind(), "pillow", size)
+        header = Header(Kind(), "pillow", size, 1, (0.0, 255.0))
     if max_pixels is not None:
         check_pixels(_name(source), header.size, max_pixels)
     return header

@@ -44,7 +44,7 @@ import torch
 from cyclegan.config import TrainConfig, parse_window
 from cyclegan.data import formats
 from cyclegan.data.formats import Header, Item, Kind
-from cyclegan.data.images import load_image, to_tensor
+from cyclegan.data.images import DECODE_ERRORS, load_image, to_tensor
 from cyclegan.errors import CycleGANError, first_line
 from cyclegan.files import atomic_write_text
 
@@ -238,7 +238,7 @@ def resolve(
         return Intensity(
             ends[0], ends[1], kind.dtype, kind.channels, f"fixed window {ends[0]:g},{ends[1]:g}"
         ), None
-    low, high = measure(option, items, ends, axis)
+    low, high = measure(option, items, ends, axis, channels)
     how = f"percentiles {ends[0]:g}-{ends[1]:g} of {min(len(items), PERCENTILE_ITEMS)} training images"
     return Intensity(low, high, kind.dtype, kind.channels, how), None
 
@@ -282,7 +282,7 @@ def _plain(kind: Kind) -> tuple[float, float] | None:
 
 
 def measure(
-    option: str, items: Sequence[Item], percentiles: tuple[float, float], axis: int
+    option: str, items: Sequence[Item], percentiles: tuple[float, float], axis: int, channels: int
 ) -> tuple[float, float]:
     """The percentiles of a domain's values: from up to ``PERCENTILE_ITEMS`` images evenly spread, and up to
     ``PERCENTILE_VALUES`` evenly strided values of each, so the result is fixed by the files alone."""
@@ -290,9 +290,9 @@ def measure(
     samples = []
     for item in dict.fromkeys(chosen):
         try:
-            values = formats.read(item, axis).ravel()
-        except formats.UnreadableImage as err:
-            raise CycleGANError(f"{option} percentile: {err}") from None
+            values = _raw(item, axis, channels).ravel()
+        except DECODE_ERRORS as err:
+            raise CycleGANError(f"{option} percentile: cannot read {item}: {first_line(err)}") from None
         samples.append(values[:: max(1, values.size // PERCENTILE_VALUES)])
     low, high = (float(v) for v in np.percentile(np.concatenate(samples), percentiles))
     if not low < high:
@@ -323,6 +323,13 @@ def load_mapped(
         raise formats.UnreadableImage(f"{name} has {values.shape[1]} channel(s); the model takes {channels}")
     x = intensity.forward(values)
     return x if formats.is_volume(header) else x[0]
+
+
+def _raw(item: Item, axis: int, channels: int) -> np.ndarray:
+    """An item's raw values; an 8-bit image's 0..255 after Pillow's conversion to ``channels``."""
+    if isinstance(item, Path) and formats.probe(item, axis).kind.eight_bit:
+        return formats.pillow_values(load_image(item, channels))
+    return formats.read(item, axis)
 
 
 def load(path: Path) -> Intensities | None:
