@@ -163,7 +163,7 @@ def probe(source: Source, axis: int = 2, max_pixels: int | None = None) -> Heade
         elif fmt == "tiff":
             header = _probe_tiff(source)
         elif fmt == "dicom":
-            header = _probe_dicom(_dicom(source, defer=True), _name(source))
+            header = _probe_dicom(_dicom(source, defer=True))
         elif fmt == "nifti":
             header = _probe_nifti(_nifti(source), axis)
         else:
@@ -273,7 +273,7 @@ def _no_decoder(syntax: Any) -> str:
     )
 
 
-def _probe_dicom(ds: Any, name: str) -> Header:
+def _probe_dicom(ds: Any) -> Header:
     if "PixelData" not in ds:
         kinds = ("FloatPixelData", "DoubleFloatPixelData")
         found = "float pixel data, which is not supported" if any(k in ds for k in kinds) else "no pixel data"
@@ -415,7 +415,7 @@ def _channels_first(array: np.ndarray, axes: str) -> np.ndarray:
 
 def _dicom_frames(ds: Any) -> np.ndarray:
     """Every frame as F×C×H×W float32 modality values (stored values through the rescale)."""
-    _probe_dicom(ds, "")
+    _probe_dicom(ds)
     frames, channels = int(ds.get("NumberOfFrames", 1) or 1), int(ds.get("SamplesPerPixel", 1))
     try:
         stored = ds.pixel_array
@@ -492,7 +492,7 @@ def _encode_dicom(values: np.ndarray, source: Path) -> bytes:
     """The source's dataset with its pixel data replaced: stored values through the source's rescale,
     written uncompressed (Explicit VR Little Endian) under a new SOP Instance UID."""
     ds = _dicom(source)
-    header = _probe_dicom(ds, str(source))
+    header = _probe_dicom(ds)
     if not ds.is_little_endian:
         raise CycleGANError(
             f"{source}: big-endian DICOM (a retired transfer syntax) can be read but not written"
