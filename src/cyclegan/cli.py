@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
+import re
 import sys
 import typing
 from collections.abc import Sequence
@@ -31,7 +32,12 @@ from cyclegan.errors import CycleGANError
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line that points to --help."""
+    """argparse, but a usage error is one line that points to --help, and a window such as
+    ``--window_a -1000,1000`` is a value (argparse takes only plain numbers like -5 for values)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\d+$|^-\d*\.\d+$|^-[\d.eE+-]*,[\d.eE+-]+$")
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -235,7 +241,9 @@ def _translate_parser(sub: Any) -> None:
     p.add_argument("--overwrite", action="store_true", help="translate again images whose output exists")
     p.add_argument(
         "--format", dest="image_format", choices=tuple(IMAGE_FORMATS), default=t.image_format,
-        help="output format (default: png, lossless)",
+        help="write 8-bit png, jpg or webp files (previews of the target window for 16-bit, float and medical"
+        " models); default: lossless, as 8-bit PNG for 8-bit models, else in the input's own kind (16-bit"
+        " PNG, TIFF, DICOM, NIfTI)",
     )  # fmt: skip
     p.add_argument(
         "--quality", type=int, default=t.quality, help=f"JPEG/WebP quality, 1-100 (default: {t.quality})"

@@ -290,6 +290,15 @@ class TrainConfig:
     no_flip: bool = _opt(False, "do not flip training images horizontally at random")
     serial_batches: bool = _opt(False, "pair A[i] with B[i] and keep file order, instead of random pairs")
     max_dataset_size: int | None = _opt(None, "use at most this many images of each domain")
+    window_a: str = _opt(
+        "auto",
+        "how domain A's values map to the networks' [-1, 1]: auto (8-bit images as always, integer data its"
+        " type's full range, float data percentile), dtype (the full range), LOW,HIGH (a fixed window, e.g."
+        " -1000,1000 for CT in HU) or percentile[:P,Q] (measured once on the training images, default"
+        " 0.5,99.5); saved in checkpoints, so translate applies it and its inverse",
+    )
+    window_b: str = _opt("auto", "the same for domain B")
+    slice_axis: int = _opt(2, "NIfTI volumes are read as 2-D slices along this axis (0, 1 or 2)")
     num_workers: int = _opt(2, "data loader worker processes", on_resume=True)
     seed: int | None = _opt(None, "random seed; a run with the same seed repeats exactly (default: random)")
     device: str = _opt(
@@ -410,6 +419,10 @@ class TrainConfig:
                 f"--lr must be in (0, 1) and --beta1/--beta2 in [0, 1), got"
                 f" {self.lr}, {self.beta1}, {self.beta2}"
             )
+        parse_window("--window_a", self.window_a)
+        parse_window("--window_b", self.window_b)
+        if self.slice_axis not in (0, 1, 2):
+            raise CycleGANError(f"--slice_axis must be 0, 1 or 2, got {self.slice_axis}")
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise CycleGANError(f"--seed must be in [0, 2^63), got {self.seed}")
         _check_name(self.name)
@@ -473,6 +486,30 @@ def trackers(log_to: str) -> tuple[str, ...]:
                 f"--log_to must be none or a comma list of {', '.join(TRACKERS)}, each once; got {log_to!r}"
             )
     return names
+
+
+def parse_window(option: str, spec: str) -> tuple[str, tuple[float, float] | None]:
+    """A ``--window_a/b`` value as (rule, ends): ("auto" | "dtype", None), ("fixed", (low, high)) or
+    ("percentile", (p, q)); anything else is one line."""
+    text = spec.strip().lower()
+    if text in ("auto", "dtype"):
+        return text, None
+    if text == "percentile":
+        return "percentile", (0.5, 99.5)
+    rule, numbers = (
+        ("percentile", text[len("percentile:") :]) if text.startswith("percentile:") else ("fixed", text)
+    )
+    try:
+        low, high = (float(v) for v in numbers.split(","))
+    except ValueError:
+        raise CycleGANError(
+            f"{option} must be auto, dtype, LOW,HIGH or percentile[:P,Q], got {spec!r}"
+        ) from None
+    if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
+        raise CycleGANError(f"{option} {spec}: the low end must be below the high end (both finite numbers)")
+    if rule == "percentile" and not 0 <= low < high <= 100:
+        raise CycleGANError(f"{option} {spec}: percentiles must lie within 0..100")
+    return rule, (low, high)
 
 
 def replace_options(cfg: TrainConfig, options: Mapping[str, Any]) -> TrainConfig:
@@ -654,14 +691,15 @@ IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}  # what translatio
 class TranslateOptions:
     """How translated files are written and batched; the CLI's and ``translate_files``'s defaults."""
 
-    image_format: str = "png"  # lossless; jpg and webp take ``quality``
+    image_format: str | None = None  # None: lossless (see translate_files); png, jpg, webp: 8-bit files
     quality: int = 95
     batch_size: int | None = None  # same-size images translated at once (default: 8 on a GPU, 1 on a CPU)
     num_workers: int | None = None  # threads decoding, and as many writing (default: CPU count, at most 8)
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are skipped unread
 
     def validate(self) -> None:
-        check_choice("--format", self.image_format, IMAGE_FORMATS)
+        if self.image_format is not None:
+            check_choice("--format", self.image_format, IMAGE_FORMATS)
         if not 1 <= self.quality <= 100:
             raise CycleGANError(f"--quality must be between 1 and 100, got {self.quality}")
         for name in ("batch_size", "num_workers", "max_pixels"):

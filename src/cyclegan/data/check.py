@@ -13,6 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from cyclegan.data import formats
 from cyclegan.data.datasets import SPLITS, is_image_file, visible_files
 from cyclegan.data.images import DECODE_ERRORS, load_image
 from cyclegan.errors import CycleGANError, first_line
@@ -98,14 +99,28 @@ def _check_split(name: str, path: Path) -> SplitReport:
             report.ignored.append(file)
             continue
         try:
-            image = load_image(file)  # the training decoder: EXIF rotation, modes, the pixel limit
-            mode = _header_mode(file)
+            size, mode = _decode(file)
         except DECODE_ERRORS as err:
-            report.unreadable.append((file, first_line(err)))
+            report.unreadable.append((file, first_line(err).removeprefix(f"{file}: ")))
             continue
-        report.sizes[image.size] += 1
+        report.sizes[size] += 1
         report.modes[mode] += 1
     return report
+
+
+def _decode(file: Path) -> tuple[tuple[int, int], str]:
+    """Decode a file as training would; its (width, height) (a volume's slices') and its mode: Pillow's
+    for what Pillow opens (16-bit PNG included), else the kind (``1-channel int16``...)."""
+    try:
+        header: formats.Header | None = formats.probe(file)
+    except formats.UnreadableImage:
+        if formats.suffix(file) in (*formats.DICOM_SUFFIXES, *formats.NIFTI_SUFFIXES):
+            raise
+        header = None  # Pillow's decoder names the problem (corrupt, truncated, too large)
+    if header is None or header.kind.eight_bit:  # the training decoder: EXIF rotation, modes, pixel limit
+        return load_image(file).size, _header_mode(file)
+    formats.read_stack(file)  # every slice, as training reads them (NaN and undecodable ones refused)
+    return header.size, _header_mode(file) if header.format == "png16" else str(header.kind)
 
 
 def _header_mode(file: Path) -> str:

@@ -27,6 +27,8 @@ from cyclegan.data.images import open_image, to_unit_tensor
 from cyclegan.errors import CycleGANError
 from cyclegan.evaluate import metrics
 from cyclegan.evaluate.results import ResultRow, ResultTable
+from cyclegan.evaluate.values import FID_NOTE, score_values
+from cyclegan.evaluate.values import protocol as value_protocol
 from cyclegan.files import atomic_write
 from cyclegan.layout import EVAL_FILE
 from cyclegan.models import Model, evaluating, model_type
@@ -259,6 +261,8 @@ def evaluate(
     ``checkpoint`` is a run folder, one of our checkpoints, or a reference single-generator ``.pth``
     (A→B only). ``paired=None`` scores PSNR/SSIM only where ground truth is known to exist: the demo dataset
     and aligned ``test/`` folders. ``inception`` replaces the verified FID network (tests pass a stand-in).
+    A model trained on data that is not 8-bit is scored in the data's own range, without FID/KID
+    (:mod:`cyclegan.evaluate.values`).
     Existing files in ``out_dir`` are overwritten; only this run's translations are scored.
     """
     if kid_subsets < 1:
@@ -276,6 +280,10 @@ def evaluate(
         is_ours = checkpoint.suffix == ".safetensors"
         method = model_type(read_options(checkpoint).name).title if is_ours else "reference generator"
         translators = {d: Translator.load(checkpoint, d, device) for d in directions}
+        if not all(t.conversion.eight_bit for t in translators.values()):
+            result = _value_scores(translators, sources, paired, aligned, out_dir, method, name, dataroot)
+            result.save(out_dir / EVAL_FILE)
+            return result
         network = inception if inception is not None else metrics.load_inception(inception_weights, device)
         scores: Scores = defaultdict(lambda: defaultdict(list))
         written = {}
@@ -317,6 +325,36 @@ def evaluate(
     )
     result.save(out_dir / EVAL_FILE)
     return result
+
+
+def _value_scores(
+    translators: dict[str, Translator],
+    sources: dict[str, dict[Path, Path]],
+    paired: bool,
+    aligned: bool,
+    out_dir: Path,
+    method: str,
+    name: str,
+    dataroot: Path,
+) -> ResultTable:
+    """The scores of a model trained on data that is not 8-bit, in the data's own range (no FID/KID)."""
+    values = score_values(translators, sources, paired, out_dir, method, BASELINE)
+    columns = [c for c in COLUMNS if c not in ("FID", "KID", "KID std")] + list(
+        PAIRED_COLUMNS if paired else ()
+    )
+    net = next(iter(translators.values())).config
+    notes = _notes(False, paired, aligned, False, min(len(sources["A"]), len(sources["B"])), net)[1:]
+    return ResultTable(
+        title=f"{method} evaluation of {name} on {dataroot.resolve().name}",
+        protocol={**value_protocol(translators), "N testA": len(sources["A"]), "N testB": len(sources["B"])},
+        columns=columns,
+        rows=[
+            ResultRow(row_method, ARROWS[d], {c: values.get((row_method, d), {}).get(c) for c in columns})
+            for row_method in (method, BASELINE)
+            for d in translators
+        ],
+        notes=[FID_NOTE, *notes],
+    )
 
 
 def evaluate_model(

@@ -21,12 +21,14 @@ from typing import Any
 
 from PIL import Image
 
+from cyclegan.data import intensity
 from cyclegan.data.images import DECODE_ERRORS
+from cyclegan.errors import CycleGANError
 from cyclegan.evaluate.charts import SMOOTH_FROM, Mark, Series, line_chart
 from cyclegan.evaluate.results import ResultRow, ResultTable
 from cyclegan.evaluate.runfiles import Point, Run, Unreadable, column, finite, read_run
 from cyclegan.files import atomic_write
-from cyclegan.layout import DEMO_FILE, EVAL_FILE
+from cyclegan.layout import DEMO_FILE, EVAL_FILE, INTENSITY
 from cyclegan.models import Model
 
 MAX_SAMPLES = 8
@@ -92,7 +94,7 @@ def render_report(run: Run, status: RunStatus | None = None) -> str:
         Section("losses", "Loss curves", loss_section(run)),
         Section("health", "Health", health_section(run)),
         Section("samples", "Samples", samples_section(run)),
-        Section("config", "Config", config_section(run.config)),
+        Section("config", "Config", config_section(run.config) + intensity_table(run.folder)),
     )
     generated = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     model = model_of(run)
@@ -464,6 +466,27 @@ def config_section(config: dict[str, Any]) -> str:
     if isinstance(model, dict):
         tables += key_value_table("Model (architecture)", model)
     return f"<div class='config'>{tables}</div>"
+
+
+def intensity_table(folder: Path) -> str:
+    """How the run's data maps to [-1, 1] (``intensity.json``; 8-bit runs have none): the sample grids show
+    each domain through this window."""
+    try:
+        mapping = intensity.load(folder / INTENSITY)
+    except CycleGANError as err:
+        return note(str(err))
+    if mapping is None:
+        return ""
+    rows = {
+        f"domain {side}": side_map.how
+        if side_map.eight_bit
+        else f"{side_map.low:g} .. {side_map.high:g}"
+        f" ({side_map.how}; {side_map.channels}-channel {side_map.dtype})"
+        for side, side_map in (("A", mapping.a), ("B", mapping.b))
+    }
+    return key_value_table(
+        "Intensity windows (samples are shown through them)", rows | {"slice axis": mapping.slice_axis}
+    )
 
 
 def key_value_table(title: str, values: dict[str, Any]) -> str:

@@ -49,10 +49,13 @@ def save_weights(
     options: ModelOptions,
     info: Mapping[str, Any],
     state: Mapping[str, Any] | None = None,
+    intensity: str | None = None,
 ) -> None:
     """Save networks (name -> module), the model's options and ``info`` (epoch, step…) in one atomic write.
 
-    With ``state`` (nested dicts and lists of tensors and JSON values) the file is resumable.
+    With ``state`` (nested dicts and lists of tensors and JSON values) the file is resumable. ``intensity``
+    (JSON: how the data maps to [-1, 1], see :mod:`cyclegan.data.intensity`) is kept for translation; a
+    checkpoint without it was trained on 8-bit images.
     """
     tensors = {
         f"{name}.{key}": value.detach().cpu().contiguous()
@@ -66,6 +69,8 @@ def save_weights(
         "model_config": json.dumps(dataclasses.asdict(options.net)),
         "info": json.dumps(dict(info)),
     }
+    if intensity is not None:
+        metadata["intensity"] = intensity
     if state is not None:
         metadata["training_state"] = json.dumps(_flatten(state, tensors))
     atomic_write(path, lambda tmp: _save_file(tensors, tmp, metadata))
@@ -248,6 +253,15 @@ def translations(checkpoint: Path) -> tuple[str, ...]:
     if path.suffix == ".safetensors" or _is_safetensors(path):
         return tuple(d.name for d in model_type(read_options(path).name).directions)
     return ("AtoB",)
+
+
+def read_intensity(path: Path) -> str | None:
+    """The data mapping (JSON) of a checkpoint, run folder or reference ``.pth``; None for 8-bit data."""
+    path = resolve_checkpoint(path)
+    if not (path.suffix == ".safetensors" or _is_safetensors(path)):
+        return None
+    with _open(path) as f:
+        return (f.metadata() or {}).get("intensity")
 
 
 def read_options(path: Path) -> ModelOptions:

@@ -35,7 +35,7 @@ from cyclegan.layout import CHECKPOINTS, LOG
 from cyclegan.models import Direction, Model, checkpoints, evaluating
 from cyclegan.train import runs
 from cyclegan.train.hooks import Hook, RunState, Scalars, StopRun, Text, note
-from cyclegan.train.samples import sample_images
+from cyclegan.train.samples import run_images
 
 # Thresholds, each far from what healthy runs show. Healthy figures: the demo's config (64 px, ngf/ndf 32,
 # 2,400 steps), after the default 1,000-step warm-up, as benchmarks/health.py records them (its docstring
@@ -87,7 +87,7 @@ class Health(Hook):
         self.saved: dict[str, Any] = {}
 
     def start(self, run: RunState) -> None:
-        real_A, real_B = sample_images(run.cfg, PROBE_IMAGES)
+        real_A, real_B = run_images(run, PROBE_IMAGES)
         self.probe_A, self.probe_B = real_A.to(run.device), real_B.to(run.device)
         model = run.model
         self.names = model.loss_names

@@ -92,6 +92,8 @@ class RunState:
         for listener in self.listeners:
             listener(event)
 
+    intensity: str | None = None  # the data's mapping to [-1, 1] as JSON (None: 8-bit), for checkpoints
+
 
 class StopRun(Exception):
     """Raised by a hook's ``after_step`` to end the run at once *without* saving the current weights, which
@@ -179,7 +181,8 @@ class EpochSnapshots(Hook):
         p = run.progress
         if p.epoch % run.cfg.save_epoch_freq == 0:
             path = run.run_dir / CHECKPOINTS / epoch_checkpoint(p.epoch)
-            checkpoints.save_weights(path, run.model.networks(), run.model.options, dataclasses.asdict(p))
+            networks, options = run.model.networks(), run.model.options
+            checkpoints.save_weights(path, networks, options, dataclasses.asdict(p), intensity=run.intensity)
 
 
 class TestSetEvaluator(Hook):
@@ -215,7 +218,9 @@ class TestSetEvaluator(Hook):
             p.best_kid = kid
             info = {**dataclasses.asdict(p), "metrics": scores}
             path = run.run_dir / CHECKPOINTS / BEST
-            checkpoints.save_weights(path, run.model.networks(), run.model.options, info)
+            checkpoints.save_weights(
+                path, run.model.networks(), run.model.options, info, intensity=run.intensity
+            )
 
 
 LIVE_SHARE = 0.005  # of a run's time, at most, for rewriting its live report at new sample grids

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from cyclegan import distributed
 from cyclegan.config import TrainConfig, trackers
+from cyclegan.data import intensity
 from cyclegan.data.datasets import (
     EpochSampler,
     RankBatches,
@@ -36,7 +37,7 @@ from cyclegan.data.datasets import (
 from cyclegan.devices import is_out_of_memory
 from cyclegan.distributed import World
 from cyclegan.errors import CycleGANError
-from cyclegan.layout import CHECKPOINTS, EVAL_LOG, LATEST, LOG, PREVIOUS, STAGED
+from cyclegan.layout import CHECKPOINTS, EVAL_LOG, INTENSITY, LATEST, LOG, PREVIOUS, STAGED
 from cyclegan.models import Trainer, build_model, check_training_size
 from cyclegan.nets import size_multiple
 from cyclegan.precision import Precision, check_compiler, pick_conv_algorithms
@@ -138,7 +139,8 @@ def _train(
 ) -> TrainResult:
     assert cfg.seed is not None
     device = world.device
-    dataset, skipped = training_data(cfg)
+    dataset, skipped = training_data(cfg, intensity.load(run_dir / INTENSITY) if resuming else None)
+    mapping = None if dataset.intensities.eight_bit else dataset.intensities.to_json()
     pick_conv_algorithms(device, fixed_size=cfg.preprocess not in ("scale_width", "none"))
     torch.manual_seed(cfg.seed)  # initial weights and dropout; a resumed run restores the saved RNG state
     model = build_model(cfg.model).to(device)
@@ -148,9 +150,11 @@ def _train(
         for name in (LOG, EVAL_LOG):
             runs.drop_rows_after(run_dir / name, progress.step)
         runs.save_config(run_dir, cfg)  # only now: every option has been validated and the data checked
+        if mapping is not None:
+            intensity.save(run_dir / INTENSITY, dataset.intensities)
     total = _total_steps(cfg, len(dataset))
     bar, status = _progress_bar(progress, total, show_progress and world.is_main)
-    run = RunState(cfg, run_dir, model, trainer, progress, device, total, status, world)
+    run = RunState(cfg, run_dir, model, trainer, progress, device, total, status, world, intensity=mapping)
     for hook in hooks:
         hook.load_state_dict(hook_states.get(hook.name, {}))
         hook.start(run)
@@ -277,12 +281,15 @@ def _commit(run: RunState, hooks: Sequence[Hook], interrupts: Interrupts) -> int
     if run.world.is_main:
         with interrupts.protect():
             states = {hook.name: hook.state_dict() for hook in hooks}
-            runs.save_checkpoint(run.run_dir, run.model, run.trainer, run.progress, states)
+            runs.save_checkpoint(run.run_dir, run.model, run.trainer, run.progress, states, run.intensity)
     return run.progress.step
 
 
-def training_data(cfg: TrainConfig) -> tuple[UnpairedDataset, set[str]]:
-    """The two domains' images, with the unreadable ones named once, and every training size checked."""
+def training_data(
+    cfg: TrainConfig, cached: intensity.Intensities | None = None
+) -> tuple[UnpairedDataset, set[str]]:
+    """The two domains' images, with the unreadable ones named once, every training size checked, and
+    each domain's mapping to [-1, 1] resolved (or ``cached``, a resumed run's)."""
     net = cfg.model.net
     multiple = size_multiple(net)
     a_folder, b_folder = domain_folders(cfg)
@@ -298,6 +305,14 @@ def training_data(cfg: TrainConfig) -> tuple[UnpairedDataset, set[str]]:
         )
     for height, width in sorted(sizes):
         check_training_size(cfg.model, height, width)
+    intensities, notes = intensity.resolve_pair(cfg, domain_a, domain_b, cached)
+    for line in notes:
+        note(line)
+    if cfg.eval_every and not intensities.eight_bit:
+        raise CycleGANError(
+            "--eval_every scores FID/KID with an ImageNet network, which means little for data that is not"
+            " 8-bit; leave it out and score with cyclegan eval (PSNR/SSIM in the data's own range)"
+        )
     assert cfg.seed is not None
     dataset = UnpairedDataset(domain_a, domain_b, cfg, cfg.seed, multiple)
     return dataset, {str(path) for path, _ in bad_a + bad_b}

@@ -9,11 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torchvision.utils import make_grid, save_image
 
 from cyclegan.config import TrainConfig
 from cyclegan.data.datasets import domain_folders, eval_transform, list_images
-from cyclegan.data.images import DECODE_ERRORS, load_image
+from cyclegan.data.images import DECODE_ERRORS, DEFAULT_MAX_PIXELS, load_image
+from cyclegan.data.intensity import Intensities, Intensity, load_mapped
 from cyclegan.errors import CycleGANError
 from cyclegan.files import atomic_write
 from cyclegan.layout import SAMPLES, sample_grid
@@ -27,7 +29,7 @@ class SampleGrids(Hook):
     name = "samples"
 
     def start(self, run: RunState) -> None:
-        self.images = tuple(t.to(run.device) for t in sample_images(run.cfg))
+        self.images = tuple(t.to(run.device) for t in run_images(run))
         self.saved = -1  # the step of the last grid, drawn once
 
     def after_step(self, run: RunState, losses: dict[str, torch.Tensor]) -> None:
@@ -60,12 +62,31 @@ def save_sample_grid(path: Path, model: Model, real_A: torch.Tensor, real_B: tor
     atomic_write(path, lambda tmp: save_image(image, tmp, format="png"))
 
 
-def sample_images(cfg: TrainConfig, count: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    """A fixed handful of A and B images (test split when there is one) for sample grids."""
+def run_images(run: RunState, count: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sample_images` of a run, through its data's mappings."""
+    intensities = None if run.intensity is None else Intensities.from_json(run.intensity, str(run.run_dir))
+    return sample_images(run.cfg, count, intensities)
+
+
+def _sample(path: Path, mapping: Intensity, channels: int, axis: int) -> Image.Image | torch.Tensor:
+    if mapping.eight_bit:
+        return load_image(path, channels)
+    x = load_mapped(path, mapping, channels, axis, DEFAULT_MAX_PIXELS)
+    return x[len(x) // 2] if x.dim() == 4 else x
+
+
+def sample_images(
+    cfg: TrainConfig, count: int = 4, intensities: Intensities | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed handful of A and B images (test split when there is one) for sample grids, through the
+    domains' mappings (``intensities``; the 8-bit rule by default): grids show the windows. A volume
+    shows its middle slice."""
     out = []
     a_train, b_train = domain_folders(cfg)
     channels = (cfg.model.net.input_nc, cfg.model.net.output_nc)
+    both = intensities or Intensities()
     for side, (train_folder, nc) in enumerate(zip((a_train, b_train), channels, strict=True)):
+        mapping = (both.a, both.b)[side]
         folder = train_folder
         if cfg.dataroot is not None:
             test = domain_folders(cfg, "test")[side]
@@ -74,7 +95,7 @@ def sample_images(cfg: TrainConfig, count: int = 4) -> tuple[torch.Tensor, torch
         tensors = []
         for path in list_images(folder):
             try:
-                tensors.append(transform(load_image(path, nc)))
+                tensors.append(transform(_sample(path, mapping, nc, both.slice_axis)))
             except DECODE_ERRORS:
                 continue
             if len(tensors) == count:

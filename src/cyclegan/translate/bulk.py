@@ -9,25 +9,21 @@ from __future__ import annotations
 import os
 import sys
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from cyclegan.config import IMAGE_FORMATS, TranslateOptions
+from cyclegan.data import formats
 from cyclegan.data.datasets import list_images
-from cyclegan.data.images import (
-    DECODE_ERRORS,
-    DEFAULT_MAX_PIXELS,
-    first_line,
-    load_image,
-    to_image,
-    to_tensor,
-)
+from cyclegan.data.images import DECODE_ERRORS, DEFAULT_MAX_PIXELS, first_line, to_image
+from cyclegan.data.intensity import Conversion, load_mapped
 from cyclegan.devices import resolve_device
 from cyclegan.distributed import TorchrunEnv
 from cyclegan.errors import CycleGANError
@@ -60,12 +56,20 @@ class UnreadableImages(CycleGANError):
         super().__init__(f"{done.summary()} (first unreadable: {done.unreadable[0]})")
 
 
-def collect_inputs(inputs: Iterable[Path], out_dir: Path, suffix: str = ".png") -> list[tuple[Path, Path]]:
+def collect_inputs(
+    inputs: Iterable[Path], out_dir: Path, suffix: str | Callable[[Path], str] = ".png"
+) -> list[tuple[Path, Path]]:
     """(source, destination) pairs: a file keeps its name, a folder's images keep their relative paths;
-    every output gets ``suffix`` (lossless PNG unless asked otherwise). An input folder that holds
-    ``out_dir`` gives none of the images in it: outputs never become inputs of the next run."""
+    every output gets ``suffix``, or ``suffix(source)`` (lossless PNG unless asked otherwise). An input
+    folder that holds ``out_dir`` gives none of the images in it: outputs never become inputs of the next
+    run."""
     if out_dir.exists() and not out_dir.is_dir():
         raise CycleGANError(f"--out {out_dir} exists and is not a folder")
+    ending = suffix if callable(suffix) else lambda _: suffix
+
+    def renamed(path: Path, relative: Path) -> Path:
+        return out_dir / relative.parent / (formats.stem(path) + ending(path))
+
     outputs = out_dir.resolve()
     pairs: list[tuple[Path, Path]] = []
     for item in map(Path, inputs):
@@ -73,9 +77,9 @@ def collect_inputs(inputs: Iterable[Path], out_dir: Path, suffix: str = ".png") 
             images = list_images(item)
             if outputs != item.resolve():
                 images = [p for p in images if not p.parent.resolve().is_relative_to(outputs)]
-            pairs += [(p, (out_dir / p.relative_to(item)).with_suffix(suffix)) for p in images]
+            pairs += [(p, renamed(p, p.relative_to(item))) for p in images]
         elif item.is_file():
-            pairs.append((item, (out_dir / item.name).with_suffix(suffix)))
+            pairs.append((item, renamed(item, Path(item.name))))
         else:
             raise CycleGANError(f"input not found: {item}")
     if not pairs:
@@ -100,7 +104,7 @@ def translate_files(
     backend: str = "torch",
     precision: str = "fp32",
     overwrite: bool = False,
-    image_format: str = TranslateOptions.image_format,
+    image_format: str | None = TranslateOptions.image_format,
     quality: int = TranslateOptions.quality,
     batch_size: int | None = None,
     num_workers: int | None = None,
@@ -110,8 +114,13 @@ def translate_files(
     max_memory: int | None = None,
     show_progress: bool = True,
 ) -> Translated:
-    """Translate image files and folders into ``out_dir`` as ``image_format`` files (lossless PNG by
-    default; ``quality`` is for JPEG and WebP), each at its own size.
+    """Translate image files and folders into ``out_dir``, each at its own size.
+
+    By default each translation is written losslessly: as 8-bit PNG for a model trained on 8-bit images,
+    else in the input's own kind with the target domain's sample type (16-bit PNG, TIFF, DICOM with the
+    source's header, NIfTI volumes with the source's affine; see :mod:`cyclegan.data.formats`).
+    ``image_format`` png, jpg or webp asks for 8-bit files instead (the target's window; a volume's middle
+    slice); ``quality`` is for JPEG and WebP.
 
     ``model`` is a ready translator, or a checkpoint that :func:`load_translator` reads with ``direction``,
     ``device`` (``auto``, ``cpu``, ``cuda`` or ``cuda:N``; under torchrun ``auto`` and ``cuda`` mean the
@@ -138,26 +147,27 @@ def translate_files(
     shard = shard or TorchrunEnv()
     if isinstance(model, (str, Path)):
         device = resolve_device(device, shard.local_rank)  # under torchrun: the GPU of the local rank
-    pairs = collect_inputs(inputs, out_dir, f".{image_format}")
-    check_outputs([dst for _, dst in pairs], out_dir)
-    mine = pairs[shard.rank :: shard.world_size]
-    existing = set() if overwrite else {dst for _, dst in mine if dst.exists()}
-    skipped = [dst for _, dst in mine if dst in existing]
-    todo = [(src, dst) for src, dst in mine if dst not in existing]
+    collect_inputs(inputs, out_dir)  # missing inputs fail before the model loads; names follow its data
     translator = (
         load_translator(Path(model), direction, device, backend, precision, tile, max_memory)
         if isinstance(model, (str, Path))
         else model
     )
+    conversion = translator.conversion
+    pairs = collect_inputs(inputs, out_dir, partial(output_suffix, image_format, conversion))
+    check_outputs([dst for _, dst in pairs], out_dir)
+    mine = pairs[shard.rank :: shard.world_size]
+    existing = set() if overwrite else {dst for _, dst in mine if dst.exists()}
+    skipped = [dst for _, dst in mine if dst in existing]
+    todo = [(src, dst) for src, dst in mine if dst not in existing]
     batch_size = default_batch_size(translator.device) if batch_size is None else batch_size
     num_workers = default_workers() if num_workers is None else num_workers
     progress = tqdm(
         total=len(todo), unit="image", desc=shard.label or None, disable=None if show_progress else True
     )
     with progress as bar:
-        written, unreadable = _translate_all(
-            translator, todo, saver(image_format, quality), batch_size, num_workers, max_pixels, bar
-        )
+        save = saver(image_format, quality, conversion, {dst: src for src, dst in todo})
+        written, unreadable = _translate_all(translator, todo, save, batch_size, num_workers, max_pixels, bar)
     done = Translated(written, skipped, unreadable, shard)
     if unreadable:
         raise UnreadableImages(done)
@@ -200,46 +210,95 @@ def _translate_all(
     max_pixels: int,
     bar: tqdm,
 ) -> tuple[list[Path], list[Path]]:
-    """Decode ahead, translate same-size batches, write behind; returns (written, unreadable)."""
+    """Decode ahead, translate same-size batches, write behind; returns (written, unreadable). The slices of
+    a volume are translated ``batch_size`` at a time as soon as it is decoded, and written as one file."""
     unreadable: list[Path] = []
     sources = [src for src, _ in todo]
+    conversion = translator.conversion
+
+    def images(items: Iterable[tuple[int, torch.Tensor]]) -> Iterator[tuple[int, torch.Tensor]]:
+        for i, x in items:
+            if x.dim() == 3:
+                yield i, x
+            else:
+                slices = [translator.translate_tensor(part).cpu() for part in x.split(batch_size)]
+                writer.submit(todo[i][1], torch.cat(slices))
+
     with (
         Writer(save, workers, 2 * batch_size, on_written=bar.update) as writer,
         closing(
-            decode_ahead(sources, translator.in_channels, workers, 2 * batch_size + workers, max_pixels)
+            decode_ahead(
+                sources, translator.in_channels, workers, 2 * batch_size + workers, max_pixels, conversion
+            )
         ) as decoded,
     ):
-        for batch in same_size_batches(_readable(decoded, sources, unreadable, bar), batch_size):
+        for batch in same_size_batches(images(_readable(decoded, sources, unreadable, bar)), batch_size):
             y = translator.translate_tensor(torch.stack([x for _, x in batch])).cpu()
             for (i, _), result in zip(batch, y, strict=True):
                 writer.submit(todo[i][1], result)
     return writer.written, unreadable
 
 
-def saver(image_format: str, quality: int) -> Callable[[Path, torch.Tensor], None]:
-    """Writes a C×H×W result in [-1, 1] atomically as an 8-bit ``image_format`` file."""
-    options = {"quality": quality} if image_format != "png" else {}
+def output_suffix(image_format: str | None, conversion: Conversion, source: Path) -> str:
+    """The suffix of ``source``'s translation: the asked format's, 8-bit PNG's for 8-bit data, else the
+    input's own kind's (:func:`cyclegan.data.formats.output_suffix`)."""
+    if image_format is not None:
+        return f".{image_format}"
+    return ".png" if conversion.target.eight_bit else formats.output_suffix(source, conversion.target.dtype)
+
+
+def saver(
+    image_format: str | None,
+    quality: int,
+    conversion: Conversion | None = None,
+    sources: Mapping[Path, Path] | None = None,
+) -> Callable[[Path, torch.Tensor], None]:
+    """Writes a result in [-1, 1] (C×H×W, or N×C×H×W for a volume) atomically: as an 8-bit
+    ``image_format`` file (the target domain's window; a volume's middle slice), or with ``image_format``
+    None losslessly, in the kind of its source (``sources``: destination -> input) through the target
+    domain's inverse mapping."""
+    conversion = conversion or Conversion()
+    preview = image_format is not None or conversion.target.eight_bit
+    chosen = image_format or "png"
+    options = {"quality": quality} if chosen != "png" else {}
 
     def save(dst: Path, y: torch.Tensor) -> None:
-        image = to_image(y)
-        atomic_write(dst, lambda tmp: image.save(tmp, format=IMAGE_FORMATS[image_format], **options))
+        if preview:
+            image = to_image(y if y.dim() == 3 else y[len(y) // 2])
+            atomic_write(dst, lambda tmp: image.save(tmp, format=IMAGE_FORMATS[chosen], **options))
+            return
+        assert sources is not None, "lossless outputs are written in their source's kind"
+        values = conversion.target.inverse(y if y.dim() == 4 else y[None])
+        data = formats.encode(
+            values, sources[dst], conversion.target.dtype, conversion.slice_axis, formats.suffix(dst)
+        )
+        atomic_write(dst, lambda tmp: tmp.write_bytes(data))
 
     return save
 
 
 def decode_ahead(
-    paths: Sequence[Path], channels: int, threads: int, ahead: int, max_pixels: int = DEFAULT_MAX_PIXELS
+    paths: Sequence[Path],
+    channels: int,
+    threads: int,
+    ahead: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    conversion: Conversion | None = None,
 ) -> Generator[torch.Tensor | str, None, None]:
-    """Each image as a C×H×W tensor in [-1, 1] (or the reason it cannot be read), in order, decoded by
-    ``threads`` threads at most ``ahead`` images ahead of the consumer.
+    """Each image as a C×H×W tensor in [-1, 1] (a volume as N×C×H×W; or the reason it cannot be read), in
+    order, mapped by ``conversion``'s source mapping, decoded by ``threads`` threads at most ``ahead``
+    images ahead of the consumer.
 
     Threads, not DataLoader processes: Pillow and torch release the GIL while decoding and scaling, and
     threads start instantly and pass tensors without copying (benchmarks/bulk.py measures both).
     """
 
+    source = (conversion or Conversion()).source
+    axis = (conversion or Conversion()).slice_axis
+
     def decode(path: Path) -> torch.Tensor | str:
         try:
-            return to_tensor(load_image(path, channels, max_pixels))
+            return load_mapped(path, source, channels, axis, max_pixels)
         except DECODE_ERRORS as error:
             return first_line(error)
 

@@ -7,6 +7,8 @@
                      (AtoB or BtoA; default AtoB). Answers the translation as image/png, or as JSON
                      {"direction", "width", "height", "media_type", "image": base64 PNG} when asked with
                      ``?format=json`` or an Accept header naming application/json (and not image/png).
+                     A model trained on data that is not 8-bit takes 16-bit PNG and TIFF (any sample
+                     type) and answers in the upload's kind: 16-bit PNG, or TIFF as image/tiff.
 
 Every error is ``{"error": "one line"}``: 400 a bad form or an unreadable image, 413 an upload or an image
 above the limits (of pixels, or of memory even in tiles), 415 a body that is not multipart/form-data, 503 a
@@ -41,15 +43,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from cyclegan.config import ServeOptions
-from cyclegan.data.images import (
-    DECODE_ERRORS,
-    ImageTooLarge,
-    check_pixels,
-    first_line,
-    load_image,
-    to_image,
-    to_tensor,
-)
+from cyclegan.data import formats
+from cyclegan.data.images import DECODE_ERRORS, ImageTooLarge, check_pixels, first_line, to_image
+from cyclegan.data.intensity import Conversion, load_mapped
 from cyclegan.devices import resolve_device
 from cyclegan.errors import CycleGANError, TooLarge
 from cyclegan.models.checkpoints import resolve_checkpoint, translations
@@ -204,20 +200,33 @@ def run_model(translator: Translator, batch: torch.Tensor) -> torch.Tensor:
     return translator.translate_tensor(batch)
 
 
+@dataclass(frozen=True)
+class Reply:
+    """A translated image, encoded."""
+
+    data: bytes
+    media_type: str
+    width: int
+    height: int
+
+
 def translate_jobs(translators: dict[str, Translator], max_pixels: int) -> Callable[[list[Job]], None]:
-    """The worker's ``work``: decode each upload as ``load_image`` does, translate, settle its future with
-    the translated image; a file that fails to decode fails its own job only."""
+    """The worker's ``work``: decode each upload as translation does (through the model's mapping),
+    translate, settle its future with the encoded :class:`Reply`; a file that fails to decode fails its own
+    job only."""
 
     def work(jobs: list[Job]) -> None:
         translator = translators[jobs[0].direction]
+        conversion = translator.conversion
         groups: dict[tuple[int, ...], list[tuple[Job, torch.Tensor]]] = {}
         for job in jobs:
             try:
-                image = load_image(job.upload, translator.in_channels, max_pixels)  # type: ignore[arg-type]
+                x = load_mapped(
+                    job.upload, conversion.source, translator.in_channels, conversion.slice_axis, max_pixels
+                )
             except DECODE_ERRORS as err:
                 job.future.set_exception(_decode_error(err, job.name))
                 continue
-            x = to_tensor(image)
             groups.setdefault(tuple(x.shape), []).append((job, x))
         for group in groups.values():  # one group unless a header lied about the size
             _run_group(translator, group)
@@ -233,7 +242,24 @@ def _run_group(translator: Translator, group: list[tuple[Job, torch.Tensor]]) ->
             job.future.set_exception(RequestError(413, str(err)))
         return
     for (job, _), y in zip(group, ys, strict=True):
-        job.future.set_result(to_image(y))
+        job.future.set_result(_encode(y, translator.conversion, job.upload))
+
+
+def _encode(y: torch.Tensor, conversion: Conversion, upload: BinaryIO) -> Reply:
+    """8-bit PNG for 8-bit data; else the upload's kind: TIFF for TIFF, PNG (16-bit) where it holds the
+    target's sample type, TIFF otherwise."""
+    height, width = y.shape[-2:]
+    if conversion.target.eight_bit:
+        return Reply(_png(to_image(y)), "image/png", width, height)
+    upload.seek(0)
+    tiff = formats.probe(upload).format == "tiff" or conversion.target.dtype not in ("uint8", "uint16")
+    data = formats.encode(
+        conversion.target.inverse(y[None]),
+        Path("upload"),
+        conversion.target.dtype,
+        dst_suffix=".tif" if tiff else ".png",
+    )
+    return Reply(data, "image/tiff" if tiff else "image/png", width, height)
 
 
 def _decode_error(err: BaseException, name: str) -> RequestError:
@@ -246,9 +272,18 @@ def _decode_error(err: BaseException, name: str) -> RequestError:
     return RequestError(400, f"{name} is not an image that can be read ({first_line(err)})")
 
 
-def peek_size(upload: BinaryIO, name: str, max_pixels: int) -> tuple[int, int]:
+def peek_size(
+    upload: BinaryIO, name: str, max_pixels: int, conversion: Conversion | None = None
+) -> tuple[int, int]:
     """(width, height) as the upload will decode, EXIF rotation included, from its header alone: what is
     not an image, or is too large, is refused before a pixel is decoded."""
+    if conversion is not None and not conversion.source.eight_bit:
+        try:
+            return formats.probe(upload, conversion.slice_axis, max_pixels).size
+        except DECODE_ERRORS as err:
+            raise _decode_error(err, name) from None
+        finally:
+            upload.seek(0)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -384,21 +419,20 @@ def create_app(
             if upload.size == 0:
                 raise RequestError(400, "the uploaded file is empty")
             name = " ".join((upload.filename or "the upload").split())[:200]  # one line in errors
-            size = await run_in_threadpool(peek_size, upload.file, name, options.max_pixels)
-            image = await asyncio.wrap_future(batcher.submit(Job(direction, size, upload.file, name)))
+            conversion = translators[direction].conversion
+            size = await run_in_threadpool(peek_size, upload.file, name, options.max_pixels, conversion)
+            reply = await asyncio.wrap_future(batcher.submit(Job(direction, size, upload.file, name)))
         finally:
             await form.close()
-        png = await run_in_threadpool(_png, image)
         if not as_json:
-            return Response(png, media_type="image/png", headers={"X-Direction": direction})
-        width, height = image.size
+            return Response(reply.data, media_type=reply.media_type, headers={"X-Direction": direction})
         return JSONResponse(
             {
                 "direction": direction,
-                "width": width,
-                "height": height,
-                "media_type": "image/png",
-                "image": base64.b64encode(png).decode("ascii"),
+                "width": reply.width,
+                "height": reply.height,
+                "media_type": reply.media_type,
+                "image": base64.b64encode(reply.data).decode("ascii"),
             }
         )
 

@@ -6,6 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
@@ -13,9 +14,10 @@ from torch import nn
 from cyclegan.config import NetConfig, check_choice
 from cyclegan.data.datasets import pad_to_multiple
 from cyclegan.data.images import to_image, to_tensor
+from cyclegan.data.intensity import Conversion, conversion
 from cyclegan.devices import is_out_of_memory
 from cyclegan.errors import CycleGANError, TooLarge
-from cyclegan.models.checkpoints import load_generator
+from cyclegan.models.checkpoints import load_generator, read_intensity, resolve_checkpoint
 from cyclegan.nets import MIN_SIZE, input_channels, size_multiple
 from cyclegan.precision import Autocast, Precision
 from cyclegan.translate.tiling import check_tile, choose_tile, images_that_fit, translate_tiled
@@ -33,6 +35,9 @@ class Translator:
     result in bounded memory. With ``max_memory`` (bytes of tensors) and no ``tile``, every forward stays
     within it: a batch runs in as many parts as that takes, and an image whose whole-image forward would
     need more is tiled with the largest tile that fits. The plan for each size is traced once, then cached.
+
+    ``conversion`` says how the source domain's values map to [-1, 1] and the target's back (the 8-bit rule
+    by default); :func:`translate_values` applies it around the generator.
     """
 
     PLANS_CACHED = 256  # batch and image sizes whose plan is kept (a server sees many sizes)
@@ -44,8 +49,10 @@ class Translator:
         device: torch.device | str = "cpu",
         tile: int | None = None,
         max_memory: int | None = None,
+        conversion: Conversion | None = None,
     ) -> None:
         self.generator, self.config, self.device = generator, config, torch.device(device)
+        self.conversion = conversion or Conversion()
         self.generator.to(self.device)
         self.in_channels = input_channels(generator)
         if self.in_channels not in (1, 3):
@@ -73,7 +80,7 @@ class Translator:
     ) -> Translator:
         """From a run folder, one of our checkpoints, or a reference generator ``.pth``."""
         generator, config = load_generator(Path(checkpoint), direction)
-        return cls(generator, config, device, tile, max_memory)
+        return cls(generator, config, device, tile, max_memory, checkpoint_conversion(checkpoint, direction))
 
     def tile_for(self, height: int, width: int) -> int | None:
         """The tile for an image of this (padded) size: ``tile``, or the one ``max_memory`` calls for."""
@@ -156,7 +163,21 @@ def load_translator(
         raise CycleGANError(f"{checkpoint} is an ONNX model; run it with --backend onnxruntime")
     generator, config = load_generator(Path(checkpoint), direction)
     model = Autocast(generator, arithmetic) if arithmetic.mixed else generator
-    return Translator(model, config, device, tile, max_memory)
+    return Translator(model, config, device, tile, max_memory, checkpoint_conversion(checkpoint, direction))
+
+
+def checkpoint_conversion(checkpoint: Path, direction: str) -> Conversion:
+    """How the data of a checkpoint's ``direction`` maps to [-1, 1] and back (the 8-bit rule unless it was
+    trained on other data)."""
+    path = resolve_checkpoint(Path(checkpoint))
+    return conversion(read_intensity(path), direction, str(path))
+
+
+def translate_values(translator: AnyTranslator, values: np.ndarray) -> np.ndarray:
+    """Values of the source domain (C×H×W or N×C×H×W, its own units) -> the translation in the target
+    domain's units, float64: the translator's mapping, the generator, the inverse mapping."""
+    conversion = translator.conversion
+    return conversion.target.inverse(translator.translate_tensor(conversion.source.forward(values)))
 
 
 AnyTranslator = Union[Translator, "OnnxTranslator"]  # what load_translator returns; both map images alike
