@@ -1,0 +1,54 @@
+"""Anti-aliased resampling (Zhang, "Making Convolutional Networks Shift-Invariant Again", ICML 2019), as
+CUT's networks use it: a fixed binomial blur around every change of resolution, so that a shift of the input
+shifts the features instead of aliasing them.
+
+Both layers are the reference implementation's, down to their ``filt`` buffers (part of ``state_dict``, so
+reference checkpoints load with strict key checking) and the order of their padding, convolution and crop.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def binomial_filter(size: int) -> torch.Tensor:
+    """The size x size outer product of a row of Pascal's triangle, summing to 1 (exact in float32)."""
+    row = torch.tensor([math.comb(size - 1, k) for k in range(size)], dtype=torch.float64)
+    kernel = row[:, None] * row[None, :]
+    return (kernel / kernel.sum()).float()
+
+
+class Downsample(nn.Module):
+    """Blur with a 3x3 binomial filter, then keep every second pixel: reflection padding 1, a depthwise
+    stride-2 convolution. Follows a stride-1 convolution where a plain network has a strided one."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.register_buffer("filt", binomial_filter(3)[None, None].repeat(channels, 1, 1, 1))
+        self.pad = nn.ReflectionPad2d(1)
+        self.stride = 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(self.pad(x), self.filt, stride=self.stride, groups=self.filt.shape[0])
+
+
+class Upsample(nn.Module):
+    """Double the resolution by a depthwise transposed convolution with a fixed 4x4 binomial filter (times 4,
+    the stride squared, so a flat image stays flat): replication padding 1, the transposed convolution
+    (stride 2, padding 2), then one row and column cropped from each side. A stride-1 convolution follows
+    where a plain network has a transposed one."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.register_buffer("filt", (binomial_filter(4) * 4)[None, None].repeat(channels, 1, 1, 1))
+        self.pad = nn.ReplicationPad2d(1)
+        self.stride = 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        groups = self.filt.shape[0]
+        y = F.conv_transpose2d(self.pad(x), self.filt, stride=self.stride, padding=2, groups=groups)
+        return y[:, :, 1:-1, 1:-1]
