@@ -201,12 +201,15 @@ class CUTOptions(ModelOptions):
 
     @property
     def layers(self) -> tuple[int, ...]:
-        return tuple(int(x) for x in self.nce_layers.split(","))
+        """The NCE layers in the order the generator computes them."""
+        return tuple(sorted(int(x) for x in self.nce_layers.split(",")))
 
     def validate(self) -> None:
         super().validate()
         for name in ("lambda_GAN", "lambda_NCE"):
             _check_weight(self, name)
+        if self.lambda_GAN == 0 and self.lambda_NCE == 0:
+            raise CycleGANError("--lambda_GAN and --lambda_NCE are both 0: the generator would learn nothing")
         try:
             layers = self.layers
         except ValueError:

@@ -26,6 +26,8 @@ class Downsample(nn.Module):
     """Blur with a 3x3 binomial filter, then keep every second pixel: reflection padding 1, a depthwise
     stride-2 convolution. Follows a stride-1 convolution where a plain network has a strided one."""
 
+    filt: torch.Tensor
+
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.register_buffer("filt", binomial_filter(3)[None, None].repeat(channels, 1, 1, 1))
@@ -41,6 +43,8 @@ class Upsample(nn.Module):
     the stride squared, so a flat image stays flat): replication padding 1, the transposed convolution
     (stride 2, padding 2), then one row and column cropped from each side. A stride-1 convolution follows
     where a plain network has a transposed one."""
+
+    filt: torch.Tensor
 
     def __init__(self, channels: int) -> None:
         super().__init__()
