@@ -50,9 +50,11 @@ class Upsample(nn.Module):
         super().__init__()
         self.register_buffer("filt", (binomial_filter(4) * 4)[None, None].repeat(channels, 1, 1, 1))
         self.pad = nn.ReplicationPad2d(1)
-        self.stride = 2
+        self.stride, self.padding, self.crop = 2, 2, 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        groups = self.filt.shape[0]
-        y = F.conv_transpose2d(self.pad(x), self.filt, stride=self.stride, padding=2, groups=groups)
-        return y[:, :, 1:-1, 1:-1]
+        c = self.crop
+        y = F.conv_transpose2d(
+            self.pad(x), self.filt, stride=self.stride, padding=self.padding, groups=self.filt.shape[0]
+        )
+        return y[:, :, c:-c, c:-c]
