@@ -73,10 +73,21 @@ class PatchSampleF(nn.Module):
         image by image, in float32."""
         out = []
         for i, (feature, ids) in enumerate(zip(features, patch_ids, strict=True)):
-            flat = feature.permute(0, 2, 3, 1).flatten(1, 2)  # images x positions x channels
-            patches = flat[:, ids.to(feature.device), :].flatten(0, 1)
+            patches = sample_patches(feature, ids.to(feature.device))
             out.append(l2_normalize(self.get_submodule(f"mlp_{i}")(patches).float()))
         return out
+
+
+def sample_patches(feature: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """The feature vectors at positions ``ids`` (of the flattened height x width) of each image:
+    (images x patches) x channels, image by image.
+
+    The reference gathers them from the features permuted to channels-last, whose gradient then reaches the
+    generator in channels-last strides; PyTorch 2.14's CPU instance-norm backward computes wrong gradients
+    from those at batch size 1 (tests/test_cut.py shows it). Gathering along the flattened positions gives
+    the same vectors, bit for bit, and a contiguous gradient.
+    """
+    return feature.flatten(2)[:, :, ids].transpose(1, 2).flatten(0, 1)
 
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
