@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 EPSILON = 1e-7  # added to the norm before dividing, as the reference's Normalize does
+TINY = 1e-30  # squared lengths below this count as zero (their rows are zero for all purposes)
 
 
 class Draws(Protocol):
@@ -91,7 +92,10 @@ def sample_patches(feature: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
-    return x.div(x.pow(2).sum(1, keepdim=True).pow(0.5) + EPSILON)
+    """Rows divided by their length (plus ``EPSILON``), as the reference computes it, except that a row of
+    zeros (an MLP whose ReLUs are all off, common on flat image regions) gets a zero gradient, not the
+    reference's NaN (the square root's infinite slope at 0 times 0); other rows are unchanged, bit for bit."""
+    return x.div(x.pow(2).sum(1, keepdim=True).clamp_min(TINY).pow(0.5) + EPSILON)
 
 
 def patch_nce_loss(query: torch.Tensor, key: torch.Tensor, images: int, temperature: float) -> torch.Tensor:
