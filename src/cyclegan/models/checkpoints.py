@@ -160,7 +160,7 @@ def _networks(f: Any, networks: Collection[str] | None = None) -> dict[str, dict
     states: dict[str, dict[str, torch.Tensor]] = {}
     for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
         name, _, rest = key.partition(".")
-        if name != STATE_PREFIX.rstrip("/") and (networks is None or name in networks):
+        if not key.startswith(STATE_PREFIX) and (networks is None or name in networks):
             states.setdefault(name, {})[rest] = f.get_tensor(key)
     return states
 
