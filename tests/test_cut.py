@@ -283,3 +283,16 @@ def test_fastcut_is_cut_with_the_papers_fastcut_options() -> None:
     assert (cut.nce_T, cut.num_patches, cut.netF_nc, cut.layers) == (0.07, 256, 256, (0, 4, 8, 12, 16))
     assert (cut.net.antialias, cut.net.antialias_up, cut.net.init_type) == (True, True, "xavier")
     assert issubclass(FastCUT, CUT) and FastCUT.name == "fastcut"
+
+
+def test_the_demo_scores_a_one_sided_model_one_way(tmp_path: Path) -> None:
+    from cyclegan.demo import DemoSettings, run_demo
+    from cyclegan.evaluate.results import ResultTable
+
+    settings = DemoSettings(out=tmp_path, steps=3, size=32, ngf=4, ndf=4, device="cpu", model="fastcut")
+    page = run_demo(settings, show_progress=False)
+    assert page == tmp_path / "day2night_fastcut" / "report.html"
+    scores = ResultTable.load(page.parent / "demo.json")
+    assert {(row.method, row.direction) for row in scores.rows} == {
+        (method, "A→B") for method in ("FastCUT", "colour transfer", "untranslated input")
+    }
