@@ -54,7 +54,16 @@ class Upsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.crop
+        # Compiled, the padding is built by concatenation: torch.compile (2.14) declares other strides for
+        # replication padding's backward than its CPU kernel returns at batch size 1, and fails at run time.
+        padded = _replicate_edges(x) if torch.compiler.is_compiling() else self.pad(x)
         y = F.conv_transpose2d(
-            self.pad(x), self.filt, stride=self.stride, padding=self.padding, groups=self.filt.shape[0]
+            padded, self.filt, stride=self.stride, padding=self.padding, groups=self.filt.shape[0]
         )
         return y[:, :, c:-c, c:-c]
+
+
+def _replicate_edges(x: torch.Tensor) -> torch.Tensor:
+    """``nn.ReplicationPad2d(1)(x)``, the same values, from slices and concatenation."""
+    x = torch.cat((x[:, :, :1], x, x[:, :, -1:]), dim=2)
+    return torch.cat((x[:, :, :, :1], x, x[:, :, :, -1:]), dim=3)
