@@ -248,6 +248,7 @@ def test_a_cut_generator_exports_to_onnx_and_serves_one_direction(tmp_path: Path
         ),
         (lambda: build_model(TrainConfig.create("cut", ngf=4, netG="unet_128").model), "a ResNet generator"),
         (lambda: TrainConfig.create("cut", lambda_GAN=0, lambda_NCE=0).model.validate(), "learn nothing"),
+        (lambda: TrainConfig.create("fastcut", nce_idt=True).model.validate(), "--nce_idt is CUT's"),
     ],
 )
 def test_bad_options_are_refused_in_one_line(make: Callable[[], object], message: str) -> None:

@@ -246,6 +246,14 @@ class FastCUTOptions(CUTOptions):
         True, "flip the input horizontally at random and flip the features back (FastCUT)"
     )
 
+    def validate(self) -> None:
+        super().validate()
+        if self.nce_idt:  # FastCUT logs and shows no identity term; CUT takes FastCUT's other options
+            raise CycleGANError(
+                "--nce_idt is CUT's; for the identity term with FastCUT's options use --model cut"
+                " --lambda_NCE 10 --flip_equivariance --n_epochs 150 --n_epochs_decay 50"
+            )
+
 
 def _pix2pix_net() -> NetConfig:
     return NetConfig(netG="unet_256", norm="batch", dropout=True)
