@@ -1,13 +1,15 @@
 """Memory benchmark: peak training memory and step time at high resolution, fp32 and bf16, with and without
 activation checkpointing, beside what ``cyclegan plan`` predicts from its small dry runs.
 
-Batch 1 of the paper's networks (resnet_9blocks, ngf/ndf 64, basic D) by default. Each configuration is
-measured as the planner measures: on CUDA the allocator's ``max_memory_allocated`` in this process, on the
-CPU the peak resident size of a fresh process; the step time is the fastest of ``--steps`` steps (after a
+Batch 1 of the paper's networks of ``--model`` (resnet_9blocks, ngf/ndf 64, basic D; CUT's anti-aliased,
+with its projection head) by default. Each configuration is measured as the planner measures: on CUDA the
+allocator's ``max_memory_allocated`` in this process, on the CPU the peak resident size of a fresh process;
+the step time is the fastest of ``--steps`` steps (after a
 warm-up step at the smallest crop). The prediction comes from the planner's dry runs at ``--probe_sizes``.
 Prints a table and JSON (also written to ``--out``).
 
     PYTHONPATH=src .venv/bin/python benchmarks/memory.py --crops 256 512 1024 --out memory.json
+    PYTHONPATH=src .venv/bin/python benchmarks/memory.py --model cut --crops 256 --checkpointing off
 """
 
 from __future__ import annotations
@@ -25,12 +27,16 @@ import torch
 from cyclegan.config import TrainConfig
 from cyclegan.devices import parse_memory, resolve_device
 from cyclegan.files import atomic_write_text
+from cyclegan.models import Model
 from cyclegan.train.planner import DryRuns, GiB, Variant, plan
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument(
+        "--model", default="cycle_gan", choices=sorted(Model.registry), help="(default: cycle_gan)"
+    )
     p.add_argument("--crops", type=int, nargs="+", default=[256, 512, 1024], help="crop sizes to measure")
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument(
@@ -52,7 +58,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(args.device)
-    cfg = TrainConfig.create(device=str(device), pool_size=0, ngf=args.ngf, ndf=args.ndf, netG=args.netG)
+    no_pool: dict[str, Any] = {"pool_size": 0} if args.model == "cycle_gan" else {}  # no image pools
+    cfg = TrainConfig.create(
+        args.model, device=str(device), ngf=args.ngf, ndf=args.ndf, netG=args.netG, **no_pool
+    )
     variants = [Variant(c == "on", p) for p in args.precisions for c in args.checkpointing]
     limit = parse_memory(args.limit) if args.limit else int(0.9 * device_memory(device))
     rows = []
@@ -94,7 +103,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "device_type": device.type,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "model": {"netG": args.netG, "ngf": args.ngf, "ndf": args.ndf, "netD": "basic", "batch": 1},
+        "model": {"name": args.model, "netG": args.netG, "ngf": args.ngf, "ndf": args.ndf, "batch": 1},
         "measure": "max_memory_allocated" if device.type == "cuda" else "peak RSS of a fresh process",
         "limit_gib": round(limit / GiB, 2),
         "rows": rows,

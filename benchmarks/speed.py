@@ -1,6 +1,7 @@
 """Training-step speed: the exact reference step (eager fp32, batch 1) beside each fast configuration.
 
-Each configuration is a full ``CycleGANTrainer.step`` (both generator and both discriminator updates) on a
+Each configuration is a full training step of ``--model`` (CycleGAN: both generator and both discriminator
+updates; CUT and FastCUT: the discriminator's update, then the generator's and its projection head's) on a
 fixed random batch, so the step is timed and not the data loader (``benchmarks/loader.py`` times that).
 All configurations are built first, warmed up (torch.compile's warm-up is timed apart as ``warmup_s``),
 then timed in interleaved rounds, so a shared machine's drift hits all alike; ms/step is the median over
@@ -9,6 +10,7 @@ built and warmed up; on CPU, the peak RSS of a fresh process that runs only that
 
     PYTHONPATH=src python3 benchmarks/speed.py --quick --out speed_cpu.json          # CPU, ~2 minutes
     PYTHONPATH=src python3 benchmarks/speed.py --device cuda --size 256 --out speed_cuda.json
+    PYTHONPATH=src python3 benchmarks/speed.py --device cuda --model fastcut --only exact  # one model's step
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from cyclegan.demo import DemoSettings
 from cyclegan.devices import resolve_device
 from cyclegan.errors import CycleGANError, first_line
 from cyclegan.files import atomic_write_text
-from cyclegan.models.cycle_gan import CycleGAN, CycleGANTrainer
+from cyclegan.models import Model, Trainer, build_model
 from cyclegan.precision import check_compiler, pick_conv_algorithms
 
 
@@ -69,12 +71,12 @@ def setups(device: torch.device, batches: Sequence[int], with_compile: bool) -> 
     return out
 
 
-def model_config(name: str) -> NetConfig:
-    """``paper``: the paper's networks (ResNet-9 generator, 70x70 PatchGAN, 64 filters); ``demo``: the
-    demo's small networks, the ones ``benchmarks/fastpath_quality.py`` trains."""
-    if name == "paper":
-        return NetConfig()
-    return DemoSettings().train_config(Path(".")).model.net
+def model_config(networks: str, model: str) -> NetConfig:
+    """``paper``: the paper's networks of ``model`` (ResNet-9 generator, 70x70 PatchGAN, 64 filters; CUT's
+    anti-aliased); ``demo``: the demo's small networks, the ones ``benchmarks/fastpath_quality.py`` trains."""
+    if networks == "paper":
+        return TrainConfig.create(model).model.net
+    return DemoSettings(model=model).train_config(Path(".")).model.net
 
 
 def cuda_peak_mb(device: torch.device, before: float | None = None) -> float:
@@ -107,16 +109,17 @@ def _peak_rss_mb() -> float:
 
 def build(
     setup: Setup, args: argparse.Namespace, device: torch.device
-) -> tuple[CycleGANTrainer, torch.Tensor, torch.Tensor]:
+) -> tuple[Trainer, torch.Tensor, torch.Tensor]:
     cfg = TrainConfig.create(
-        **asdict(model_config(args.model)),
+        args.model,
+        **asdict(model_config(args.networks, args.model)),
         precision=setup.precision,
         channels_last=setup.channels_last,
         compile=setup.compile,
         batch_size=setup.batch_size,
     )
     torch.manual_seed(0)
-    trainer = CycleGANTrainer(CycleGAN(cfg.model).to(device), cfg)
+    trainer = build_model(cfg.model).to(device).trainer(cfg)
     generator = torch.Generator().manual_seed(1)
     shape = (setup.batch_size, 3, args.size, args.size)
     a = (torch.rand(shape, generator=generator) * 2 - 1).to(device)
@@ -124,7 +127,7 @@ def build(
     return trainer, a, b
 
 
-def timed_steps(trainer: CycleGANTrainer, a: torch.Tensor, b: torch.Tensor, steps: int) -> float:
+def timed_steps(trainer: Trainer, a: torch.Tensor, b: torch.Tensor, steps: int) -> float:
     """Seconds per step, until the device has finished them: ``step`` leaves its losses on the device, so
     reading them waits for every step (as a run's log interval does)."""
     began = time.perf_counter()
@@ -193,13 +196,15 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             print(f"measuring the memory of {setup.name}...", file=sys.stderr, flush=True)
             setup.results["peak_mem_mb"] = cpu_peak_rss_mb(setup, argv)
     return {
-        "what": "CycleGANTrainer.step on a fixed random batch; ratio_to_exact: images/s over the exact step",
+        "what": f"{Model.registry[args.model].title}'s training step on a fixed random batch;"
+        " ratio_to_exact: images/s over the exact step",
         "device": _device_name(device),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
         "model": args.model,
-        "model_config": dataclasses.asdict(model_config(args.model)),
+        "networks": args.networks,
+        "model_config": dataclasses.asdict(model_config(args.networks, args.model)),
         "size": args.size,
         "rounds": args.rounds,
         "steps_per_round": args.steps,
@@ -233,7 +238,8 @@ def _device_name(device: torch.device) -> str:
 
 def format_table(result: dict[str, Any]) -> str:
     lines = [
-        f"{result['device']} | {result['model']} networks at {result['size']} px | torch {result['torch']}",
+        f"{result['device']} | {result['model']}, {result['networks']} networks at {result['size']} px"
+        f" | torch {result['torch']}",
         f"{'configuration':<34}{'ms/step':>10}{'images/s':>10}{'vs exact':>10}{'peak MB':>10}"
         f"{'warm-up s':>11}",
     ]
@@ -256,7 +262,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--size", type=int, help="image size, 64-256 (default: 256; --quick: 64)")
-    p.add_argument("--model", choices=("paper", "demo"), help="networks (default: paper; --quick: demo)")
+    p.add_argument(
+        "--model", default="cycle_gan", choices=sorted(Model.registry), help="whose step (default: cycle_gan)"
+    )
+    p.add_argument("--networks", choices=("paper", "demo"), help="their size (default: paper; --quick: demo)")
     p.add_argument("--batches", type=int, nargs="+", help="batch sizes (default: 1 4 8 16; --quick: 1 4)")
     p.add_argument("--rounds", type=int, help="interleaved timing rounds (default: 5)")
     p.add_argument("--steps", type=int, help="steps per configuration per round (default: 10; --quick: 3)")
@@ -276,8 +285,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     p.add_argument("--probe", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    quick = {"size": 64, "model": "demo", "batches": [1, 4], "rounds": 5, "steps": 3, "compile": False}
-    full = {"size": 256, "model": "paper", "batches": [1, 4, 8, 16], "rounds": 5, "steps": 10}
+    quick = {"size": 64, "networks": "demo", "batches": [1, 4], "rounds": 5, "steps": 3, "compile": False}
+    full = {"size": 256, "networks": "paper", "batches": [1, 4, 8, 16], "rounds": 5, "steps": 10}
     full["compile"] = True
     for key, value in (quick if args.quick else full).items():
         if getattr(args, key) is None:

@@ -26,6 +26,7 @@ from cyclegan.data.datasets import EpochSampler, RankBatches
 from cyclegan.distributed import World
 from cyclegan.errors import CycleGANError
 from cyclegan.models import checkpoints
+from cyclegan.models.cut import CUT, CUTTrainer
 from cyclegan.models.cycle_gan import CycleGAN, CycleGANTrainer
 from cyclegan.train.hooks import Hook, RunState
 from cyclegan.train.loop import train
@@ -80,6 +81,23 @@ def _trajectory(pool_size: int, world: World | None, part: slice) -> dict[str, A
     }
 
 
+def _cut_trajectory(world: World | None, part: slice) -> dict[str, Any]:
+    """As ``_trajectory``, for CUT with flips: D updated inside G's objective, every draw shared by ranks."""
+    cfg = TrainConfig.create(
+        "cut", ngf=4, ndf=4, netG="resnet_6blocks", netF_nc=16, num_patches=32, flip_equivariance=True,
+        batch_size=2, checkpoint_activations=world is not None,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = CUT(cfg.model)
+    trainer = CUTTrainer(model, cfg, 5, world)
+    losses, grads = [], {}
+    for step, (a, b) in enumerate(_batches()):
+        losses.append({k: v.item() for k, v in trainer.step(a[part], b[part]).items()})
+        if step == 0:
+            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return {"losses": losses, "grads": grads}
+
+
 def _worker(rank: int, ports: list[int], tmp: str, dataroot: str) -> None:
     """One of two processes: the trainer against its half of each batch, then whole runs through train()."""
     torch.set_num_threads(1)
@@ -88,6 +106,7 @@ def _worker(rank: int, ports: list[int], tmp: str, dataroot: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=2)
     world = World(rank, 2, torch.device("cpu"), distributed=True)
     results = {pool: _trajectory(pool, world, slice(rank, rank + 1)) for pool in (0, 3)}
+    results["cut"] = _cut_trajectory(world, slice(rank, rank + 1))
     if rank == 0:
         torch.save(results, Path(tmp) / "ranks.pt")
     dist.destroy_process_group()
@@ -141,6 +160,19 @@ def test_two_processes_of_batch_one_equal_one_process_of_batch_two(
     alone = _trajectory(pool_size, None, slice(0, 2))
     assert ranks["grads"].keys() == alone["grads"].keys()
     for net in ("G_A", "G_B", "D_A", "D_B"):
+        names = [n for n in alone["grads"] if n.startswith(net + ".")]
+        got, want = (torch.cat([g[n].flatten() for n in names]) for g in (ranks["grads"], alone["grads"]))
+        assert ((got - want).norm() / want.norm()).item() < GRAD_ROUNDING, net
+    for step, (got, want) in enumerate(zip(ranks["losses"], alone["losses"], strict=True)):
+        for name, value in want.items():
+            assert got[name] == pytest.approx(value, rel=LOSS_DRIFT[step], abs=1e-7), (step, name)
+
+
+def test_two_processes_train_cut_as_one_process_of_batch_two(two_processes: Path) -> None:
+    ranks = torch.load(two_processes / "ranks.pt", weights_only=True)["cut"]
+    alone = _cut_trajectory(None, slice(0, 2))
+    assert ranks["grads"].keys() == alone["grads"].keys()
+    for net in ("G", "D", "F"):
         names = [n for n in alone["grads"] if n.startswith(net + ".")]
         got, want = (torch.cat([g[n].flatten() for n in names]) for g in (ranks["grads"], alone["grads"]))
         assert ((got - want).norm() / want.norm()).item() < GRAD_ROUNDING, net

@@ -118,3 +118,16 @@ def test_wrong_weights_give_one_line_errors() -> None:
         load_weights(net, disc)
     with pytest.raises(CycleGANError, match="not a CycleGAN generator"):
         generator_config_from_state_dict(disc)
+
+
+def test_anti_aliased_layers_keep_the_size_rules_and_compile() -> None:
+    net = build_generator(NetConfig(ngf=4, netG="resnet_6blocks", antialias=True, antialias_up=True))
+    x = torch.randn(1, 3, 36, 52, requires_grad=True)
+    assert net(x).shape == x.shape and net.size_multiple == 4
+    assert build_discriminator(NetConfig(ndf=4, antialias=True), 3)(x).shape == (1, 1, 2, 4)
+    up = net.model[18]  # compiled, its padding takes another road (a torch.compile stride bug): same gradient
+    y = torch.randn(1, 16, 8, 8, requires_grad=True)
+    up(y).square().sum().backward()
+    eager, y.grad = y.grad, None
+    torch.compile(up)(y).square().sum().backward()
+    assert (y.grad - eager).abs().max().item() < 1e-5

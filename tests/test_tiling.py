@@ -97,6 +97,16 @@ def test_resnet_6_tiles_smaller_than_the_halo_are_exact_with_every_padding(
         assert max_diff(translate_tiled(net, x, tile), expected) < TOLERANCE, tile
 
 
+def test_anti_aliased_resnet_tiles_equal_the_whole_image() -> None:
+    """CUT's layout: the blur after each stride-1 down conv and the fixed-filter up-sampler tile exactly."""
+    torch.manual_seed(0)
+    net = initialised(ResnetGenerator(3, 3, 4, n_blocks=6, antialias=True, antialias_up=True), "instance")
+    x = image(44, 60, seed=5)
+    expected = whole(net, x)
+    for tile in (4, 12, 32):
+        assert max_diff(translate_tiled(net, x, tile), expected) < TOLERANCE, tile
+
+
 @pytest.mark.parametrize(
     ("num_downs", "size", "tiles"), [(7, (384, 256), (128, 256)), (8, (512, 768), (256, 512))]
 )

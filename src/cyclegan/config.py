@@ -199,12 +199,15 @@ class CUTOptions(ModelOptions):
 
     @property
     def layers(self) -> tuple[int, ...]:
-        return tuple(int(x) for x in self.nce_layers.split(","))
+        """The NCE layers in the order the generator computes them."""
+        return tuple(sorted(int(x) for x in self.nce_layers.split(",")))
 
     def validate(self) -> None:
         super().validate()
         for name in ("lambda_GAN", "lambda_NCE"):
             _check_weight(self, name)
+        if self.lambda_GAN == 0 and self.lambda_NCE == 0:
+            raise CycleGANError("--lambda_GAN and --lambda_NCE are both 0: the generator would learn nothing")
         try:
             layers = self.layers
         except ValueError:
@@ -240,6 +243,14 @@ class FastCUTOptions(CUTOptions):
     flip_equivariance: bool = _opt(
         True, "flip the input horizontally at random and flip the features back (FastCUT)"
     )
+
+    def validate(self) -> None:
+        super().validate()
+        if self.nce_idt:  # FastCUT logs and shows no identity term; CUT takes FastCUT's other options
+            raise CycleGANError(
+                "--nce_idt is CUT's; for the identity term with FastCUT's options use --model cut"
+                " --lambda_NCE 10 --flip_equivariance --n_epochs 150 --n_epochs_decay 50"
+            )
 
 
 def _pix2pix_net() -> NetConfig:

@@ -18,6 +18,7 @@ class Stream(IntEnum):
     POOL_A = 2**32 - 3  # the image pool of fake A images
     POOL_B = 2**32 - 4  # the image pool of fake B images
     DROPOUT = 2**32 - 5  # dropout masks of one step, per process, in multi-process runs
+    CUT_DRAWS = 2**32 - 6  # CUT's patch samples and flips (the same on every process)
 
 
 def item_seed(seed: int, epoch: int, index: int) -> int:

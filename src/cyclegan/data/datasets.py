@@ -7,6 +7,7 @@ with or without loader workers.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -168,6 +169,13 @@ def eval_transform(size: int, channels: int) -> Callable[[Image.Image | torch.Te
     return _by_type(pil, tensor)
 
 
+def decay_resize(cfg: TrainConfig) -> bool:
+    """Whether the decay phase resizes images to the crop size instead of cropping them (``--decay_resize``,
+    CUT's; a preprocessing without a crop after its resize has nothing to drop)."""
+    chosen = getattr(cfg.model, "decay_resize", False)
+    return bool(chosen) and cfg.preprocess in ("resize_and_crop", "scale_width_and_crop")
+
+
 @dataclass
 class Domain:
     """The images of one domain (files, or slices of volume files) and how to turn one into a tensor."""
@@ -195,8 +203,11 @@ class UnpairedDataset(Dataset):
 
     def __init__(self, a: Domain, b: Domain, cfg: TrainConfig, seed: int, multiple: int) -> None:
         self.a, self.b, self.cfg, self.seed = a, b, cfg, seed
-        self.transform_a = train_transform(cfg, a.channels, multiple)
-        self.transform_b = train_transform(cfg, b.channels, multiple)
+        self.transforms = [train_transform(cfg, d.channels, multiple) for d in (a, b)]
+        # CUT's rule: once the learning rate decays, images are resized straight to the crop size
+        resized = dataclasses.replace(cfg, load_size=cfg.crop_size)
+        self.decay_transforms = [train_transform(resized, d.channels, multiple) for d in (a, b)]
+        self.decay_from = cfg.model.n_epochs if decay_resize(cfg) else None
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -216,8 +227,10 @@ class UnpairedDataset(Dataset):
         skipped: list[str] = []
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(rng.integers(2**62)))
-            a_path, a = self._load(self.a, self.transform_a, index % len(self.a.paths), skipped)
-            b_path, b = self._load(self.b, self.transform_b, b_index, skipped)
+            decaying = self.decay_from is not None and self.epoch >= self.decay_from
+            transform_a, transform_b = self.decay_transforms if decaying else self.transforms
+            a_path, a = self._load(self.a, transform_a, index % len(self.a.paths), skipped)
+            b_path, b = self._load(self.b, transform_b, b_index, skipped)
         return {"A": a, "B": b, "A_path": str(a_path), "B_path": str(b_path), "skipped": skipped}
 
     @staticmethod

@@ -6,29 +6,44 @@ import torch
 from torch import nn
 
 from cyclegan.config import NetConfig
+from cyclegan.nets.antialias import Downsample
 from cyclegan.nets.checkpointing import Checkpointed, run_checkpointed
 from cyclegan.nets.layers import norm_layer, uses_bias
 from cyclegan.nets.registry import register_discriminator
 
 
 class NLayerDiscriminator(Checkpointed):
-    """PatchGAN: classifies overlapping patches as real or fake; 3 layers see 70x70 patches.
+    """PatchGAN: classifies overlapping patches as real or fake; 3 layers see 70x70 patches. With
+    ``antialias`` (CUT's layout) each strided conv becomes a stride-1 conv followed by a blur ``Downsample``.
 
     Checkpointed, it keeps only its input: recomputing it costs a few percent of a generator's forward.
     """
 
-    def __init__(self, input_nc: int = 3, ndf: int = 64, n_layers: int = 3, norm: str = "instance") -> None:
+    def __init__(
+        self,
+        input_nc: int = 3,
+        ndf: int = 64,
+        n_layers: int = 3,
+        norm: str = "instance",
+        antialias: bool = False,
+    ) -> None:
         super().__init__()
         bias = uses_bias(norm)
-        layers: list[nn.Module] = [nn.Conv2d(input_nc, ndf, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(input_nc, ndf, 4, stride=1 if antialias else 2, padding=1),
+            nn.LeakyReLU(0.2, True),
+            *([Downsample(ndf)] if antialias else []),
+        ]
         mult = 1
         for n in range(1, n_layers + 1):
             prev, mult = mult, min(2**n, 8)
-            stride = 2 if n < n_layers else 1
+            down = n < n_layers
+            stride = 2 if down and not antialias else 1
             layers += [
                 nn.Conv2d(ndf * prev, ndf * mult, 4, stride=stride, padding=1, bias=bias),
                 norm_layer(norm, ndf * mult),
                 nn.LeakyReLU(0.2, True),
+                *([Downsample(ndf * mult)] if down and antialias else []),
             ]
         layers.append(nn.Conv2d(ndf * mult, 1, 4, stride=1, padding=1))
         self.model = nn.Sequential(*layers)
@@ -58,7 +73,8 @@ class PixelDiscriminator(Checkpointed):
 
 @register_discriminator("basic", "n_layers")
 def _n_layers(cfg: NetConfig, input_nc: int) -> NLayerDiscriminator:
-    return NLayerDiscriminator(input_nc, cfg.ndf, 3 if cfg.netD == "basic" else cfg.n_layers_D, cfg.norm)
+    n_layers = 3 if cfg.netD == "basic" else cfg.n_layers_D
+    return NLayerDiscriminator(input_nc, cfg.ndf, n_layers, cfg.norm, cfg.antialias)
 
 
 @register_discriminator("pixel")

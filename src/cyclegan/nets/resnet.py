@@ -6,10 +6,14 @@ Module trees mirror the reference implementation layer for layer, so its ``state
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Collection, Sequence
+
 import torch
 from torch import nn
 
 from cyclegan.config import NetConfig
+from cyclegan.nets.antialias import Downsample, Upsample
 from cyclegan.nets.checkpointing import Checkpointed, run_checkpointed
 from cyclegan.nets.layers import PADDINGS, choose, norm_layer, uses_bias
 from cyclegan.nets.registry import register_generator
@@ -42,7 +46,9 @@ class ResnetBlock(nn.Module):
 
 class ResnetGenerator(Checkpointed):
     """Encoder (7x7 conv, two stride-2 convs), ``n_blocks`` residual blocks, decoder (two transposed convs,
-    7x7 conv, tanh). Works on any size divisible by 4.
+    7x7 conv, tanh). Works on any size divisible by 4. CUT's layout (``antialias``, ``antialias_up``) replaces
+    each strided conv by a stride-1 conv followed by a blur ``Downsample``, and each transposed conv by a
+    fixed-filter ``Upsample`` followed by a conv; its PatchNCE loss reads ``features``.
 
     Checkpointed, it keeps the input of the encoder, of each block and of the decoder: about one
     quarter-resolution map per block instead of every full-resolution one.
@@ -57,6 +63,8 @@ class ResnetGenerator(Checkpointed):
         use_dropout: bool = False,
         n_blocks: int = 9,
         padding: str = "reflect",
+        antialias: bool = False,
+        antialias_up: bool = False,
     ) -> None:
         super().__init__()
         bias = uses_bias(norm)
@@ -67,35 +75,68 @@ class ResnetGenerator(Checkpointed):
             nn.ReLU(True),
         ]
         for mult in (1, 2):
-            layers += [
-                nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1, bias=bias),
-                norm_layer(norm, ngf * mult * 2),
-                nn.ReLU(True),
-            ]
+            c = ngf * mult * 2
+            if antialias:
+                layers += [
+                    nn.Conv2d(ngf * mult, c, 3, padding=1, bias=bias),
+                    norm_layer(norm, c),
+                    nn.ReLU(True),
+                    Downsample(c),
+                ]
+            else:
+                layers += [
+                    nn.Conv2d(ngf * mult, c, 3, stride=2, padding=1, bias=bias),
+                    norm_layer(norm, c),
+                    nn.ReLU(True),
+                ]
         layers += [ResnetBlock(ngf * 4, padding, norm, use_dropout) for _ in range(n_blocks)]
         for mult in (4, 2):
-            layers += [
-                nn.ConvTranspose2d(
-                    ngf * mult, ngf * mult // 2, 3, stride=2, padding=1, output_padding=1, bias=bias
-                ),
-                norm_layer(norm, ngf * mult // 2),
-                nn.ReLU(True),
-            ]
+            c = ngf * mult // 2
+            if antialias_up:
+                up = [Upsample(ngf * mult), nn.Conv2d(ngf * mult, c, 3, padding=1, bias=bias)]
+            else:
+                up = [nn.ConvTranspose2d(ngf * mult, c, 3, stride=2, padding=1, output_padding=1, bias=bias)]
+            layers += [*up, norm_layer(norm, c), nn.ReLU(True)]
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, 7), nn.Tanh()]
         self.model = nn.Sequential(*layers)
-        self.size_multiple = 4  # two stride-2 convs
+        self.size_multiple = 4  # two stride-2 down-samplings
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.checkpointing():
             return self.model(x)
-        blocks = [i for i, layer in enumerate(self.model) if isinstance(layer, ResnetBlock)]
-        x = run_checkpointed(self.model[: blocks[0]], x)
-        for i in blocks:
-            x = run_checkpointed([self.model[i]], x)
-        return run_checkpointed(self.model[blocks[-1] + 1 :], x)
+        for segment in self._segments(len(self.model)):
+            x = run_checkpointed(self.model[segment.start : segment.stop], x)
+        return x
+
+    def features(self, x: torch.Tensor, layers: Sequence[int]) -> list[torch.Tensor]:
+        """The outputs of the layers ``layers`` (indices into ``self.model``, ascending), as CUT's PatchNCE
+        loss compares them; the layers after the last of them are not run."""
+        n = len(self.model)
+        if not layers or list(layers) != sorted(set(layers)) or not 0 <= layers[0] <= layers[-1] < n:
+            raise ValueError(f"feature layers must be ascending layer numbers 0-{n - 1}, got {list(layers)}")
+        wanted, features = set(layers), list[torch.Tensor]()
+        for segment in self._segments(layers[-1] + 1, wanted):
+            modules = self.model[segment.start : segment.stop]
+            x = run_checkpointed(modules, x) if self.checkpointing() else modules(x)
+            if segment.stop - 1 in wanted:
+                features.append(x)
+        return features
+
+    def _segments(self, end: int, cuts: Collection[int] = ()) -> list[range]:
+        """Layers 0 to ``end`` - 1 in runs: each residual block alone, the layers between blocks together,
+        and a run ending at each index in ``cuts``. Checkpointed, a forward keeps only each run's input."""
+        bounds = {0, end} | {c + 1 for c in cuts if c < end}
+        for i, layer in enumerate(self.model[:end]):
+            if isinstance(layer, ResnetBlock):
+                bounds |= {i, i + 1}
+        edges = sorted(bounds)
+        return [range(a, b) for a, b in itertools.pairwise(edges)]
 
 
 @register_generator("resnet_9blocks", "resnet_6blocks")
 def _resnet(cfg: NetConfig, input_nc: int, output_nc: int) -> ResnetGenerator:
     blocks = int(cfg.netG.removeprefix("resnet_").removesuffix("blocks"))
-    return ResnetGenerator(input_nc, output_nc, cfg.ngf, cfg.norm, cfg.dropout, blocks, cfg.padding)
+    return ResnetGenerator(
+        input_nc, output_nc, cfg.ngf, cfg.norm, cfg.dropout, blocks, cfg.padding,
+        antialias=cfg.antialias, antialias_up=cfg.antialias_up,
+    )  # fmt: skip

@@ -62,10 +62,12 @@ def load_weights(net: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
 
 
 _RESNET_BLOCK = re.compile(r"^model\.(\d+)\.conv_block\.")
+_FILTER = re.compile(r"^model\.(\d+)\.filt$")
 
 
 def generator_config_from_state_dict(state: Mapping[str, torch.Tensor]) -> NetConfig:
-    """Read kind, width, block count, channels and norm of a generator from its weights alone."""
+    """Read kind, width, block count, channels, norm and anti-aliasing of a generator from its weights
+    alone."""
     try:
         return _generator_config(clean_state_dict(state))
     except (IndexError, KeyError, ValueError, AttributeError):
@@ -82,6 +84,8 @@ def _generator_config(state: Mapping[str, torch.Tensor]) -> NetConfig:
             key=lambda k: int(k.split(".")[1]),
         )
         padding = "reflect" if any(k.endswith("conv_block.1.weight") for k in state) else "zero"
+        block_ids = [int(m.group(1)) for k in state if (m := _RESNET_BLOCK.match(k))]
+        filters = [int(m.group(1)) for k in state if (m := _FILTER.match(k))]  # anti-aliasing (CUT)
         cfg = NetConfig(
             input_nc=first.shape[1],
             output_nc=state[last_key].shape[0],
@@ -89,6 +93,8 @@ def _generator_config(state: Mapping[str, torch.Tensor]) -> NetConfig:
             netG=f"resnet_{blocks}blocks",
             norm=norm,
             padding=padding,
+            antialias=any(i < min(block_ids) for i in filters),
+            antialias_up=any(i > max(block_ids) for i in filters),
         )
         if blocks not in (6, 9):
             raise CycleGANError(f"ResNet generators have 6 or 9 blocks; these weights have {blocks}")

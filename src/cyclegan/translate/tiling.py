@@ -32,6 +32,7 @@ from torch import nn
 
 from cyclegan.errors import CycleGANError, TooLarge
 from cyclegan.nets import input_channels
+from cyclegan.nets.antialias import Downsample, Upsample
 from cyclegan.nets.resnet import ResnetBlock, ResnetGenerator
 from cyclegan.nets.unet import UnetGenerator, UnetSkipConnectionBlock
 
@@ -130,8 +131,36 @@ def _pair(value: tuple[int, ...] | str) -> tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
+@dataclass(frozen=True)
+class _Fixed:
+    """A depthwise convolution with a fixed filter (an anti-aliasing layer's ``filt``), in the attributes of a
+    conv module that the conv ops read."""
+
+    weight: torch.Tensor
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    output_padding: tuple[int, int] = (0, 0)
+    bias: None = None
+
+    @property
+    def groups(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def kernel_size(self) -> tuple[int, int]:
+        return _pair(self.weight.shape[2:])
+
+    @property
+    def in_channels(self) -> int:
+        return self.groups
+
+    @property
+    def out_channels(self) -> int:
+        return self.groups
+
+
 class _Conv(_Op):
-    def __init__(self, module: nn.Conv2d) -> None:
+    def __init__(self, module: nn.Conv2d | _Fixed) -> None:
         self.module = module
         self.k, self.s, self.p = _pair(module.kernel_size), _pair(module.stride), _pair(module.padding)
         self.scale = float(self.s[0])
@@ -168,7 +197,7 @@ class _Conv(_Op):
 
 
 class _ConvTranspose(_Op):
-    def __init__(self, module: nn.ConvTranspose2d) -> None:
+    def __init__(self, module: nn.ConvTranspose2d | _Fixed) -> None:
         self.module = module
         self.k, self.s, self.p = _pair(module.kernel_size), _pair(module.stride), _pair(module.padding)
         self.extra = _pair(module.output_padding)
@@ -365,6 +394,12 @@ def _trace(module: nn.Module, x: int, graph: _Graph) -> int:
         return x
     if isinstance(module, ResnetBlock):
         return graph.add(_Add(), *_branch(module.conv_block, x, graph))
+    if isinstance(module, Downsample):
+        blur = _Fixed(module.filt, _pair((module.stride,) * 2), (0, 0))
+        return graph.add(_Conv(blur), graph.add(_Pad(module.pad, "reflect"), x))
+    if isinstance(module, Upsample):  # its crop after the transposed conv is more of the conv's padding
+        filt = _Fixed(module.filt, _pair((module.stride,) * 2), _pair((module.padding + module.crop,) * 2))
+        return graph.add(_ConvTranspose(filt), graph.add(_Pad(module.pad, "replicate"), x))
     if isinstance(module, UnetSkipConnectionBlock):
         if module.outermost:
             return _trace(module.model, x, graph)
