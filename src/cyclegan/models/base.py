@@ -208,7 +208,7 @@ class Trainer:
         if self.precision.mixed:
             keep_norms_float32(model)
         if cfg.channels_last:
-            to_channels_last(model)
+            to_channels_last(model, device)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         betas, adam = (cfg.beta1, cfg.beta2), adam_options(self.precision)
         self.optimizers = {
