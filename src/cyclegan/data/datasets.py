@@ -242,7 +242,7 @@ def scan_domain(
                 (path, f"{size[0]}x{size[1]} is above the {DEFAULT_MAX_PIXELS / 1e6:.0f}-megapixel limit")
             )
         else:
-            _check_crop_fits(path, size, cfg)
+            check_crop_fits(path, size, cfg)
             sizes.add(training_size(size, cfg, multiple))
             good.append(path)
     if not good:
@@ -261,7 +261,7 @@ def training_size(size: tuple[int, int], cfg: TrainConfig, multiple: int) -> tup
     return -(-h // multiple) * multiple, -(-w // multiple) * multiple
 
 
-def _check_crop_fits(path: Path, size: tuple[int, int], cfg: TrainConfig) -> None:
+def check_crop_fits(path: Path, size: tuple[int, int], cfg: TrainConfig) -> None:
     w, h = size
     if (
         cfg.preprocess in ("resize_and_crop", "scale_width_and_crop", "scale_width")

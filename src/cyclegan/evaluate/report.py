@@ -391,7 +391,8 @@ def sample_figure(step: int, path: Path, columns: Sequence[str], latest: bool) -
     # The latest grid is shown at up to twice its size (small grids stay legible), never wider than the page.
     size = f" width='{2 * width}'" if latest else ""
     return (
-        f"<figure class='{kind}'><figcaption>{caption}</figcaption><div class='cols'>{labels}</div>"
+        f"<figure class='{kind}'><figcaption>{caption}</figcaption>"
+        f"<div class='cols' style='grid-template-columns: repeat({max(len(columns), 1)}, 1fr)'>{labels}</div>"
         f"<img src='{uri}'{size} alt='sample grid at step {step}'></figure>"
     )
 
@@ -493,7 +494,7 @@ svg.chart { width: 100%; height: auto; display: block; }
 .chart text.mark { font-weight: 600; fill: #222; paint-order: stroke; stroke: #fff; stroke-width: 3px; }
 .sample img { max-width: 100%; height: auto; display: block; }
 .samples .sample img { width: 100%; }
-.sample .cols { display: grid; grid-template-columns: repeat(6, 1fr); font-size: 11px; color: var(--muted);
+.sample .cols { display: grid; font-size: 11px; color: var(--muted);
   text-align: center; white-space: nowrap; overflow: hidden; }
 .sample.latest { margin-bottom: 16px; width: fit-content; max-width: 100%; }
 .sample.latest figcaption { font-size: 15px; font-weight: 600; color: #1d1d1f; margin-bottom: 4px; }

@@ -33,11 +33,12 @@ from cyclegan.data.datasets import (
     ignore_interrupts,
     scan_domain,
 )
+from cyclegan.data.paired import PairedDataset, scan_pairs
 from cyclegan.devices import is_out_of_memory
 from cyclegan.distributed import World
 from cyclegan.errors import CycleGANError
 from cyclegan.layout import CHECKPOINTS, EVAL_LOG, LATEST, LOG, PREVIOUS, STAGED
-from cyclegan.models import Trainer, build_model, check_training_size
+from cyclegan.models import Trainer, build_model, check_training_size, model_type
 from cyclegan.nets import size_multiple
 from cyclegan.precision import Precision, check_compiler, pick_conv_algorithms
 from cyclegan.seeds import Stream, item_seed
@@ -56,6 +57,8 @@ from cyclegan.train.hooks import (
 from cyclegan.train.interrupts import catch_interrupts
 from cyclegan.train.runs import Progress
 from cyclegan.train.samples import SampleGrids
+
+TrainingData = UnpairedDataset | PairedDataset
 
 
 @dataclass
@@ -233,7 +236,7 @@ def _total_steps(cfg: TrainConfig, images: int) -> int:
 
 
 def _batches(
-    dataset: UnpairedDataset, cfg: TrainConfig, progress: Progress, world: World, total: int
+    dataset: TrainingData, cfg: TrainConfig, progress: Progress, world: World, total: int
 ) -> Iterator[dict[str, Any] | None]:
     """This process's batches from where ``progress`` stands to the run's last step; ``None`` after each
     complete epoch. A run that reaches its last step mid-epoch ends there, the epoch left open."""
@@ -267,16 +270,24 @@ def _states(hooks: Sequence[Hook]) -> dict[str, Any]:
     return {hook.name: hook.state_dict() for hook in hooks}
 
 
-def training_data(cfg: TrainConfig) -> tuple[UnpairedDataset, set[str]]:
-    """The two domains' images, with the unreadable ones named once, and every training size checked."""
+def training_data(cfg: TrainConfig) -> tuple[TrainingData, set[str]]:
+    """The two domains' images (true pairs for a paired model), with the unusable files named once, and
+    every training size checked."""
     net = cfg.model.net
     multiple = size_multiple(net)
-    a_folder, b_folder = domain_folders(cfg)
-    domain_a, bad_a, sizes_a = scan_domain(a_folder, cfg, net.input_nc, multiple)
-    domain_b, bad_b, sizes_b = scan_domain(b_folder, cfg, net.output_nc, multiple)
-    for path, why in bad_a + bad_b:
+    assert cfg.seed is not None
+    dataset: TrainingData
+    if model_type(cfg.model.name).paired:
+        pairs, bad, sizes = scan_pairs(cfg, multiple)
+        dataset = PairedDataset(pairs, cfg, cfg.seed, multiple)
+    else:
+        a_folder, b_folder = domain_folders(cfg)
+        domain_a, bad_a, sizes_a = scan_domain(a_folder, cfg, net.input_nc, multiple)
+        domain_b, bad_b, sizes_b = scan_domain(b_folder, cfg, net.output_nc, multiple)
+        bad, sizes = bad_a + bad_b, sizes_a | sizes_b
+        dataset = UnpairedDataset(domain_a, domain_b, cfg, cfg.seed, multiple)
+    for path, why in bad:
         note(f"warning: skipping {path}: {why}")
-    sizes = sizes_a | sizes_b
     if cfg.batch_size > 1 and len(sizes) > 1:
         raise CycleGANError(
             f"--preprocess {cfg.preprocess} gives images of {len(sizes)} different sizes, which cannot"
@@ -284,9 +295,7 @@ def training_data(cfg: TrainConfig) -> tuple[UnpairedDataset, set[str]]:
         )
     for height, width in sorted(sizes):
         check_training_size(cfg.model, height, width)
-    assert cfg.seed is not None
-    dataset = UnpairedDataset(domain_a, domain_b, cfg, cfg.seed, multiple)
-    return dataset, {str(path) for path, _ in bad_a + bad_b}
+    return dataset, {str(path) for path, _ in bad}
 
 
 def _step(
@@ -326,7 +335,7 @@ def _warn_skipped(paths: list[str], skipped: set[str], world: World) -> None:
         tqdm.write(f"warning{where}: skipping {path}: the image could not be decoded", file=sys.stderr)
 
 
-def epoch_loader(dataset: UnpairedDataset, cfg: TrainConfig, progress: Progress, world: World) -> DataLoader:
+def epoch_loader(dataset: TrainingData, cfg: TrainConfig, progress: Progress, world: World) -> DataLoader:
     """This process's batches of the current epoch from ``progress.batch`` on, in the epoch's seeded order.
 
     Pinned host memory on CUDA lets the copies to the GPU run asynchronously (``non_blocking``).

@@ -14,10 +14,11 @@ from torchvision.utils import make_grid, save_image
 from cyclegan.config import TrainConfig
 from cyclegan.data.datasets import domain_folders, eval_transform, list_images
 from cyclegan.data.images import DECODE_ERRORS, load_image
+from cyclegan.data.paired import sample_pairs
 from cyclegan.errors import CycleGANError
 from cyclegan.files import atomic_write
 from cyclegan.layout import SAMPLES, sample_grid
-from cyclegan.models import Model
+from cyclegan.models import Model, model_type
 from cyclegan.train.hooks import Hook, RunState
 
 
@@ -61,7 +62,10 @@ def save_sample_grid(path: Path, model: Model, real_A: torch.Tensor, real_B: tor
 
 
 def sample_images(cfg: TrainConfig, count: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    """A fixed handful of A and B images (test split when there is one) for sample grids."""
+    """A fixed handful of A and B images (test split when there is one) for sample grids; true pairs for a
+    paired model."""
+    if model_type(cfg.model.name).paired:
+        return sample_pairs(cfg, count)
     out = []
     a_train, b_train = domain_folders(cfg)
     channels = (cfg.model.net.input_nc, cfg.model.net.output_nc)
