@@ -474,8 +474,14 @@ def _eval_parser(sub: Any) -> None:
         "--paired",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="PSNR/SSIM of testA/X's translation against testB/X and back (default: for the demo dataset)",
+        help="PSNR/SSIM of testA/X's translation against testB/X and back (default: for the demo dataset,"
+        " aligned test/ images and models trained on pairs)",
     )
+    p.add_argument(
+        "--direction", choices=DIRECTIONS,
+        help="the --direction the model was trained with: BtoA swaps the test data's domains"
+        " (default: a run folder's, else AtoB)",
+    )  # fmt: skip
     p.add_argument("--kid_subsets", type=int, default=100, help="random subsets KID averages (default: 100)")
     p.set_defaults(handler=_run_eval)
 
@@ -492,6 +498,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         device=resolve_device(args.device),
         inception_weights=args.inception_weights,
         paired=args.paired,
+        direction=args.direction,
         kid_subsets=args.kid_subsets,
     )
     for result in results.values():

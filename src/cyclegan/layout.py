@@ -3,7 +3,7 @@
 ``config.json``, ``checkpoints/latest.safetensors`` (resumable; the one before it is kept as
 ``previous.safetensors``), ``checkpoints/epoch_NNN.safetensors`` and ``best.safetensors`` (weights only),
 ``log.jsonl``, ``eval_log.jsonl``, ``samples/step_NNNNNNN.png``, ``eval.json`` or ``demo.json`` (scores),
-``report.html``.
+``triplets.png`` (input | output | target of a paired evaluation), ``report.html``.
 """
 
 CONFIG = "config.json"
@@ -18,6 +18,7 @@ SAMPLES = "samples"
 REPORT = "report.html"
 EVAL_FILE = "eval.json"
 DEMO_FILE = "demo.json"
+TRIPLETS = "triplets.png"
 LOCK = ".lock"
 
 

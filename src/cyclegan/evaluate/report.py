@@ -193,10 +193,22 @@ def summary(run: Run) -> str:
 def evaluation_section(run: Run) -> str:
     parts = [
         results_table(run.evaluation, EVAL_FILE, "Latest evaluation"),
+        triplets_figure(run.triplets) if run.triplets else "",
         metric_charts(run.metrics) if run.metrics else "",
         results_table(run.demo, DEMO_FILE, "Demo: scores against known answers"),
     ]
     return "".join(parts) or absent("No evaluation recorded (no eval.json, eval_log.jsonl or demo.json).")
+
+
+def triplets_figure(path: Path) -> str:
+    """The test images of a paired evaluation beside their translations and true targets."""
+    caption = "Test images: input | output | target"
+    image = image_data_uri(path, LATEST_WIDTH, lossless=True)
+    if image is None:
+        caption += f": {esc(path.name)} could not be read"
+        return f"<figure class='sample'><figcaption>{caption}</figcaption></figure>"
+    body = f"<figcaption>{caption}</figcaption><img src='{image[0]}' alt='{caption}'>"
+    return f"<figure class='sample latest'>{body}</figure>"
 
 
 def model_of(run: Run) -> type[Model] | None:
