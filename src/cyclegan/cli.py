@@ -329,7 +329,8 @@ def _download_parser(sub: Any) -> None:
     p = sub.add_parser(
         "download",
         help="download a standard dataset or a released pretrained model",
-        description="Download, verify and unpack standard CycleGAN datasets and pretrained generators.",
+        description="Download, verify and unpack standard CycleGAN and pix2pix datasets and pretrained"
+        " generators.",
     )
     p.add_argument("--list", action="store_true", help="print what is available and exit")
     p.add_argument(
@@ -347,6 +348,11 @@ def _download_parser(sub: Any) -> None:
             "--root", type=Path, default=Path(default_root), help=f"where to put it (default: {default_root})"
         )
         k.add_argument("--force", action="store_true", help="download again even if a valid copy is present")
+        k.add_argument(
+            "--paired", action="store_true",
+            help="pix2pix's version of the name (implied for names only pix2pix has): a paired dataset of A|B"
+            " side-by-side images, or a released pix2pix generator",
+        )  # fmt: skip
         k.add_argument("--base_url", default=argparse.SUPPRESS, help="mirror to download from")
         k.add_argument(
             "--deadline",
@@ -365,7 +371,7 @@ def _run_download(args: argparse.Namespace) -> int:
         return 0
     fetch = download.download_dataset if args.kind == "dataset" else download.download_model
     limit = {} if args.deadline is None else {"deadline": args.deadline}
-    print(fetch(args.name, args.root, base_url=args.base_url, force=args.force, **limit))
+    print(fetch(args.name, args.root, base_url=args.base_url, force=args.force, paired=args.paired, **limit))
     return 0
 
 
