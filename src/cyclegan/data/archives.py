@@ -3,13 +3,15 @@
 Every entry is checked before anything is written: no absolute paths, no ``..``, nothing but regular files
 and folders (no links, devices or pipes), at most ``max_entries`` entries and ``max_bytes`` unpacked. Files
 are then written one by one by this module (tarfile's own extraction, with its metadata and link handling,
-is not used), each created afresh: nothing outside the target folder is written. gzip checks its CRC while
-the archive is read.
+is not used), each created afresh: nothing outside the target folder is written. The whole gzip stream is
+read once first, so that its CRC and length are checked (tarfile stops reading at the end-of-archive marker,
+short of the CRC).
 """
 
 from __future__ import annotations
 
 import errno
+import gzip
 import shutil
 import tarfile
 import zlib
@@ -29,6 +31,9 @@ def unpack_tar(
     """Check every entry of the ``.tar.gz`` at ``archive``, then write its folders and files under
     ``target``; any problem is one line naming ``url``."""
     try:
+        with gzip.open(archive, "rb") as stream:
+            while stream.read(_CHUNK):
+                pass
         with tarfile.open(archive, "r:gz") as tar:
             members = tar.getmembers()
             total = _check_members(members, url, max_bytes, max_entries)

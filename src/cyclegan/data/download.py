@@ -183,9 +183,9 @@ def model_url(name: str, base_url: str | None = None, paired: bool = False) -> s
     return f"{resolve_base_url(base_url)}/pretrained_models/{name}.pth"
 
 
-def _is_paired(name: str, paired: bool, unpaired_names: tuple[str, ...]) -> bool:
+def _is_paired(name: str, paired: bool, names: tuple[str, ...], paired_names: tuple[str, ...]) -> bool:
     """``--paired``, or a name only pix2pix has."""
-    return paired or name not in unpaired_names
+    return paired or (name in paired_names and name not in names)
 
 
 def list_available(base_url: str | None = None) -> str:
@@ -240,9 +240,12 @@ def download_dataset(
     root = Path(root)
     if name == "cityscapes":
         raise CycleGANError(cityscapes_message(root))
-    paired = _is_paired(name, paired, DATASETS)
-    names, kind = (PAIRED_DATASETS, "paired dataset") if paired else (DATASETS, "dataset")
-    _check_name(name, names, kind, " (and cityscapes, prepared by hand)")
+    paired = _is_paired(name, paired, DATASETS, PAIRED_DATASETS)
+    if paired:
+        _check_name(name, PAIRED_DATASETS, "paired dataset")
+    else:
+        extra = f" (and cityscapes, prepared by hand); with --paired: {', '.join(PAIRED_DATASETS)}"
+        _check_name(name, DATASETS, "dataset", extra)
     limits = _limits(timeout, deadline)
     dest = root / name
     url = dataset_url(name, base_url, paired)
@@ -257,7 +260,8 @@ def download_dataset(
         return dest
     suffix = "tar.gz" if paired else "zip"
     part = root / f".{name}.{suffix}.part"
-    hint = f"on a machine with internet access fetch {url} and unpack it into {root}/, which makes {dest}/"
+    how = "untar" if paired else "unzip"
+    hint = f"on a machine with internet access fetch {url} and {how} it into {root}/, which makes {dest}/"
     _fetch(url, part, hint, limits, progress)
     with _removed_on_failure(part):
         _install_dataset(part, url, dest, name, max_bytes, progress, paired)
@@ -282,8 +286,11 @@ def download_model(
 
     ``timeout`` bounds each wait for the server, ``deadline`` the whole download (seconds).
     """
-    paired = _is_paired(name, paired, MODELS)
-    _check_name(name, PAIRED_MODELS if paired else MODELS, "pix2pix model" if paired else "pretrained model")
+    paired = _is_paired(name, paired, MODELS, PAIRED_MODELS)
+    if paired:
+        _check_name(name, PAIRED_MODELS, "pix2pix model")
+    else:
+        _check_name(name, MODELS, "pretrained model", f"; with --paired: {', '.join(PAIRED_MODELS)}")
     limits = _limits(timeout, deadline)
     root = Path(root)
     dest = root / f"{name}.pth"
