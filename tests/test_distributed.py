@@ -27,6 +27,7 @@ from cyclegan.distributed import World
 from cyclegan.errors import CycleGANError
 from cyclegan.models import checkpoints
 from cyclegan.models.cycle_gan import CycleGAN, CycleGANTrainer
+from cyclegan.models.pix2pix import Pix2Pix
 from cyclegan.train.hooks import Hook, RunState
 from cyclegan.train.loop import train
 
@@ -80,6 +81,23 @@ def _trajectory(pool_size: int, world: World | None, part: slice) -> dict[str, A
     }
 
 
+def _pix2pix_trajectory(world: World | None, part: slice) -> dict[str, Any]:
+    """pix2pix's D-first step, whose D update runs inside the generator objective's forward. Instance norm
+    and no dropout: with batch norm or dropout each process would see other statistics or masks."""
+    torch.manual_seed(0)
+    cfg = TrainConfig.create(
+        "pix2pix", ngf=4, ndf=4, netG="resnet_6blocks", norm="instance", dropout=False, batch_size=2
+    )
+    model = Pix2Pix(cfg.model)
+    trainer = model.trainer(cfg, 5, world)
+    losses, grads = [], {}
+    for step, (a, b) in enumerate(_batches()):
+        losses.append({k: v.item() for k, v in trainer.step(a[part], b[part]).items()})
+        if step == 0:
+            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return {"losses": losses, "grads": grads}
+
+
 def _worker(rank: int, ports: list[int], tmp: str, dataroot: str) -> None:
     """One of two processes: the trainer against its half of each batch, then whole runs through train()."""
     torch.set_num_threads(1)
@@ -87,7 +105,8 @@ def _worker(rank: int, ports: list[int], tmp: str, dataroot: str) -> None:
     os.environ.update(env, MASTER_PORT=str(ports[0]))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     world = World(rank, 2, torch.device("cpu"), distributed=True)
-    results = {pool: _trajectory(pool, world, slice(rank, rank + 1)) for pool in (0, 3)}
+    results: dict[str | int, Any] = {pool: _trajectory(pool, world, slice(rank, rank + 1)) for pool in (0, 3)}
+    results["pix2pix"] = _pix2pix_trajectory(world, slice(rank, rank + 1))
     if rank == 0:
         torch.save(results, Path(tmp) / "ranks.pt")
     dist.destroy_process_group()
@@ -141,6 +160,19 @@ def test_two_processes_of_batch_one_equal_one_process_of_batch_two(
     alone = _trajectory(pool_size, None, slice(0, 2))
     assert ranks["grads"].keys() == alone["grads"].keys()
     for net in ("G_A", "G_B", "D_A", "D_B"):
+        names = [n for n in alone["grads"] if n.startswith(net + ".")]
+        got, want = (torch.cat([g[n].flatten() for n in names]) for g in (ranks["grads"], alone["grads"]))
+        assert ((got - want).norm() / want.norm()).item() < GRAD_ROUNDING, net
+    for step, (got, want) in enumerate(zip(ranks["losses"], alone["losses"], strict=True)):
+        for name, value in want.items():
+            assert got[name] == pytest.approx(value, rel=LOSS_DRIFT[step], abs=1e-7), (step, name)
+
+
+def test_pix2pix_on_two_processes_equals_one_process_of_batch_two(two_processes: Path) -> None:
+    ranks = torch.load(two_processes / "ranks.pt", weights_only=True)["pix2pix"]
+    alone = _pix2pix_trajectory(None, slice(0, 2))
+    assert ranks["grads"].keys() == alone["grads"].keys()
+    for net in ("G", "D"):  # D's from its update inside G's objective, G's from the loss after it
         names = [n for n in alone["grads"] if n.startswith(net + ".")]
         got, want = (torch.cat([g[n].flatten() for n in names]) for g in (ranks["grads"], alone["grads"]))
         assert ((got - want).norm() / want.norm()).item() < GRAD_ROUNDING, net
