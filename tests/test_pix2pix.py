@@ -21,6 +21,7 @@ from cyclegan.data.demo_scenes import make_demo_dataset
 from cyclegan.data.paired import PairedDataset, find_pairs
 from cyclegan.demo import score
 from cyclegan.errors import CycleGANError
+from cyclegan.evaluate import metrics
 from cyclegan.evaluate.evaluation import evaluate
 from cyclegan.evaluate.report import write_report
 from cyclegan.models import checkpoints
@@ -142,8 +143,9 @@ def test_both_images_of_a_pair_get_one_crop_and_flip_and_btoa_swaps_them(tmp_pat
 
 
 def test_pix2pix_trains_on_pairs_resumes_exactly_and_is_scored_against_its_targets(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(metrics, "load_inception", lambda path=None, device="cpu": StandInInception())
     root = tmp_path / "data"
     _write_pairs(root / "train", 5)
     _write_pairs(root / "test", 2)
@@ -151,8 +153,12 @@ def test_pix2pix_trains_on_pairs_resumes_exactly_and_is_scored_against_its_targe
     # resnet_6blocks, batch norm and dropout (pix2pix's); dropout draws from the global RNG, which
     # checkpoints keep: the resumed run must match the uninterrupted one exactly
     straight = train(
-        tiny_config(root, tmp_path / "a", "pix2pix", max_steps=6), show_progress=False, report=False
+        tiny_config(root, tmp_path / "a", "pix2pix", max_steps=6, eval_every=1),
+        show_progress=False,
+        report=False,
     )
+    evaluations = (straight.run_dir / "eval_log.jsonl").read_text().splitlines()
+    assert [set(json.loads(row)["metrics"]) for row in evaluations] == [{"FID A→B", "KID A→B"}]
     cfg = tiny_config(root, tmp_path / "b", "pix2pix", max_steps=3)
     first = train(cfg, show_progress=False, report=False)
     cfg.max_steps = 6

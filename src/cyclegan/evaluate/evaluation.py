@@ -70,7 +70,7 @@ def _images(folder: Path) -> list[Path]:
     return files
 
 
-def _split_aligned(folder: Path, scratch: Path) -> tuple[Path, Path]:
+def split_aligned(folder: Path, scratch: Path) -> tuple[Path, Path]:
     """Write the left (A) and right (B) halves of each side-by-side A|B test image as PNG folders."""
     folders = scratch / "testA", scratch / "testB"
     for path in _images(folder):
@@ -91,7 +91,7 @@ def _test_folders(dataroot: Path, scratch: Path) -> tuple[Path, Path, bool]:
     folder_a, folder_b = dataroot / "testA", dataroot / "testB"
     aligned = next((dataroot / s for s in ("test", "val") if (dataroot / s).is_dir()), None)
     if not folder_a.is_dir() and not folder_b.is_dir() and aligned is not None:
-        return *_split_aligned(aligned, scratch), True
+        return *split_aligned(aligned, scratch), True
     for folder in (folder_a, folder_b):
         if not folder.is_dir():
             raise CycleGANError(f"{dataroot} has no {folder.name}/ folder of test images")

@@ -157,9 +157,12 @@ def _train(
     total = _total_steps(cfg, len(dataset))
     bar = tqdm(total=total, initial=progress.step, disable=not (show_progress and world.is_main), unit="step")
     run = RunState(cfg, run_dir, model, trainer, progress, device, total, bar.set_postfix_str, world)
-    for hook in hooks:
-        hook.load_state_dict(hook_states.get(hook.name, {}))
-        hook.start(run)
+    # Hooks start afresh on every resume: what they draw (say, building the FID network) must not move the
+    # random numbers training draws its dropout masks from, or a resumed run would differ from a straight one.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for hook in hooks:
+            hook.load_state_dict(hook_states.get(hook.name, {}))
+            hook.start(run)
 
     interrupted, committed, began = False, progress.step, time.time() - progress.seconds
     first = progress.step
