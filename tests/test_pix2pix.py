@@ -233,6 +233,9 @@ def test_bad_paired_input_is_one_line_each(tmp_path: Path) -> None:
     assert [(p.name, why) for p, why in aligned] == [
         ("odd.png", "its width 41 is odd: side by side, A and B must be halves of equal width")
     ]
+    report = check_data(mixed)  # pix2pix takes the side-by-side images where there are both layouts
+    assert report.pairing is not None and report.pairing.pairs == 1
+    assert "train/odd.png: its width 41 is odd" in format_report(report)
     (mixed / "train" / "0.png").unlink()
     with pytest.raises(CycleGANError, match=r"no usable side-by-side A\|B image in .*odd\.png: its width 41"):
         find_pairs(TrainConfig.create("pix2pix", dataroot=str(mixed)))

@@ -5,7 +5,8 @@ trains on as many scenes rendered both ways (``data_paired``: the same day image
 test scene exists by day (testA) and by night (testB), so G(day) and F(night) can be scored against the
 true answer with PSNR and SSIM, beside two baselines: the untranslated input, and a global colour
 statistics transfer fitted on the training images of the target domain. The scores go to ``demo.json``
-in the run folder, which the report page shows with the sample grids and loss curves."""
+in the run folder, which the report page shows with the sample grids and loss curves.
+"""
 
 from __future__ import annotations
 

@@ -93,18 +93,21 @@ def check_data(root: Path) -> DataReport:
     A|B images in train/, val/, test/ (the layout of the reference's paired datasets)."""
     root = Path(root)
     _require_folder(root)
-    aligned = (root / "train").is_dir() and not (root / "trainA").is_dir()
-    names = ALIGNED_SPLITS if aligned else SPLITS
+    aligned = (root / "train").is_dir()  # what pix2pix trains on when there is both
+    unpaired = not aligned or any((root / name).is_dir() for name in SPLITS)
+    names = (SPLITS if unpaired else ()) + (ALIGNED_SPLITS if aligned else ())
     others = sorted(
         p.name + ("/" if p.is_dir() else "")
         for p in root.iterdir()
         if p.name not in names and not p.name.startswith(".")
     )
     splits = [_check_split(name, root / name) for name in names]
+    pairing = None
     if aligned:
-        return _report(root, splits, ("train",), others, _pairing(aligned_pairs, root / "train", 0))
-    pairing = _pairing(matched_pairs, root / "trainA", root / "trainB") if _has_both(splits) else None
-    return _report(root, splits, ("trainA", "trainB"), others, pairing)
+        pairing = _pairing(aligned_pairs, root / "train", 0)
+    elif _has_both(splits):
+        pairing = _pairing(matched_pairs, root / "trainA", root / "trainB")
+    return _report(root, splits, ("trainA", "trainB") if unpaired else ("train",), others, pairing)
 
 
 def check_domains(domain_a: Path, domain_b: Path) -> DataReport:

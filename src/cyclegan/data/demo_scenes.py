@@ -347,11 +347,8 @@ def _write_dataset(root: Path, params: dict[str, int | bool]) -> None:
     for name in _file_names(n_train):
         day = random_scene(rng_a)
         save("trainA", name, render(day, night=False, size=size))
-        save(
-            "trainB",
-            name,
-            render(day if params.get("paired") else random_scene(rng_b), night=True, size=size),
-        )
+        scene_b = day if params.get("paired") else random_scene(rng_b)
+        save("trainB", name, render(scene_b, night=True, size=size))
     for name in _file_names(n_test):
         scene = random_scene(rng_test)
         save("testA", name, render(scene, night=False, size=size))

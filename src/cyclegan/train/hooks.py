@@ -146,6 +146,9 @@ class TestSetEvaluator(Hook):
     """
 
     name = "evaluation"
+    halves: tempfile.TemporaryDirectory[str] | None = (
+        None  # the test images' A and B halves, when side by side
+    )
 
     def start(self, run: RunState) -> None:
         cfg = run.cfg
@@ -180,7 +183,7 @@ class TestSetEvaluator(Hook):
             checkpoints.save_weights(path, run.model.networks(), run.model.options, info)
 
     def end(self, run: RunState) -> None:
-        if hasattr(self, "halves"):
+        if self.halves is not None:
             self.halves.cleanup()
 
 
