@@ -27,13 +27,13 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from cyclegan.config import GENERATORS, NetConfig
+from cyclegan.config import NetConfig
 from cyclegan.data.datasets import list_images
 from cyclegan.data.images import load_image, to_tensor
 from cyclegan.devices import resolve_device
 from cyclegan.errors import CycleGANError
 from cyclegan.files import atomic_write, atomic_write_text
-from cyclegan.nets import build_generator
+from cyclegan.nets import GENERATORS, build_generator
 from cyclegan.translate.bulk import decode_ahead, default_batch_size, default_workers, translate_files
 from cyclegan.translate.translator import Translator
 
@@ -48,7 +48,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, help="translate_files batch size (default: its own)")
     p.add_argument("--num_workers", type=int, help="translate_files threads (default: its own)")
     p.add_argument("--ngf", type=int, default=64, help="generator width (default: 64)")
-    p.add_argument("--netG", choices=GENERATORS, default="resnet_9blocks", help="default: resnet_9blocks")
+    p.add_argument(
+        "--netG", choices=sorted(GENERATORS), default="resnet_9blocks", help="default: resnet_9blocks"
+    )
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N (default: cpu)")
     p.add_argument(
         "--stand_in_ms",

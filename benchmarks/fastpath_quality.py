@@ -21,9 +21,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cyclegan.config import COMPILE_MODES, PRECISIONS, TrainConfig
+from cyclegan.config import COMPILE_MODES, DEMO_TRAIN_IMAGES, PRECISIONS, DemoSettings, TrainConfig
 from cyclegan.data.demo_scenes import make_demo_dataset
-from cyclegan.demo import TRAIN_IMAGES, DemoSettings, score
+from cyclegan.demo import score
 from cyclegan.devices import resolve_device
 from cyclegan.errors import CycleGANError
 from cyclegan.files import atomic_write_text
@@ -33,7 +33,7 @@ from cyclegan.train.loop import train
 def arm_config(args: argparse.Namespace, dataroot: Path, seed: int, fast: bool) -> TrainConfig:
     """The demo's training config for ``args.images`` images; the fast arm differs only in how it runs."""
     settings = DemoSettings(out=args.out, steps=args.images, size=args.size, seed=seed, device=args.device)
-    cfg = settings.train_config(dataroot)  # epochs of TRAIN_IMAGES images: the same schedule for every batch
+    cfg = settings.train_config(dataroot)  # epochs of DEMO_TRAIN_IMAGES: one schedule for every batch
     cfg.name = f"exact_seed{seed}"
     cfg.sample_freq = cfg.save_latest_freq = 10**9
     if fast:
@@ -124,11 +124,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--compile", choices=COMPILE_MODES, default="none", help="fast arm (default: none)")
     p.add_argument("--batch_size", type=int, default=1, help="fast arm's batch (default: 1)")
     p.add_argument("--device", default="cpu", help="default: cpu")
-    p.add_argument("--quick", action="store_true", help=f"{TRAIN_IMAGES} images per arm, one seed")
+    p.add_argument("--quick", action="store_true", help=f"{DEMO_TRAIN_IMAGES} images per arm, one seed")
     p.add_argument("--out", type=Path, required=True, help="output folder (data, runs, fastpath.json)")
     args = p.parse_args(argv)
     if args.images is None:
-        args.images = TRAIN_IMAGES if args.quick else DemoSettings.steps
+        args.images = DEMO_TRAIN_IMAGES if args.quick else DemoSettings.steps
     return args
 
 

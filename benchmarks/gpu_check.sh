@@ -49,7 +49,7 @@ cd "$here" || exit 2
         --checkpoints_dir "$work" --name h2z_fast --device cuda --precision bf16 --channels_last \
         --num_workers 8 --seed 0 --print_freq 100 --sample_freq 1000000 --save_latest_freq 1000000
     echo "training exit status: $? (124: stopped by the time limit, with a checkpoint)"
-    "$py" -c "import json, sys; r = [json.loads(l) for l in open(sys.argv[1])][-1]
+    "$py" -c "import json, sys; r = [r for r in map(json.loads, open(sys.argv[1])) if 'event' not in r][-1]
 print(f\"{r['step']} steps in {r['time']:.0f} s: {r['step'] / r['time']:.1f} steps/s (batch 1)\")" \
         "$work/h2z_fast/log.jsonl"
     cp "$work/h2z_fast/log.jsonl" "$out/train_log.jsonl"

@@ -42,13 +42,15 @@ from typing import Any
 
 import torch
 
-from cyclegan.config import TrainConfig
+from cyclegan.config import DemoSettings, TrainConfig
 from cyclegan.data.demo_scenes import make_demo_dataset
-from cyclegan.demo import DemoSettings
 from cyclegan.files import atomic_write_text
+from cyclegan.layout import CONFIG
+from cyclegan.models import Direction, model_type
 from cyclegan.train import health, runs
-from cyclegan.train.hooks import Hook, RunState, sample_images
+from cyclegan.train.hooks import Hook, RunState
 from cyclegan.train.loop import train
+from cyclegan.train.samples import sample_images
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -88,7 +90,7 @@ class Interleaved(Hook):
         self.inner.start(run)
         self.last = time.perf_counter()
 
-    def after_step(self, run: RunState, losses: dict[str, float]) -> None:
+    def after_step(self, run: RunState, losses: dict[str, torch.Tensor]) -> None:
         on = (run.progress.step - 1) // self.every % 2 == 0
         if on:
             begin = time.perf_counter()
@@ -121,31 +123,41 @@ def measure_overhead(args: argparse.Namespace) -> dict[str, Any]:
 
 
 class Recorder(Hook):
-    """Every ``every`` steps: the window's mean losses and the probe statistics, appended to a JSONL file."""
+    """Every ``every`` steps: the window's mean losses and the probe statistics, appended to a JSONL file.
+
+    It reads every step's losses (the largest adversarial loss of a single step is one of its signals), so
+    each step waits for the device: fine for recording signals, not for timing steps.
+    """
 
     name = "recorder"
 
     def __init__(self, path: Path, every: int) -> None:
         self.path, self.every = path, every
-        self.sums, self.count = dict.fromkeys(CycleGAN.loss_names, 0.0), 0
+        self.sums: dict[str, float] = {}
+        self.count = 0
         self.peak = 0.0  # the largest adversarial loss of a single step in the window
 
     def start(self, run: RunState) -> None:
         real_A, real_B = sample_images(run.cfg, health.PROBE_IMAGES)
         self.probe = real_A.to(run.device), real_B.to(run.device)
+        self.directions = run.model.directions
+        self.adversarial = [name for d in self.directions for name in (d.adversarial, d.critic)]
+        self.sums = self.sums or dict.fromkeys(run.model.loss_names, 0.0)
         runs.drop_rows_after(self.path, run.progress.step)
 
-    def after_step(self, run: RunState, losses: dict[str, float]) -> None:
-        for k, v in losses.items():
+    def after_step(self, run: RunState, losses: dict[str, torch.Tensor]) -> None:
+        values = {k: float(v) for k, v in losses.items()}
+        for k, v in values.items():
             self.sums[k] += v
         self.count += 1
-        self.peak = max(self.peak, *(losses[k] for k in ("D_A", "D_B", "G_A", "G_B")))
+        self.peak = max(self.peak, *(values[k] for k in self.adversarial))
         if run.progress.step % self.every:
             return
         means = {k: v / self.count for k, v in self.sums.items()}
-        row = {"step": run.progress.step, **derived(means, health.probe(run.model, *self.probe))}
+        stats = health.probe(run.model, *self.probe)
+        row = {"step": run.progress.step, **derived(self.directions, means, stats)}
         runs.append_row(self.path, row | {"peak_adversarial_loss": round(self.peak, 5), "losses": means})
-        self.sums, self.count, self.peak = dict.fromkeys(CycleGAN.loss_names, 0.0), 0, 0.0
+        self.sums, self.count, self.peak = dict.fromkeys(self.sums, 0.0), 0, 0.0
 
     def state_dict(self) -> dict[str, Any]:
         return {"sums": dict(self.sums), "count": self.count, "peak": self.peak}
@@ -156,20 +168,24 @@ class Recorder(Hook):
             self.peak = float(state.get("peak", 0.0))
 
 
-def derived(means: dict[str, float], stats: dict[str, float]) -> dict[str, float]:
-    """The quantities the health checks compare with their thresholds, both directions."""
+def derived(
+    directions: Sequence[Direction], means: dict[str, float], stats: dict[str, float]
+) -> dict[str, float]:
+    """The quantities the health checks compare with their thresholds, for each of the model's directions."""
     out: dict[str, float] = {}
-    for d, (gen, disc, _, _) in health.DIRECTIONS.items():
-        generator_loss = means[f"idt_{d}"] + means[f"G_{d}"] + means[f"cycle_{d}"]
+    for d in directions:
+        s, gen = d.source, d.generator
         out |= {
-            f"{disc}_loss": means[disc],
-            f"{gen}_change_over_gap": stats[f"change_{d}"] / max(stats[f"gap_{d}"], 1e-8),
-            f"{gen}_identity_share": means[f"idt_{d}"] / generator_loss,
-            f"{gen}_diversity": stats[f"diversity_{d}"],
-            f"{gen}_colour": stats[f"colour_{d}"],
-            f"{gen}_gap": stats[f"gap_{d}"],
-            f"cycle_{d}": means[f"cycle_{d}"],
+            f"{d.critic}_loss": means[d.critic],
+            f"{gen}_change_over_gap": stats[f"change_{s}"] / max(stats[f"gap_{s}"], 1e-8),
+            f"{gen}_diversity": stats[f"diversity_{s}"],
+            f"{gen}_colour": stats[f"colour_{s}"],
+            f"{gen}_gap": stats[f"gap_{s}"],
         }
+        if d.identity:
+            out[f"{gen}_identity_share"] = means[d.identity] / sum(means[name] for name in d.losses)
+        if d.cycle:
+            out[d.cycle] = means[d.cycle]
     return {k: round(v, 5) for k, v in out.items()}
 
 
@@ -178,17 +194,17 @@ def record_signals(args: argparse.Namespace) -> dict[str, Any]:
     run_dir = runs.run_folder(cfg)
     path = args.out / "signals.jsonl"
     deadline = time.time() + args.budget
-    resume = run_dir if (run_dir / runs.CONFIG).is_file() else None
+    resume = run_dir if (run_dir / CONFIG).is_file() else None
     rows = runs.read_rows(path)
     if not rows or rows[-1]["step"] < args.steps:
         stop = lambda: time.time() > deadline  # noqa: E731
         train(cfg, resume, hooks=[Recorder(path, args.every)], report=False, should_stop=stop)
         rows = runs.read_rows(path)
     first = [r for r in rows if r["step"] <= cfg.health_every]  # the health check's first window
-    for d in "AB":
-        start = statistics.mean(r[f"cycle_{d}"] for r in first) if first else math.nan
+    for cycle in (d.cycle for d in model_type(cfg.model.name).directions if d.cycle):
+        start = statistics.mean(r[cycle] for r in first) if first else math.nan
         for r in rows:
-            r[f"cycle_{d}_over_first_window"] = round(r[f"cycle_{d}"] / start, 4)
+            r[f"{cycle}_over_first_window"] = round(r[cycle] / start, 4)
     return {
         "steps_recorded": rows[-1]["step"] if rows else 0,
         "health_settings": {k: getattr(cfg, k) for k in ("health_every", "health_patience", "health_warmup")},

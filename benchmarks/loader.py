@@ -46,7 +46,7 @@ def items_per_second(cfg: TrainConfig, items: int) -> float:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(1)  # as in loader workers: the per-core rate is what is measured
-    cfg = TrainConfig(dataroot=str(args.dataroot), seed=0)  # reference preprocessing at 256 px
+    cfg = TrainConfig.create(dataroot=str(args.dataroot), seed=0)  # reference preprocessing at 256 px
     rates = {}
     for workers in (0, cfg.num_workers):
         cfg.num_workers = workers

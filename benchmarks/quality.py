@@ -26,18 +26,18 @@ from typing import Any
 import torch
 from PIL import Image
 
-from cyclegan.config import GENERATORS, NetConfig, TrainConfig
-from cyclegan.data.datasets import list_images
+from cyclegan.config import TrainConfig
+from cyclegan.data.datasets import SPLITS, list_images
 from cyclegan.data.images import load_image
 from cyclegan.devices import resolve_device
 from cyclegan.errors import CycleGANError
 from cyclegan.evaluate.evaluation import evaluate, format_table
 from cyclegan.evaluate.results import ResultTable
 from cyclegan.files import atomic_write, atomic_write_text
+from cyclegan.nets import GENERATORS
 from cyclegan.train.loop import train
 
 DEFAULT_DATAROOT = Path(__file__).resolve().parents[2] / "shared/datasets/horse2zebra"
-SPLITS = ("trainA", "trainB", "testA", "testB")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -49,7 +49,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=20000, help="training steps (default: 20000)")
     p.add_argument("--ngf", type=int, default=64, help="generator width (default: 64)")
     p.add_argument("--ndf", type=int, default=64, help="discriminator width (default: 64)")
-    p.add_argument("--netG", choices=GENERATORS, default="resnet_9blocks", help="default: resnet_9blocks")
+    p.add_argument(
+        "--netG", choices=sorted(GENERATORS), default="resnet_9blocks", help="default: resnet_9blocks"
+    )
     p.add_argument("--batch_size", type=int, default=1, help="default: 1")
     p.add_argument("--num_workers", type=int, default=2, help="data loader workers (default: 2)")
     p.add_argument("--seed", type=int, default=0, help="default: 0")
@@ -84,7 +86,7 @@ def schedule(steps: int, batches_per_epoch: int) -> tuple[int, int]:
 def train_config(args: argparse.Namespace) -> TrainConfig:
     longest = max(len(list_images(args.dataroot / "trainA")), len(list_images(args.dataroot / "trainB")))
     n_epochs, n_epochs_decay = schedule(args.steps, math.ceil(longest / args.batch_size))
-    return TrainConfig(
+    return TrainConfig.create(
         dataroot=str(args.dataroot),
         checkpoints_dir=str(args.out),
         name="run",
@@ -101,7 +103,9 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         sample_freq=max(1, args.steps // 10),
         save_latest_freq=max(1, args.steps // 4),
         save_epoch_freq=10**6,
-        model=NetConfig(ngf=args.ngf, ndf=args.ndf, netG=args.netG),
+        ngf=args.ngf,
+        ndf=args.ndf,
+        netG=args.netG,
     )
 
 
@@ -143,7 +147,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "dataroot": str(args.dataroot),
         "size": args.size,
         "steps": steps,
-        "schedule": f"lr {cfg.lr}: n_epochs {cfg.n_epochs} constant, n_epochs_decay {cfg.n_epochs_decay} "
+        "schedule": f"lr {cfg.lr}: n_epochs {cfg.model.n_epochs} constant, n_epochs_decay"
+        f" {cfg.model.n_epochs_decay} "
         f"linear decay, max_steps {cfg.max_steps}",
         "test_images": f"testA/testB resized (bicubic) to {args.size}x{args.size} PNG before translation",
         "train_config": cfg.to_dict(),

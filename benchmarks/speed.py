@@ -74,7 +74,7 @@ def model_config(name: str) -> NetConfig:
     demo's small networks, the ones ``benchmarks/fastpath_quality.py`` trains."""
     if name == "paper":
         return NetConfig()
-    return DemoSettings().train_config(Path(".")).model
+    return DemoSettings().train_config(Path(".")).model.net
 
 
 def cuda_peak_mb(device: torch.device, before: float | None = None) -> float:
@@ -109,11 +109,11 @@ def build(
     setup: Setup, args: argparse.Namespace, device: torch.device
 ) -> tuple[CycleGANTrainer, torch.Tensor, torch.Tensor]:
     cfg = TrainConfig.create(
-        **asdict(model_config),
+        **asdict(model_config(args.model)),
         precision=setup.precision,
         channels_last=setup.channels_last,
         compile=setup.compile,
-        batch_size=setup.batch_size(args.model),
+        batch_size=setup.batch_size,
     )
     torch.manual_seed(0)
     trainer = CycleGANTrainer(CycleGAN(cfg.model).to(device), cfg)
@@ -125,10 +125,13 @@ def build(
 
 
 def timed_steps(trainer: CycleGANTrainer, a: torch.Tensor, b: torch.Tensor, steps: int) -> float:
-    """Seconds per step; ``step`` ends by reading its losses, which waits for the device."""
+    """Seconds per step, until the device has finished them: ``step`` leaves its losses on the device, so
+    reading them waits for every step (as a run's log interval does)."""
     began = time.perf_counter()
     for _ in range(steps):
-        trainer.step(a, b)
+        losses = trainer.step(a, b)
+    if steps:
+        torch.stack(list(losses.values())).tolist()
     return (time.perf_counter() - began) / max(steps, 1)
 
 
@@ -139,9 +142,7 @@ def prepare(setup: Setup, args: argparse.Namespace, device: torch.device) -> Any
         if setup.compile != "none":
             check_compiler(device)
         trainer, a, b = build(setup, args, device)
-        began = time.perf_counter()
-        trainer.step(a, b)
-        first = time.perf_counter() - began
+        first = timed_steps(trainer, a, b, 1)
         if args.warmup:
             timed_steps(trainer, a, b, args.warmup)
     except (CycleGANError, RuntimeError) as err:

@@ -24,14 +24,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cyclegan.config import GENERATORS
+from cyclegan.nets import GENERATORS
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, default=4096, help="image side for the tiled run (default: 4096)")
     p.add_argument("--ngf", type=int, default=64, help="generator width (default: 64)")
-    p.add_argument("--netG", choices=GENERATORS, default="resnet_9blocks", help="default: resnet_9blocks")
+    p.add_argument(
+        "--netG", choices=sorted(GENERATORS), default="resnet_9blocks", help="default: resnet_9blocks"
+    )
     p.add_argument("--tile", type=int, default=256, help="tile side in pixels (default: 256)")
     p.add_argument(
         "--compare_size",

@@ -18,8 +18,8 @@ from PIL import Image, ImageDraw
 
 from cyclegan.data.demo_scenes import random_scene, render
 from cyclegan.files import atomic_write
-from cyclegan.nets.resnet import ResnetGenerator
 from cyclegan.nets.layers import init_weights
+from cyclegan.nets.resnet import ResnetGenerator
 from cyclegan.translate.tiling import translate_tiled
 
 SIZE, TILE, CROP = 256, 64, 64

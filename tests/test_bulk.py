@@ -15,11 +15,13 @@ from PIL import Image
 
 from cyclegan.cli import main
 from cyclegan.config import CycleGANOptions, NetConfig
+from cyclegan.devices import resolve_device
+from cyclegan.distributed import TorchrunEnv
 from cyclegan.errors import CycleGANError
 from cyclegan.models import checkpoints
 from cyclegan.models.cycle_gan import CycleGAN
 from cyclegan.translate import bulk
-from cyclegan.translate.bulk import Shard, UnreadableImages, same_size_batches, translate_files
+from cyclegan.translate.bulk import UnreadableImages, same_size_batches, translate_files
 from cyclegan.translate.translator import Translator
 
 
@@ -203,16 +205,22 @@ def test_images_are_converted_to_the_channels_the_model_takes(tmp_path: Path) ->
 
 
 def test_shards_come_from_torchruns_variables() -> None:
-    assert Shard.from_env({}) == Shard(0, 1, 0)
-    assert Shard.from_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == Shard(3, 4, 1)
+    assert TorchrunEnv.read({}) == TorchrunEnv(0, 1, 0, launched=False)
+    env = TorchrunEnv.read({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"})
+    assert env == TorchrunEnv(3, 4, 1, launched=True) and env.label == "rank 3/4"
     with pytest.raises(CycleGANError, match="must be integers"):
-        Shard.from_env({"RANK": "one", "WORLD_SIZE": "2"})
-    with pytest.raises(CycleGANError, match=r"RANK must be in 0\.\.WORLD_SIZE-1"):
-        Shard.from_env({"RANK": "2", "WORLD_SIZE": "2"})
-    assert Shard(1, 2, 1).device(torch.device("cpu")) == torch.device("cpu")
+        TorchrunEnv.read({"RANK": "one", "WORLD_SIZE": "2"})
+    for bad in ({"RANK": "2", "WORLD_SIZE": "2"}, {"WORLD_SIZE": "0"}, {"LOCAL_RANK": "-1"}):
+        with pytest.raises(CycleGANError, match=r"WORLD_SIZE must be at least 1, RANK in 0\.\.WORLD_SIZE-1"):
+            TorchrunEnv.read(bad)
+    assert resolve_device("cpu", local_rank=1) == torch.device("cpu")
     if not torch.cuda.is_available():
+        with pytest.raises(CycleGANError, match="CUDA is not available"):
+            resolve_device("cuda", local_rank=1)
+    elif torch.cuda.device_count() == 1:
+        assert resolve_device("auto", local_rank=0) == resolve_device("cuda:0", local_rank=1)
         with pytest.raises(CycleGANError, match="LOCAL_RANK 1 has no GPU"):
-            Shard(1, 2, 1).device(torch.device("cuda"))
+            resolve_device("cuda", local_rank=1)
 
 
 def test_two_ranks_split_the_inputs_without_overlap(
@@ -246,3 +254,20 @@ def test_two_ranks_split_the_inputs_without_overlap(
     assert len(whole.written) == 7 and files(tmp_path / "two") == files(tmp_path / "one")
     for name in files(tmp_path / "one"):
         assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"image_format": "gif"}, "--format must be one of png, jpg, webp, got 'gif'"),
+        ({"quality": 0}, "--quality must be between 1 and 100, got 0"),
+        ({"batch_size": 0}, "--batch_size must be at least 1, got 0"),
+        ({"num_workers": 0}, "--num_workers must be at least 1, got 0"),
+        ({"max_pixels": 0}, "--max_pixels must be at least 1, got 0"),
+    ],
+)
+def test_bad_options_are_refused_before_anything_is_read(tmp_path: Path, option: dict, message: str) -> None:
+    write_images(tmp_path / "in", 1)
+    with pytest.raises(CycleGANError, match=message):
+        translate_files([tmp_path / "in"], tmp_path / "no model", tmp_path / "out", **option)
+    assert not (tmp_path / "out").exists()

@@ -98,9 +98,12 @@ def test_a_second_interrupt_waits_for_the_checkpoint_commit() -> None:
         interrupts.handle(signal.SIGINT, None)
 
 
-def test_ctrl_c_with_loader_workers_stops_once_saves_and_says_how_to_resume(
-    dataroot: Path, tmp_path: Path
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_with_loader_workers_stops_once_saves_and_says_how_to_resume(
+    dataroot: Path, tmp_path: Path, signum: int
 ) -> None:
+    """Sent to the whole process group, as a terminal sends Ctrl-C and SLURM, systemd or docker stop send
+    SIGTERM: the loader workers get it too, and must leave it to the main process."""
     cmd = [
         sys.executable, "-m", "cyclegan.cli", "train", "--dataroot", str(dataroot),
         "--checkpoints_dir", str(tmp_path), "--name", "run", "--ngf", "4", "--ndf", "4",
@@ -114,7 +117,7 @@ def test_ctrl_c_with_loader_workers_stops_once_saves_and_says_how_to_resume(
     deadline = time.time() + 60
     while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 2):
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGINT)  # as a terminal does: the main process and its loader workers
+    os.killpg(proc.pid, signum)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert err.count("Stopping after this step") == 1

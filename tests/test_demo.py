@@ -47,7 +47,10 @@ def test_demo_resumes_an_interrupted_run_scores_it_and_writes_the_page(tmp_path:
     assert scores.row("untranslated input", "A→B").scores["PSNR"] == pytest.approx(expected)
     html = page.read_text()
     assert "colour transfer" in html and "day ↔ night" in html
-    assert "CycleGAN" in format_scores(scores)
+    table = format_scores(scores).splitlines()
+    for row, line in zip(scores.rows, table[1:], strict=True):
+        assert line.split()[0] == row.direction and row.method in line
+        assert line.split()[-2:] == [f"{row.scores['PSNR']:.2f}", f"{row.scores['SSIM']:.3f}"]
 
 
 def test_demo_reruns_without_retraining_and_refuses_other_settings(tmp_path: Path) -> None:

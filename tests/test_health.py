@@ -182,7 +182,7 @@ def test_a_diverging_learning_rate_stops_the_run_and_keeps_the_last_good_checkpo
     assert err.count("warning: training diverged") == 1
     assert f"{latest} (step 1), is kept" in err and "--lr (now 0.5), e.g. 0.05" in err
     page = render_report(read_run(result.run_dir))  # a log that ends in an event row still reads
-    assert "Loss curves" in page and "diverged" in page
+    assert "<td class='num'>2</td><td>diverged</td><td>D_A</td>" in page
 
 
 class StrongDiscriminator(Hook):

@@ -18,7 +18,7 @@ from test_cli import one_line_error, run_cli
 from cyclegan.config import DemoSettings, NetConfig, TrainConfig
 from cyclegan.data.check import check_data, format_report
 from cyclegan.data.demo_scenes import make_demo_dataset
-from cyclegan.data.paired import PairedDataset, find_pairs
+from cyclegan.data.paired import PairedDataset, find_pairs, scan_pairs
 from cyclegan.demo import score
 from cyclegan.errors import CycleGANError
 from cyclegan.evaluate import metrics
@@ -109,7 +109,8 @@ def _write_pairs(root: Path, count: int, size: tuple[int, int] = (48, 40), side_
 
 
 def _items(cfg: TrainConfig, epochs: int = 3) -> list[dict]:
-    dataset = PairedDataset(find_pairs(cfg)[0], cfg, seed=5, multiple=4)
+    a, b, _, _ = scan_pairs(cfg, multiple=4)
+    dataset = PairedDataset(a, b, cfg, seed=5, multiple=4)
     items = []
     for epoch in range(epochs):
         dataset.epoch = epoch

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
 import itertools
 import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ from cyclegan.models import checkpoints
 from cyclegan.models.base import lr_factor
 from cyclegan.models.cycle_gan import CycleGANTrainer
 from cyclegan.models.losses import ImagePool
+from cyclegan.train import runs
 from cyclegan.train.loop import train
 
 # The reference trajectory was recorded with AVX2 kernels. Adam turns last-bit differences in near-zero
@@ -232,3 +236,41 @@ def test_batches_of_two_keep_the_epoch_and_learning_rate_rule(dataroot: Path, tm
     assert [row["lr"] for row in rows] == pytest.approx([2e-4] * 3 + [1e-4] * 3)
     state = training_state(result.run_dir / "checkpoints" / "latest.safetensors")
     assert len(state["trainer"]["pool_A"]["images"]) == 3  # the pool holds images, not batches
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal", [False, True], ids=["redirected", "terminal"])
+def test_progress_is_a_bar_on_a_terminal_and_a_line_per_interval_elsewhere(
+    dataroot: Path, tmp_path: Path, terminal: bool
+) -> None:
+    """Redirected (CI, nohup, a job scheduler), stderr gets no bar redraws but one line per print interval."""
+    cfg = tiny_config(dataroot, tmp_path, max_steps=6, print_freq=2, no_health=True)
+    with Terminal() if terminal else open(tmp_path / "stderr.txt", "w+") as stderr:
+        with contextlib.redirect_stderr(stderr):
+            train(cfg, report=False)
+        stderr.seek(0)
+        text = stderr.read()
+    lines = [line.split(" ")[:3] for line in text.splitlines() if line.startswith("step ")]
+    if terminal:
+        assert "\r" in text and "6/6" in text and not lines
+    else:
+        assert "\r" not in text
+        assert lines == [["step", "2/6", "epoch"], ["step", "4/6", "epoch"], ["step", "6/6", "epoch"]]
+        assert text.count("D_A ") == 3
+
+
+def test_a_run_that_ends_with_an_epoch_commits_the_closed_epoch(dataroot: Path, tmp_path: Path) -> None:
+    """Six B images, batch 1: six steps are one whole epoch. The last commit comes after the epoch closed
+    (its schedule stepped), so resuming starts the next epoch cleanly."""
+    first = train(tiny_config(dataroot, tmp_path, max_steps=6), show_progress=False, report=False)
+    info = checkpoints.read_weights(first.run_dir / "checkpoints" / "latest.safetensors", ())[2]
+    assert (info["epoch"], info["batch"], info["step"]) == (1, 0, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "lr_scheduler.step() before optimizer.step()"
+        cfg = runs.resume_config(first.run_dir, {"max_steps": 7})
+        resumed = train(cfg, first.run_dir, show_progress=False, report=False)
+    assert (resumed.progress.epoch, resumed.progress.step) == (1, 7)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
+import re
 import sys
 import typing
 from collections.abc import Sequence
@@ -17,20 +18,26 @@ from pathlib import Path
 from typing import Any
 
 from cyclegan.config import (
-    DEFAULT_MAX_PIXELS,
     DIRECTIONS,
+    IMAGE_FORMATS,
     PRECISIONS,
     DemoSettings,
     ModelOptions,
     ServeOptions,
     TrainConfig,
+    TranslateOptions,
     option_fields,
 )
 from cyclegan.errors import CycleGANError
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line that points to --help."""
+    """argparse, but a usage error is one line that points to --help, and a window such as
+    ``--window_a -1000,1000`` is a value (argparse takes only plain numbers like -5 for values)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\d+$|^-\d*\.\d+$|^-[\d.eE+-]*,[\d.eE+-]+$")
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -212,6 +219,7 @@ def _run_plan(args: argparse.Namespace) -> int:
 
 
 def _translate_parser(sub: Any) -> None:
+    t = TranslateOptions()
     p = sub.add_parser(
         "translate",
         help="translate images with a trained model",
@@ -232,10 +240,14 @@ def _translate_parser(sub: Any) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--overwrite", action="store_true", help="translate again images whose output exists")
     p.add_argument(
-        "--format", dest="image_format", choices=("png", "jpg", "webp"), default="png",
-        help="output format (default: png, lossless)",
+        "--format", dest="image_format", choices=tuple(IMAGE_FORMATS), default=t.image_format,
+        help="write 8-bit png, jpg or webp files (previews of the target window for 16-bit, float and medical"
+        " models); default: lossless, as 8-bit PNG for 8-bit models, else in the input's own kind (16-bit"
+        " PNG, TIFF, DICOM, NIfTI)",
     )  # fmt: skip
-    p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality, 1-100 (default: 95)")
+    p.add_argument(
+        "--quality", type=int, default=t.quality, help=f"JPEG/WebP quality, 1-100 (default: {t.quality})"
+    )
     p.add_argument(
         "--backend", choices=("torch", "onnxruntime"), default="torch",
         help="run the model with PyTorch, or an exported .onnx model with onnxruntime (default: torch)",
@@ -259,27 +271,27 @@ def _translate_parser(sub: Any) -> None:
     )  # fmt: skip
     p.add_argument(
         "--max_memory", metavar="SIZE",
-        help="tile images whose translation would need more than SIZE of tensors, e.g. 3GB or 512MB"
-        " (powers of 1024; the process itself needs some 0.5 GB more)",
+        help="keep each forward within SIZE of tensors, e.g. 3GB or 512MB: batches run in parts, images"
+        " too large whole run in exact tiles (powers of 1024; the process itself needs some 0.5 GB more)",
     )  # fmt: skip
     p.add_argument(
-        "--max_pixels", type=int, default=DEFAULT_MAX_PIXELS,
-        help=f"larger images are skipped unread (default: {DEFAULT_MAX_PIXELS:,}, Pillow's bomb limit)",
+        "--max_pixels", type=int, default=t.max_pixels,
+        help=f"larger images are skipped unread (default: {t.max_pixels:,}, Pillow's bomb limit)",
     )  # fmt: skip
     p.set_defaults(handler=_run_translate)
 
 
 def _run_translate(args: argparse.Namespace) -> int:
-    from cyclegan.devices import parse_memory, resolve_device
-    from cyclegan.translate.bulk import Shard, translate_files
+    from cyclegan.devices import parse_memory
+    from cyclegan.distributed import TorchrunEnv
+    from cyclegan.translate.bulk import translate_files
 
-    shard = Shard.from_env()
     done = translate_files(
         args.inputs,
         args.checkpoint,
         args.out,
         direction=args.direction,
-        device=shard.device(resolve_device(args.device)),
+        device=args.device,
         backend=args.backend,
         precision=args.precision,
         max_pixels=args.max_pixels,
@@ -290,7 +302,7 @@ def _run_translate(args: argparse.Namespace) -> int:
         quality=args.quality,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
-        shard=shard,
+        shard=TorchrunEnv.read(),
     )
     print(f"{done.summary()}; outputs in {args.out}")
     return 0
@@ -329,8 +341,7 @@ def _download_parser(sub: Any) -> None:
     p = sub.add_parser(
         "download",
         help="download a standard dataset or a released pretrained model",
-        description="Download, verify and unpack standard CycleGAN and pix2pix datasets and pretrained"
-        " generators.",
+        description="Download, verify and unpack standard datasets and released pretrained generators.",
     )
     p.add_argument("--list", action="store_true", help="print what is available and exit")
     p.add_argument(
@@ -441,12 +452,28 @@ def _report_parser(sub: Any) -> None:
     p = sub.add_parser("report", help="write a run's HTML results page (losses, samples, evaluation, config)")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run folder made by cyclegan train")
     p.add_argument("--out", type=Path, help="where to write the page (default: RUN_DIR/report.html)")
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="serve the run's live report on 127.0.0.1 and reload it whenever training rewrites it (at each"
+        " sample grid and evaluation), until Ctrl-C",
+    )
+    p.add_argument(
+        "--port", type=int, default=8008, help="the --watch port, 0 for any free one (default: 8008)"
+    )
     p.set_defaults(handler=_run_report)
 
 
 def _run_report(args: argparse.Namespace) -> int:
     from cyclegan.evaluate.report import write_report
 
+    if args.watch:
+        from cyclegan.evaluate.watch import watch
+
+        if args.out is not None:
+            raise CycleGANError("--watch serves RUN_DIR/report.html, which training writes; leave out --out")
+        watch(args.run_dir, args.port)
+        return 0
     print(write_report(args.run_dir, args.out))
     return 0
 
@@ -455,8 +482,9 @@ def _eval_parser(sub: Any) -> None:
     p = sub.add_parser(
         "eval",
         help="score a model on the test split: FID, KID, cycle, identity (PSNR/SSIM where paired)",
-        description="Translate testA with G and testB with F (saved as PNG), score them against the real "
-        "test images of the other domain, and print the scores beside the untranslated inputs as a baseline.",
+        description="Translate the test split in every direction the model has (saved as PNG), score the"
+        " translations against the real test images of the target domain, and print the scores beside the"
+        " untranslated inputs as a baseline.",
     )
     p.add_argument(
         "checkpoints",
@@ -552,7 +580,7 @@ def _serve_parser(sub: Any) -> None:
     )  # fmt: skip
     p.add_argument(
         "--max_memory", metavar="SIZE", default=f"{o.max_memory // 2**20}MB",
-        help="images needing more tensor memory than SIZE are translated in exact tiles"
+        help="keep each forward within SIZE of tensors: batches run in parts, larger images in exact tiles"
         f" (default: {o.max_memory // 2**20}MB)",
     )  # fmt: skip
     p.set_defaults(handler=_run_serve)
@@ -574,7 +602,10 @@ def _run_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="cyclegan", description="Unpaired image-to-image translation with CycleGAN.")
+    parser = Parser(
+        prog="cyclegan",
+        description="Image-to-image translation: CycleGAN, CUT, FastCUT (unpaired) and pix2pix (paired).",
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
     _train_parser(sub)
     _plan_parser(sub)

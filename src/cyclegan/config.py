@@ -18,7 +18,7 @@ import dataclasses
 import json
 import math
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,6 +31,7 @@ PREPROCESS = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", 
 DIRECTIONS = ("AtoB", "BtoA")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMPILE_MODES = ("none", "networks", "step")
+TRACKERS = ("tensorboard", "wandb", "mlflow")  # what --log_to may name (train/tracking.py has one class each)
 EXACT = {"precision": "fp32", "channels_last": False, "compile": "none"}  # the reference's arithmetic
 
 MAX_WIDTH = 1024  # ngf/ndf: the paper uses 64; wider networks would not fit any GPU memory
@@ -137,10 +138,7 @@ class ModelOptions:
 
 def options_type(name: Any) -> type[ModelOptions]:
     """The options class registered for ``--model NAME``."""
-    if not isinstance(name, str) or name not in ModelOptions.registry:
-        raise CycleGANError(
-            f"--model must be one of {', '.join(sorted(ModelOptions.registry))}, got {name!r}"
-        )
+    check_choice("--model", name, sorted(ModelOptions.registry))
     return ModelOptions.registry[name]
 
 
@@ -292,6 +290,15 @@ class TrainConfig:
     no_flip: bool = _opt(False, "do not flip training images horizontally at random")
     serial_batches: bool = _opt(False, "pair A[i] with B[i] and keep file order, instead of random pairs")
     max_dataset_size: int | None = _opt(None, "use at most this many images of each domain")
+    window_a: str = _opt(
+        "auto",
+        "how domain A's values map to the networks' [-1, 1]: auto (8-bit images as always, integer data its"
+        " type's full range, float data percentile), dtype (the full range), LOW,HIGH (a fixed window, e.g."
+        " -1000,1000 for CT in HU) or percentile[:P,Q] (measured once on the training images, default"
+        " 0.5,99.5); saved in checkpoints, so translate applies it and its inverse",
+    )
+    window_b: str = _opt("auto", "the same for domain B")
+    slice_axis: int = _opt(2, "NIfTI volumes are read as 2-D slices along this axis (0, 1 or 2)")
     num_workers: int = _opt(2, "data loader worker processes", on_resume=True)
     seed: int | None = _opt(None, "random seed; a run with the same seed repeats exactly (default: random)")
     device: str = _opt(
@@ -355,6 +362,17 @@ class TrainConfig:
         "steps before health checks judge anything but divergence (early runs look broken)",
         on_resume=True,
     )
+    log_to: str = _opt(
+        "none",
+        "experiment trackers to log to: tensorboard, wandb, mlflow, a comma list of them, or none",
+        on_resume=True,
+    )
+    log_to_strict: bool = _opt(
+        False,
+        "stop the run when a tracker fails (a full disk, a server gone) instead of warning once and"
+        " training on without it",
+        on_resume=True,
+    )
     model: ModelOptions = field(default_factory=CycleGANOptions)
 
     @classmethod
@@ -401,9 +419,14 @@ class TrainConfig:
                 f"--lr must be in (0, 1) and --beta1/--beta2 in [0, 1), got"
                 f" {self.lr}, {self.beta1}, {self.beta2}"
             )
+        parse_window("--window_a", self.window_a)
+        parse_window("--window_b", self.window_b)
+        if self.slice_axis not in (0, 1, 2):
+            raise CycleGANError(f"--slice_axis must be 0, 1 or 2, got {self.slice_axis}")
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise CycleGANError(f"--seed must be in [0, 2^63), got {self.seed}")
         _check_name(self.name)
+        trackers(self.log_to)
         if self.preprocess == "none" and self.batch_size > 1:
             raise CycleGANError("--preprocess none keeps each image's own size, so it needs --batch_size 1")
         if self.compile == "networks" and self.checkpoint_activations and net.norm == "batch":
@@ -450,6 +473,43 @@ class TrainConfig:
         except CycleGANError as err:
             raise CycleGANError(f"invalid run config {path}: {err}") from None
         return cfg
+
+
+def trackers(log_to: str) -> tuple[str, ...]:
+    """The tracker names of ``--log_to`` (none: no tracker); a name that is not one is a one-line error."""
+    names = tuple(name.strip() for name in log_to.split(","))
+    if names == ("none",):
+        return ()
+    for name in names:
+        if name not in TRACKERS or names.count(name) > 1:
+            raise CycleGANError(
+                f"--log_to must be none or a comma list of {', '.join(TRACKERS)}, each once; got {log_to!r}"
+            )
+    return names
+
+
+def parse_window(option: str, spec: str) -> tuple[str, tuple[float, float] | None]:
+    """A ``--window_a/b`` value as (rule, ends): ("auto" | "dtype", None), ("fixed", (low, high)) or
+    ("percentile", (p, q)); anything else is one line."""
+    text = spec.strip().lower()
+    if text in ("auto", "dtype"):
+        return text, None
+    if text == "percentile":
+        return "percentile", (0.5, 99.5)
+    rule, numbers = (
+        ("percentile", text[len("percentile:") :]) if text.startswith("percentile:") else ("fixed", text)
+    )
+    try:
+        low, high = (float(v) for v in numbers.split(","))
+    except ValueError:
+        raise CycleGANError(
+            f"{option} must be auto, dtype, LOW,HIGH or percentile[:P,Q], got {spec!r}"
+        ) from None
+    if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
+        raise CycleGANError(f"{option} {spec}: the low end must be below the high end (both finite numbers)")
+    if rule == "percentile" and not 0 <= low < high <= 100:
+        raise CycleGANError(f"{option} {spec}: percentiles must lie within 0..100")
+    return rule, (low, high)
 
 
 def replace_options(cfg: TrainConfig, options: Mapping[str, Any]) -> TrainConfig:
@@ -552,9 +612,14 @@ def check_fields(config: Any) -> None:
             ok = isinstance(value, tuple(t for t in allowed if t is not type(None)))
         if not ok:
             raise CycleGANError(f"--{f.name} has the wrong type: {value!r}")
-        choices = f.metadata.get("choices")
-        if choices and value not in choices:
-            raise CycleGANError(f"--{f.name} must be one of {', '.join(choices)}, got {value!r}")
+        if f.metadata.get("choices"):
+            check_choice(f"--{f.name}", value, f.metadata["choices"])
+
+
+def check_choice(flag: str, value: Any, choices: Collection[str]) -> None:
+    """A one-line refusal, naming the choices, of a value that is not one of them."""
+    if value not in choices:
+        raise CycleGANError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
 
 
 def _check_weight(options: ModelOptions, name: str) -> None:
@@ -617,6 +682,30 @@ class DemoSettings:
             netD="n_layers",
             n_layers_D=2,
         )
+
+
+IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}  # what translations are saved as: Pillow's name
+
+
+@dataclass(frozen=True)
+class TranslateOptions:
+    """How translated files are written and batched; the CLI's and ``translate_files``'s defaults."""
+
+    image_format: str | None = None  # None: lossless (see translate_files); png, jpg, webp: 8-bit files
+    quality: int = 95
+    batch_size: int | None = None  # same-size images translated at once (default: 8 on a GPU, 1 on a CPU)
+    num_workers: int | None = None  # threads decoding, and as many writing (default: CPU count, at most 8)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are skipped unread
+
+    def validate(self) -> None:
+        if self.image_format is not None:
+            check_choice("--format", self.image_format, IMAGE_FORMATS)
+        if not 1 <= self.quality <= 100:
+            raise CycleGANError(f"--quality must be between 1 and 100, got {self.quality}")
+        for name in ("batch_size", "num_workers", "max_pixels"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise CycleGANError(f"--{name} must be at least 1, got {value}")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""``cyclegan demo``: render the day/night street dataset, train a small model on it, and score it.
+"""``cyclegan demo``: render the day/night street dataset, train a small model on it (CycleGAN unless
+``--model`` names another), and score it.
 
 CycleGAN and the other unpaired models train on disjoint day and night scenes; a paired model (pix2pix)
 trains on as many scenes rendered both ways (``data_paired``: the same day images and test scenes). Every

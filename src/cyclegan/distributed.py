@@ -9,7 +9,10 @@ the world is one process and nothing here talks to anyone.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+import threading
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -18,11 +21,45 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
 from cyclegan.devices import resolve_device
 from cyclegan.errors import CycleGANError, first_line
 
 T = TypeVar("T")
+
+TORCHRUN_VARIABLES = (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"))
+
+
+@dataclass(frozen=True)
+class TorchrunEnv:
+    """What torchrun tells each process it starts (RANK, WORLD_SIZE, LOCAL_RANK), read and checked in this
+    one place; without torchrun, the one process of a world of one. ``launched``: WORLD_SIZE is set."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    launched: bool = False
+
+    @classmethod
+    def read(cls, environ: Mapping[str, str] | None = None) -> TorchrunEnv:
+        env = os.environ if environ is None else environ
+        found = ", ".join(f"{name}={env[name]!r}" for name, _ in TORCHRUN_VARIABLES if name in env)
+        try:
+            rank, size, local = (int(env.get(name, default)) for name, default in TORCHRUN_VARIABLES)
+        except ValueError:
+            raise CycleGANError(f"RANK, WORLD_SIZE and LOCAL_RANK must be integers, got {found}") from None
+        if not (size >= 1 and 0 <= rank < size and local >= 0):
+            raise CycleGANError(
+                "WORLD_SIZE must be at least 1, RANK in 0..WORLD_SIZE-1 and LOCAL_RANK at least 0,"
+                f" got {found}"
+            )
+        return cls(rank, size, local, "WORLD_SIZE" in env)
+
+    @property
+    def label(self) -> str:
+        """How this process names itself in messages when it is one of several."""
+        return f"rank {self.rank}/{self.world_size}" if self.world_size > 1 else ""
 
 
 @dataclass(frozen=True)
@@ -34,22 +71,40 @@ class World:
     size: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     distributed: bool = False
+    failed: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
+    """Set when a collective of this world failed: gloo reports a dead or silent peer as a plain
+    RuntimeError, so the failure is known by where it happened, not by its text."""
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
     def wrap(self, module: nn.Module) -> nn.Module:
-        """DDP around ``module`` when there are several processes: its gradients are averaged over them."""
+        """DDP around ``module`` when there are several processes: its gradients are averaged over them
+        (by torch's own all-reduce hook, watched for failures)."""
         if not self.distributed or not any(p.requires_grad for p in module.parameters()):
             return module
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+        with self.collective():  # DDP starts by broadcasting rank 0's weights
+            ddp = nn.parallel.DistributedDataParallel(module, device_ids=ids)
+        # DDP checks a hook's annotations by value, and this module's are strings: hence the lambda
+        ddp.register_comm_hook(self, lambda world, bucket: _watched_allreduce(world, bucket))
+        return ddp
+
+    @contextmanager
+    def collective(self) -> Iterator[None]:
+        """Marks the world ``failed`` when the collective inside raises."""
+        try:
+            yield
+        except RuntimeError:
+            self.failed.set()
+            raise
 
     def mean(self, tensor: torch.Tensor) -> torch.Tensor:
         """The mean of ``tensor`` over all processes (the same tensor when there is one)."""
         if self.distributed:
-            dist.all_reduce(tensor)
+            with self.collective():
+                dist.all_reduce(tensor)
             tensor /= self.size
         return tensor
 
@@ -58,7 +113,8 @@ class World:
         if not self.distributed:
             return tensor
         parts = [torch.empty_like(tensor) for _ in range(self.size)]
-        dist.all_gather(parts, tensor.contiguous())
+        with self.collective():
+            dist.all_gather(parts, tensor.contiguous())
         return torch.cat(parts)
 
     def any(self, flag: bool) -> bool:
@@ -66,7 +122,8 @@ class World:
         if not self.distributed:
             return flag
         value = torch.tensor([float(flag)], device=self.device)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        with self.collective():
+            dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
 
     def union(self, items: set[str]) -> set[str]:
@@ -74,7 +131,8 @@ class World:
         if not self.distributed:
             return items
         parts: list[Any] = [None] * self.size
-        dist.all_gather_object(parts, sorted(items))
+        with self.collective():
+            dist.all_gather_object(parts, sorted(items))
         return set().union(*parts)
 
     def on_main(self, fn: Callable[[], T]) -> T:
@@ -90,13 +148,48 @@ class World:
                 box[0] = (False, str(err))
             except BaseException as err:  # passed on so the other ranks do not wait for a result forever
                 box[0], failure = (False, f"rank 0 failed: {first_line(err)}"), err
-        dist.broadcast_object_list(box, src=0)
+        with self.collective():
+            dist.broadcast_object_list(box, src=0)
         if failure is not None:
             raise failure
         ok, value = box[0]
         if not ok:
             raise CycleGANError(value)
         return value
+
+    def barrier(self) -> None:
+        if self.distributed:
+            with self.collective():
+                dist.barrier()
+
+    def collective_failed(self, err: BaseException) -> bool:
+        """Whether ``err`` is a failed collective: one of torch's error types for them (NCCL's, the
+        store's), a RuntimeError out of a collective of this world, or one raised by DDP's own code (its
+        forward rebuilds the gradient buckets and broadcasts buffers, collectives too)."""
+        return (
+            isinstance(err, getattr(dist, "DistError", ()))
+            or self.failed.is_set()
+            or _raised_in(err, nn.parallel.distributed.__name__)
+        )
+
+
+def _raised_in(err: BaseException, module: str) -> bool:
+    """Whether the innermost Python frame of ``err``'s traceback is code of ``module``."""
+    innermost = deque(traceback.walk_tb(err.__traceback__), maxlen=1)
+    return bool(innermost) and innermost[0][0].f_globals.get("__name__") == module
+
+
+def _watched_allreduce(world: World, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """DDP's default gradient averaging, noting a failure on ``world`` before it surfaces from backward()."""
+
+    def check(done: torch.futures.Future[torch.Tensor]) -> torch.Tensor:
+        try:
+            return done.value()
+        except RuntimeError:
+            world.failed.set()
+            raise
+
+    return allreduce_hook(None, bucket).then(check)  # type: ignore[arg-type]
 
 
 def check_global_batch(batch_size: int) -> None:
@@ -109,21 +202,18 @@ def check_global_batch(batch_size: int) -> None:
         )
 
 
-def launched() -> bool:
-    """Whether this process is one of a process group: started by torchrun, or in the caller's group."""
-    return "WORLD_SIZE" in os.environ or (dist.is_available() and dist.is_initialized())
-
-
 def world_size() -> int:
     """The number of training processes: the caller's process group, else torchrun's WORLD_SIZE."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return _env_int("WORLD_SIZE", 1)
+    return dist.get_world_size() if _in_group() else TorchrunEnv.read().world_size
+
+
+def _in_group() -> bool:
+    return dist.is_available() and dist.is_initialized()
 
 
 def is_main_process() -> bool:
     """Whether this process writes files and prints notes (rank 0, or the only process)."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return not _in_group() or dist.get_rank() == 0
 
 
 def stopped_peer_error(err: BaseException, timeout_s: int) -> CycleGANError:
@@ -138,21 +228,30 @@ def stopped_peer_error(err: BaseException, timeout_s: int) -> CycleGANError:
 def session(device_name: str, timeout_s: int) -> Iterator[World]:
     """The world of this process. Started by torchrun (WORLD_SIZE is set), it joins the process group
     (NCCL on CUDA, gloo on CPU) and leaves it at the end; a collective then waits at most ``timeout_s``
-    seconds for a peer that died or hangs. A process group the caller made is used and left to them."""
-    if not launched():
+    seconds for a peer that died or hangs, and its failure ends the session with one line. A process group
+    the caller made is used and left to them."""
+    env = TorchrunEnv.read()
+    if not (env.launched or _in_group()):
         yield World(device=resolve_device(device_name))
         return
-    own = not (dist.is_available() and dist.is_initialized())  # else the caller's group, theirs to end
-    device = rank_device(device_name, _env_int("LOCAL_RANK", 0))
+    if device_name not in ("auto", "cuda", "cpu"):
+        raise CycleGANError(
+            f"--device {device_name}: with several processes each takes the GPU of its local rank;"
+            " use --device cuda (and CUDA_VISIBLE_DEVICES to choose GPUs)"
+        )
+    device = resolve_device(device_name, env.local_rank)
+    own = not _in_group()  # else the caller's group, theirs to end
     if own:
         _join(device, timeout_s)
-    finished = False
+    world = World(dist.get_rank(), dist.get_world_size(), device, distributed=True)
     try:
-        yield World(dist.get_rank(), dist.get_world_size(), device, distributed=True)
-        finished = True
+        yield world
+        world.barrier()  # rank 0 may still be saving the last checkpoint or writing the report
+    except RuntimeError as err:
+        if not world.collective_failed(err):
+            raise
+        raise stopped_peer_error(err, timeout_s) from None
     finally:
-        if finished:
-            dist.barrier()  # rank 0 may still be saving the last checkpoint or writing the report
         if own:
             dist.destroy_process_group()
 
@@ -167,40 +266,3 @@ def _join(device: torch.device, timeout_s: int) -> None:
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     except (RuntimeError, ValueError) as err:
         raise CycleGANError(f"cannot join the other training processes: {first_line(err)}") from None
-
-
-def rank_device(device_name: str, local_rank: int) -> torch.device:
-    """Each process of a node takes the GPU of its local rank; ``--device cpu`` keeps all on the CPU."""
-    if device_name == "cpu" or (device_name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if device_name not in ("auto", "cuda"):
-        raise CycleGANError(
-            f"--device {device_name}: with several processes each takes the GPU of its local rank;"
-            " use --device cuda (and CUDA_VISIBLE_DEVICES to choose GPUs)"
-        )
-    if not torch.cuda.is_available():
-        raise CycleGANError("--device cuda: CUDA is not available on this machine")
-    if local_rank >= torch.cuda.device_count():
-        raise CycleGANError(
-            f"local rank {local_rank} has no GPU: only {torch.cuda.device_count()} here;"
-            " start at most that many processes per node"
-        )
-    return torch.device("cuda", local_rank)
-
-
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    if value is None:
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise CycleGANError(f"the environment variable {name} must be an integer, got {value!r}") from None
-
-
-def is_collective_failure(err: RuntimeError) -> bool:
-    """Errors of gloo and NCCL collectives (a peer that died, or a timeout), not this process's own."""
-    text = str(err).lower()
-    return isinstance(err, getattr(dist, "DistError", ())) or any(
-        word in text for word in ("gloo", "nccl", "connection closed", "connection reset", "timed out")
-    )

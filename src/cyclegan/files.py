@@ -36,7 +36,7 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~UMASK)
         os.replace(tmp, path)
         fsync_folder(path.parent)
     except OSError as err:
@@ -49,6 +49,10 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def write_failure(path: Path, err: OSError) -> str:
@@ -83,11 +87,21 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     return stale
 
 
-def _umask() -> int:
-    """The process umask (mkstemp makes private 0600 files; results should get the usual permissions)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _read_umask() -> int:
+    """The process umask, read without changing it where Linux shows it (``os.umask`` can only read it by
+    setting it, which races with files other threads create meanwhile)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
+
+
+UMASK = _read_umask()
+"""Read once at import, before any writer thread starts: mkstemp makes private 0600 files, and results
+should get the usual permissions."""
 
 
 def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:

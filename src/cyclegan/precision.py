@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cyclegan.config import PRECISIONS
+from cyclegan.config import PRECISIONS, check_choice
 from cyclegan.errors import CycleGANError, first_line
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -32,8 +32,7 @@ def resolve_precision(name: str, device: torch.device) -> str:
     """
     if name == "auto":
         return "fp32"
-    if name not in DTYPES:
-        raise CycleGANError(f"--precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
+    check_choice("--precision", name, PRECISIONS)
     if name == "fp16" and device.type != "cuda":
         raise CycleGANError("--precision fp16 needs a CUDA device; on CPU use --precision bf16")
     if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():

@@ -15,25 +15,13 @@ from typing import Any
 
 from PIL import Image
 
-from cyclegan.data.datasets import SPLITS
-from cyclegan.data.images import DECODE_ERRORS, IMAGE_EXTENSIONS, load_image
+from cyclegan.data import formats
+from cyclegan.data.datasets import SPLITS, is_image_file, visible_files
+from cyclegan.data.images import DECODE_ERRORS, load_image
 from cyclegan.data.paired import ALIGNED_SPLITS, Pair, aligned_pairs, matched_pairs
 from cyclegan.errors import CycleGANError, first_line
 
 _LISTED = 20  # longer lists of files are cut, with a count of the rest
-
-
-def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
-
-
-def visible_files(folder: Path) -> list[Path]:
-    """Files under ``folder`` (recursively, sorted), skipping hidden files and hidden folders."""
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
 
 
 @dataclass
@@ -107,7 +95,7 @@ def check_data(root: Path) -> DataReport:
         pairing = _pairing(aligned_pairs, root / "train", 0)
     elif _has_both(splits):
         pairing = _pairing(matched_pairs, root / "trainA", root / "trainB")
-    return _report(root, splits, ("trainA", "trainB") if unpaired else ("train",), others, pairing)
+    return _report(root, splits, (SPLITS[0], SPLITS[1]) if unpaired else ("train",), others, pairing)
 
 
 def check_domains(domain_a: Path, domain_b: Path) -> DataReport:
@@ -160,14 +148,28 @@ def _check_split(name: str, path: Path) -> SplitReport:
             report.ignored.append(file)
             continue
         try:
-            image = load_image(file)  # the training decoder: EXIF rotation, modes, the pixel limit
-            mode = _header_mode(file)
+            size, mode = _decode(file)
         except DECODE_ERRORS as err:
-            report.unreadable.append((file, first_line(err)))
+            report.unreadable.append((file, first_line(err).removeprefix(f"{file}: ")))
             continue
-        report.sizes[image.size] += 1
+        report.sizes[size] += 1
         report.modes[mode] += 1
     return report
+
+
+def _decode(file: Path) -> tuple[tuple[int, int], str]:
+    """Decode a file as training would; its (width, height) (a volume's slices') and its mode: Pillow's
+    for what Pillow opens (16-bit PNG included), else the kind (``1-channel int16``...)."""
+    try:
+        header: formats.Header | None = formats.probe(file)
+    except formats.UnreadableImage:
+        if formats.suffix(file) in (*formats.DICOM_SUFFIXES, *formats.NIFTI_SUFFIXES):
+            raise
+        header = None  # Pillow's decoder names the problem (corrupt, truncated, too large)
+    if header is None or header.kind.eight_bit:  # the training decoder: EXIF rotation, modes, pixel limit
+        return load_image(file).size, _header_mode(file)
+    formats.read_stack(file)  # every slice, as training reads them (NaN and undecodable ones refused)
+    return header.size, _header_mode(file) if header.format == "png16" else str(header.kind)
 
 
 def _header_mode(file: Path) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +17,13 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 from torchvision import transforms
-from torchvision.transforms import InterpolationMode
+from torchvision.transforms import InterpolationMode, v2
 
 from cyclegan.config import TrainConfig
-from cyclegan.data.images import DECODE_ERRORS, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, image_size, load_image
+from cyclegan.data import formats
+from cyclegan.data.formats import Half, Header, Item
+from cyclegan.data.images import DECODE_ERRORS, DEFAULT_MAX_PIXELS
+from cyclegan.data.intensity import EIGHT_BIT, Intensities, Intensity
 from cyclegan.errors import CycleGANError
 from cyclegan.seeds import Stream, item_seed
 
@@ -32,13 +35,22 @@ def list_images(folder: Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise CycleGANError(f"image folder not found: {folder}")
+    return [p for p in visible_files(folder) if is_image_file(p)]
+
+
+def visible_files(folder: Path) -> list[Path]:
+    """Files under ``folder`` (recursively, sorted), skipping hidden files and hidden folders."""
     return sorted(
         p
         for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS
-        and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
+
+
+def is_image_file(path: Path) -> bool:
+    """Whether training, translation and the data check take ``path`` for an image (or a DICOM or NIfTI
+    file): by its extension."""
+    return formats.is_image_name(path)
 
 
 def scaled_width_size(size: tuple[int, int], width: int, min_height: int, multiple: int) -> tuple[int, int]:
@@ -66,10 +78,14 @@ def pad_to_multiple(x: torch.Tensor, base: int = 4, minimum: int = 0) -> tuple[t
     return (padded.squeeze(0) if x.dim() == 3 else padded), (h, w)
 
 
-def train_transform(cfg: TrainConfig, channels: int, multiple: int) -> Callable[[Image.Image], torch.Tensor]:
+def train_transform(
+    cfg: TrainConfig, channels: int, multiple: int
+) -> Callable[[Image.Image | torch.Tensor], torch.Tensor]:
     """The reference's training preprocessing for ``cfg.preprocess``, flip, and scaling to [-1, 1].
 
     ``multiple`` is the generator's size multiple: uncropped images are brought to a size it accepts.
+    Takes what :meth:`Domain.read` gives: an 8-bit Pillow image, or a float tensor already in [-1, 1]
+    (:func:`tensor_transform`).
     """
     ops: list[Callable] = []
     bicubic = InterpolationMode.BICUBIC
@@ -89,12 +105,52 @@ def train_transform(cfg: TrainConfig, channels: int, multiple: int) -> Callable[
     ops += [transforms.ToTensor(), transforms.Normalize([0.5] * channels, [0.5] * channels)]
     if cfg.preprocess == "none":
         ops.append(lambda x: pad_to_multiple(x, multiple)[0])
-    return transforms.Compose(ops)
+    return _by_type(transforms.Compose(ops), tensor_transform(cfg, multiple))
 
 
-def eval_transform(size: int, channels: int) -> Callable[[Image.Image], torch.Tensor]:
+def tensor_transform(cfg: TrainConfig, multiple: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The same preprocessing for C×H×W float tensors in [-1, 1] (16-bit, float and medical images), with
+    torchvision's tensor transforms; a bicubic resize's overshoot is clipped back to [-1, 1]."""
+    ops: list[Callable] = []
+    bicubic = InterpolationMode.BICUBIC
+    if cfg.preprocess == "resize_and_crop":
+        ops += [
+            v2.Resize([cfg.load_size, cfg.load_size], bicubic, antialias=True),
+            v2.RandomCrop(cfg.crop_size),
+        ]
+    elif cfg.preprocess == "crop":
+        ops.append(v2.RandomCrop(cfg.crop_size))
+    elif cfg.preprocess in ("scale_width", "scale_width_and_crop"):
+        ops.append(v2.Lambda(lambda x: _scale_width_tensor(x, cfg.load_size, cfg.crop_size, multiple)))
+        if cfg.preprocess == "scale_width_and_crop":
+            ops.append(v2.RandomCrop(cfg.crop_size))
+    if not cfg.no_flip:
+        ops.append(v2.RandomHorizontalFlip())
+    ops.append(v2.Lambda(lambda x: x.clamp(-1.0, 1.0)))
+    if cfg.preprocess == "none":
+        ops.append(v2.Lambda(lambda x: pad_to_multiple(x, multiple)[0]))
+    return v2.Compose(ops)
+
+
+def _scale_width_tensor(x: torch.Tensor, width: int, min_height: int, multiple: int) -> torch.Tensor:
+    w, h = scaled_width_size((x.shape[-1], x.shape[-2]), width, min_height, multiple)
+    return (
+        x
+        if (x.shape[-1], x.shape[-2]) == (w, h)
+        else v2.functional.resize(x, [h, w], InterpolationMode.BICUBIC)
+    )
+
+
+def _by_type(
+    pil: Callable[[Image.Image], torch.Tensor], tensor: Callable[[torch.Tensor], torch.Tensor]
+) -> Callable[[Image.Image | torch.Tensor], torch.Tensor]:
+    """One transform for both kinds of input: Pillow images take the 8-bit path, tensors the float one."""
+    return lambda x: tensor(x) if isinstance(x, torch.Tensor) else pil(x)
+
+
+def eval_transform(size: int, channels: int) -> Callable[[Image.Image | torch.Tensor], torch.Tensor]:
     """Square centre view used for sample grids, so the same images can be compared across a run."""
-    return transforms.Compose(
+    pil = transforms.Compose(
         [
             transforms.Resize(size, InterpolationMode.BICUBIC),
             transforms.CenterCrop(size),
@@ -102,14 +158,34 @@ def eval_transform(size: int, channels: int) -> Callable[[Image.Image], torch.Te
             transforms.Normalize([0.5] * channels, [0.5] * channels),
         ]
     )
+    tensor = v2.Compose(
+        [
+            v2.Resize(size, InterpolationMode.BICUBIC, antialias=True),
+            v2.CenterCrop(size),
+            v2.Lambda(lambda x: x.clamp(-1.0, 1.0)),
+        ]
+    )
+    return _by_type(pil, tensor)
 
 
 @dataclass
 class Domain:
-    """The images of one domain and how to turn one of them into a tensor."""
+    """The images of one domain (files, or slices of volume files) and how to turn one into a tensor."""
 
-    paths: list[Path]
+    paths: list[Item]
     channels: int
+    intensity: Intensity = EIGHT_BIT  # how values map to [-1, 1] (see cyclegan.data.intensity)
+    headers: list[tuple[Path, Header]] = field(default_factory=list)  # of the files, as scanned
+    slice_axis: int = 2
+
+    def read(self, item: Item) -> Image.Image | torch.Tensor:
+        """One image as the transforms take it: an 8-bit Pillow image under the 8-bit rule, else a float
+        tensor in [-1, 1] (an explicit window on 8-bit images maps their 0..255 values)."""
+        if isinstance(item, (Path, Half)) and self.intensity.eight_bit:
+            return formats.load_pillow(item, self.channels)
+        if isinstance(item, (Path, Half)) and self.headers and self.headers[0][1].kind.eight_bit:
+            return self.intensity.forward(formats.pillow_values(formats.load_pillow(item, self.channels)))
+        return self.intensity.forward(formats.read(item, self.slice_axis))
 
 
 class UnpairedDataset(Dataset):
@@ -125,6 +201,11 @@ class UnpairedDataset(Dataset):
 
     def __len__(self) -> int:
         return max(len(self.a.paths), len(self.b.paths))
+
+    @property
+    def intensities(self) -> Intensities:
+        """How the two domains' values map to [-1, 1]: what checkpoints and translations carry."""
+        return Intensities(self.a.intensity, self.b.intensity, self.cfg.slice_axis)
 
     def __getitem__(self, index: int) -> dict:
         rng = np.random.default_rng(item_seed(self.seed, self.epoch, index))
@@ -142,11 +223,11 @@ class UnpairedDataset(Dataset):
     @staticmethod
     def _load(
         domain: Domain, transform: Callable, index: int, skipped: list[str]
-    ) -> tuple[Path, torch.Tensor]:
+    ) -> tuple[Item, torch.Tensor]:
         for offset in range(len(domain.paths)):
             path = domain.paths[(index + offset) % len(domain.paths)]
             try:
-                return path, transform(load_image(path, domain.channels))
+                return path, transform(domain.read(path))
             except DECODE_ERRORS:
                 skipped.append(str(path))
         raise CycleGANError(f"no image in {domain.paths[0].parent} could be decoded")
@@ -195,8 +276,11 @@ class RankBatches(Sampler[list[int]]):
 
 
 def ignore_interrupts(worker_id: int) -> None:
-    """Loader workers leave Ctrl-C to the main process, which stops cleanly after the current step."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """Loader workers leave Ctrl-C and SIGTERM to the main process, which stops cleanly after the current
+    step: a terminal, SLURM, systemd and ``docker stop`` signal the whole process group, workers included.
+    The main process still ends its workers through their queues (and they end when it dies)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def collate(items: list[dict]) -> dict:
@@ -225,29 +309,35 @@ def scan_domain(
     folder: Path, cfg: TrainConfig, channels: int, multiple: int
 ) -> tuple[Domain, list[tuple[Path, str]], set[tuple[int, int]]]:
     """List a domain's images, drop the ones that are not images at all or are too large to decode, and
-    work out the sizes (height, width) the networks will see.
+    work out the sizes (height, width) the networks will see. Volumes count as their slices.
 
-    Returns the domain, the dropped files with the reason, and the training sizes. Only headers are read.
+    Returns the domain, the dropped files with the reason, and the training sizes. Only headers are read;
+    the domain's mapping to [-1, 1] is set by :func:`cyclegan.data.intensity.resolve` from them.
     """
     paths = list_images(folder)
     if cfg.max_dataset_size is not None:
         paths = paths[: cfg.max_dataset_size]
-    good, bad, sizes = [], [], set()
+    good: list[Item] = []
+    bad, sizes, headers = [], set(), []
     for path in paths:
-        size = image_size(path)
-        if size is None:
-            bad.append((path, "not a readable image"))
-        elif size[0] * size[1] > DEFAULT_MAX_PIXELS:
+        try:
+            header = formats.probe(path, cfg.slice_axis)
+        except formats.UnreadableImage as err:
+            bad.append((path, str(err).removeprefix(f"{path}: ")))
+            continue
+        size = header.size
+        if size[0] * size[1] > DEFAULT_MAX_PIXELS:
             bad.append(
                 (path, f"{size[0]}x{size[1]} is above the {DEFAULT_MAX_PIXELS / 1e6:.0f}-megapixel limit")
             )
         else:
             check_crop_fits(path, size, cfg)
             sizes.add(training_size(size, cfg, multiple))
-            good.append(path)
+            good += formats.items(path, header)
+            headers.append((path, header))
     if not good:
         raise CycleGANError(f"no readable images in {folder}")
-    return Domain(good, channels), bad, sizes
+    return Domain(good, channels, headers=headers, slice_axis=cfg.slice_axis), bad, sizes
 
 
 def training_size(size: tuple[int, int], cfg: TrainConfig, multiple: int) -> tuple[int, int]:

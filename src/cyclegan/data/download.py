@@ -38,8 +38,7 @@ from tqdm import tqdm
 
 from cyclegan.config import NetConfig
 from cyclegan.data.archives import unpack_tar
-from cyclegan.data.datasets import list_images
-from cyclegan.data.images import IMAGE_EXTENSIONS
+from cyclegan.data.datasets import SPLITS, is_image_file, list_images
 from cyclegan.errors import CycleGANError, first_line
 from cyclegan.models.checkpoints import load_generator
 
@@ -70,7 +69,6 @@ DATASET_INFO = {
 }
 DATASETS = tuple(DATASET_INFO)
 _FREE_LAYOUT = ("ae_photos", "mini")  # not pinned to the four splits: any folder of images will do
-_SPLITS = ("trainA", "trainB", "testA", "testB")
 
 MODEL_INFO = {
     "horse2zebra": "horse -> zebra",
@@ -684,17 +682,13 @@ def _image_counts(folder: Path) -> dict[str, int]:
         for child in sorted(folder.iterdir(), key=_split_order)
         if child.is_dir() and not child.name.startswith(".")
     }
-    counts["."] = sum(
-        1
-        for p in folder.iterdir()
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and p.name[0] != "."
-    )
+    counts["."] = sum(1 for p in folder.iterdir() if p.is_file() and is_image_file(p) and p.name[0] != ".")
     return {key: n for key, n in counts.items() if n}
 
 
 def _split_order(path: Path) -> tuple[int, str]:
     """trainA, trainB, testA, testB first, in that order, then the rest by name."""
-    return (_SPLITS.index(path.name) if path.name in _SPLITS else len(_SPLITS), path.name)
+    return (SPLITS.index(path.name) if path.name in SPLITS else len(SPLITS), path.name)
 
 
 def _layout_problem(folder: Path, name: str, paired: bool = False) -> str | None:
@@ -706,7 +700,7 @@ def _layout_problem(folder: Path, name: str, paired: bool = False) -> str | None
         return None if "train" in counts else "has no images in train/ (the paired version's layout)"
     if name in _FREE_LAYOUT:
         return None if counts else "holds no images"
-    missing = [split for split in _SPLITS if split not in counts]
+    missing = [split for split in SPLITS if split not in counts]
     return f"has no images in {', '.join(missing)}" if missing else None
 
 

@@ -15,12 +15,12 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cyclegan.config import DEFAULT_MAX_PIXELS
-from cyclegan.errors import CycleGANError, first_line
+from cyclegan.errors import CycleGANError, TooLarge, first_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
-class ImageTooLarge(CycleGANError):
+class ImageTooLarge(TooLarge):
     """An image whose pixel count is above the limit: refused before it is decoded."""
 
 

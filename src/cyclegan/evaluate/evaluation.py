@@ -16,23 +16,29 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
+from cyclegan.config import NetConfig
+from cyclegan.data import formats
 from cyclegan.data.datasets import list_images
 from cyclegan.data.demo_scenes import DEMO_MARKER
+from cyclegan.data.formats import Half
 from cyclegan.data.images import open_image, to_unit_tensor
-from cyclegan.data.paired import by_stem, halves
+from cyclegan.data.paired import by_stem
 from cyclegan.errors import CycleGANError
 from cyclegan.evaluate import metrics
 from cyclegan.evaluate.results import ResultRow, ResultTable
 from cyclegan.evaluate.runfiles import read_config
 from cyclegan.evaluate.triplets import ROWS, Triplet, save_triplets
-from cyclegan.files import atomic_write
+from cyclegan.evaluate.values import FID_NOTE, score_values
+from cyclegan.evaluate.values import protocol as value_protocol
+from cyclegan.files import atomic_write, atomic_write_bytes
 from cyclegan.layout import CONFIG, EVAL_FILE, TRIPLETS
-from cyclegan.models import Model, model_type
+from cyclegan.models import Model, evaluating, model_type
 from cyclegan.models.checkpoints import read_options, resolve_checkpoint, translations
 from cyclegan.translate.translator import Translator
 
@@ -71,18 +77,38 @@ def _images(folder: Path) -> list[Path]:
 
 
 def split_aligned(folder: Path, scratch: Path) -> tuple[Path, Path]:
-    """Write the left (A) and right (B) halves of each side-by-side A|B test image as PNG folders."""
+    """Write the left (A) and right (B) halves of each side-by-side A|B test image into two folders: 8-bit
+    images as PNG, others without loss in their own sample type (16-bit PNG, else TIFF)."""
     folders = scratch / "testA", scratch / "testB"
     for path in _images(folder):
-        image = open_image(path)
-        if image.width % 2:
+        header = _probe(path)
+        if header.size[0] % 2:
             raise CycleGANError(
-                f"{path} is {image.width} pixels wide: side-by-side A|B halves need an even width"
+                f"{path} is {header.size[0]} pixels wide: side-by-side A|B halves need an even width"
             )
-        name = path.relative_to(folder).with_suffix(".png")
-        for part, root in zip(halves(image), folders, strict=True):
-            atomic_write(root / name, partial(part.save, format="PNG"))
+        if formats.is_volume(header):
+            raise CycleGANError(f"{path} is a volume: side-by-side A|B test images must be 2-D images")
+        relative = path.relative_to(folder)
+        if header.kind.eight_bit:
+            image = open_image(path)
+            for side, root in enumerate(folders):
+                part = Half(path, side).cut(image)
+                atomic_write(root / relative.with_suffix(".png"), partial(part.save, format="PNG"))
+            continue
+        suffix = ".png" if header.format == "png16" else ".tif"
+        values = formats.read(path)
+        for side, root in enumerate(folders):
+            half = Half(path, side).cut_values(values)[None].astype(np.float64)
+            data = formats.encode(half, path, header.kind.dtype, dst_suffix=suffix)
+            atomic_write_bytes(root / relative.with_name(formats.stem(relative) + suffix), data)
     return folders
+
+
+def _probe(path: Path) -> formats.Header:
+    try:
+        return formats.probe(path)
+    except formats.UnreadableImage as err:
+        raise CycleGANError(f"cannot read image {err}") from None
 
 
 def _test_folders(dataroot: Path, scratch: Path) -> tuple[Path, Path, bool]:
@@ -134,12 +160,13 @@ def _score_split(
     either = forward or backward
     assert either is not None, "a split is scored by at least one generator"
     channels = either.in_channels
+    identity = backward if backward is not None and _has_identity(backward.config) else None
     row, back_row = scores[(method, direction)], scores[(method, OTHER[direction])]
     written = []
     for key, path in tqdm(sources.items(), desc=ARROWS[direction], disable=not show_progress, unit="image"):
         source = open_image(path, channels)
-        if backward is not None:
-            back_row["identity L1"].append(_l1(backward(source), source))
+        if identity is not None:
+            back_row["identity L1"].append(_l1(identity(source), source))
         if forward is None:
             continue
         fake = forward(source)
@@ -162,6 +189,12 @@ def _score_split(
             if len(row["PSNR"]) <= ROWS:
                 triplets.append((source, fake, truth))
     return written
+
+
+def _has_identity(net: NetConfig) -> bool:
+    """Whether a generator can map its target domain to itself: only when both domains have the same
+    channels (a 1->3-channel model has no identity term)."""
+    return net.input_nc == net.output_nc
 
 
 def _distribution_scores(fake: torch.Tensor, real: torch.Tensor, kid_subsets: int) -> dict[str, float]:
@@ -207,13 +240,27 @@ def _protocol(
 
 
 def _notes(
-    single: bool, paired: bool, aligned: bool, supplied: bool, n: int, one_way: bool, swapped: bool
+    n: int,
+    net: NetConfig,
+    *,
+    single: bool,
+    paired: bool,
+    aligned: bool,
+    supplied: bool,
+    one_way: bool,
+    swapped: bool,
 ) -> list[str]:
     notes = [f"FID and KID of {n}-image sets are biased by set size: compare only numbers on the same sets"]
+    identity = _has_identity(net)
     if single:
         notes.append(
-            "reference single-generator checkpoint: only A→B is evaluated; there is no cycle without F, and "
-            "identity L1 is G(testB) vs testB"
+            "reference single-generator checkpoint: only A→B is evaluated; there is no cycle without F"
+            + (", and identity L1 is G(testB) vs testB" if identity else "")
+        )
+    if not identity:
+        notes.append(
+            f"identity L1 omitted: A images have {net.input_nc} channel(s) and B images {net.output_nc},"
+            " so no generator maps a domain to itself"
         )
     if aligned:
         notes.append("aligned test/ images split down the middle: left half is A, right half is B")
@@ -255,7 +302,9 @@ def evaluate(
     aligned ``test/`` folders and models trained on pairs; with them, ``out_dir/triplets.png`` shows inputs,
     outputs and targets. ``direction`` is the run's ``--direction`` (default: a run folder's, else AtoB):
     BtoA swaps the data's domains, as training did. ``inception`` replaces the verified FID network (tests
-    pass a stand-in). Existing files in ``out_dir`` are overwritten; only this run's translations are scored.
+    pass a stand-in). A model trained on data that is not 8-bit is scored in the data's own range, without
+    FID/KID (:mod:`cyclegan.evaluate.values`), its triplets shown through the domains' windows. Existing
+    files in ``out_dir`` are overwritten; only this run's translations are scored.
     """
     if kid_subsets < 1:
         raise CycleGANError(f"--kid_subsets must be at least 1, got {kid_subsets}")
@@ -276,10 +325,29 @@ def evaluate(
         directions = translations(checkpoint)
         method = model.title if model is not None else "reference generator"
         translators = {d: Translator.load(checkpoint, d, device) for d in directions}
+        eight_bit = all(t.conversion.eight_bit for t in translators.values())
+        n_a, n_b = len(sources["A"]), len(sources["B"])
+        title = f"{method} evaluation of {name} on {dataroot.resolve().name}"
+        notes = _notes(
+            min(n_a, n_b),
+            next(iter(translators.values())).config,
+            single=model is None,
+            paired=paired,
+            aligned=aligned,
+            supplied=eight_bit and inception is not None,
+            one_way=len(directions) == 1,
+            swapped=swapped,
+        )
+        triplets: list[Triplet] = []
+        if not eight_bit:
+            columns, protocol, rows = _value_scores(
+                translators, sources, paired, out_dir, method, show_progress, triplets
+            )
+            result = ResultTable(title, protocol, columns, rows, notes=[FID_NOTE, *notes[1:]])
+            return _save(result, out_dir, triplets)
         network = inception if inception is not None else metrics.load_inception(inception_weights, device)
         scores: Scores = defaultdict(lambda: defaultdict(list))
         written: dict[str, list[Path]] = {}
-        triplets: list[Triplet] = []
         for d in ("AtoB", "BtoA"):
             truths = sources[TARGET[d]] if paired else None
             written[d] = _score_split(
@@ -296,10 +364,9 @@ def evaluate(
         values.setdefault((BASELINE, d), {}).update(
             _distribution_scores(real[SOURCE[d]], target, kid_subsets)
         )
-    n_a, n_b = len(sources["A"]), len(sources["B"])
     columns = [*COLUMNS, *(PAIRED_COLUMNS if paired else ())]
     result = ResultTable(
-        title=f"{method} evaluation of {name} on {dataroot.resolve().name}",
+        title=title,
         protocol=_protocol(n_a, n_b, kid_subsets, inception_weights, inception is not None),
         columns=columns,
         rows=[
@@ -307,16 +374,13 @@ def evaluate(
             for row_method in (method, BASELINE)
             for d in directions
         ],
-        notes=_notes(
-            model is None,
-            paired,
-            aligned,
-            inception is not None,
-            min(n_a, n_b),
-            len(directions) == 1,
-            swapped,
-        ),
+        notes=notes,
     )
+    return _save(result, out_dir, triplets)
+
+
+def _save(result: ResultTable, out_dir: Path, triplets: list[Triplet]) -> ResultTable:
+    """Write ``eval.json`` (and ``triplets.png`` when there are any) to ``out_dir``."""
     if triplets:
         save_triplets(out_dir / TRIPLETS, triplets)
     result.save(out_dir / EVAL_FILE)
@@ -329,6 +393,31 @@ def _run_direction(checkpoint: Path) -> str:
         return "AtoB"
     direction = read_config(checkpoint).get("direction", "AtoB")
     return direction if direction in ARROWS else "AtoB"
+
+
+def _value_scores(
+    translators: dict[str, Translator],
+    sources: dict[str, dict[Path, Path]],
+    paired: bool,
+    out_dir: Path,
+    method: str,
+    show_progress: bool,
+    triplets: list[Triplet],
+) -> tuple[list[str], dict[str, str | float], list[ResultRow]]:
+    """The columns, protocol and rows of a model trained on data that is not 8-bit, scored in the data's
+    own range (no FID/KID); adds the first (input, output, target) per direction to ``triplets``."""
+    values = score_values(translators, sources, paired, out_dir, method, BASELINE, show_progress, triplets)
+    columns = [c for c in COLUMNS if c not in ("FID", "KID", "KID std")] + list(
+        PAIRED_COLUMNS if paired else ()
+    )
+    protocol: dict[str, str | float] = {**value_protocol(translators)}
+    protocol |= {"N testA": len(sources["A"]), "N testB": len(sources["B"])}
+    rows = [
+        ResultRow(row_method, ARROWS[d], {c: values.get((row_method, d), {}).get(c) for c in columns})
+        for row_method in (method, BASELINE)
+        for d in translators
+    ]
+    return columns, protocol, rows
 
 
 def evaluate_model(
@@ -351,11 +440,9 @@ def evaluate_model(
     """
     if real is None:
         real = real_features(inception, test_a, test_b, device=device, batch_size=batch_size)
-    was_training = model.training
-    model.eval()
     scores: dict[str, float] = {}
-    try:
-        tests = {"A": test_a, "B": test_b}
+    tests = {"A": test_a, "B": test_b}
+    with evaluating(model):
         for d in model.directions:
             direction, sources, target = d.name, tests[d.source], real[d.target]
             translator = Translator(model.generator(direction), model.net, device)
@@ -365,8 +452,6 @@ def evaluate_model(
             distribution = _distribution_scores(features, target, kid_subsets)
             scores[f"FID {ARROWS[direction]}"] = distribution["FID"]
             scores[f"KID {ARROWS[direction]}"] = distribution["KID"]
-    finally:
-        model.train(was_training)
     return scores
 
 

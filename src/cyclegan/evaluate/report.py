@@ -21,12 +21,14 @@ from typing import Any
 
 from PIL import Image
 
+from cyclegan.data import intensity
 from cyclegan.data.images import DECODE_ERRORS
+from cyclegan.errors import CycleGANError
 from cyclegan.evaluate.charts import SMOOTH_FROM, Mark, Series, line_chart
 from cyclegan.evaluate.results import ResultRow, ResultTable
 from cyclegan.evaluate.runfiles import Point, Run, Unreadable, column, finite, read_run
 from cyclegan.files import atomic_write
-from cyclegan.layout import DEMO_FILE, EVAL_FILE
+from cyclegan.layout import DEMO_FILE, EVAL_FILE, INTENSITY
 from cyclegan.models import Model
 
 MAX_SAMPLES = 8
@@ -54,7 +56,21 @@ class Section:
         return f"<section id='{self.anchor}'>\n<h2>{esc(self.title)}</h2>\n{self.body}\n</section>"
 
 
-def write_report(run_dir: Path, out: Path | None = None) -> Path:
+@dataclass(frozen=True)
+class RunStatus:
+    """How far a run is, as its training process knows it: the live report's header shows it."""
+
+    state: str  # training, finished, interrupted or stopped
+    step: int
+    total_steps: int
+    epoch: int  # the current one, from 1
+    total_epochs: int
+    images_per_s: float | None = None
+    seconds_left: float | None = None
+    reason: str | None = None  # why a stopped run stopped
+
+
+def write_report(run_dir: Path, out: Path | None = None, status: RunStatus | None = None) -> Path:
     """Render the run folder as one HTML page (default ``run_dir/report.html``) and return its path.
 
     Raises CycleGANError when ``run_dir`` is not a run folder (no readable ``config.json``) and OSError when
@@ -62,7 +78,7 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     """
     run = read_run(Path(run_dir))
     out = run.folder / "report.html" if out is None else Path(out)
-    page = render_report(run)
+    page = render_report(run, status)
 
     def write(tmp: Path) -> None:
         tmp.write_text(page, encoding="utf-8")  # not the locale's: the page says it is UTF-8
@@ -71,14 +87,14 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     return out
 
 
-def render_report(run: Run) -> str:
+def render_report(run: Run, status: RunStatus | None = None) -> str:
     """The page as text; separate from writing so that a page is only ever written whole."""
     sections = (
         Section("evaluation", "Evaluation", evaluation_section(run)),
         Section("losses", "Loss curves", loss_section(run)),
         Section("health", "Health", health_section(run)),
         Section("samples", "Samples", samples_section(run)),
-        Section("config", "Config", config_section(run.config)),
+        Section("config", "Config", config_section(run.config) + intensity_table(run.folder)),
     )
     generated = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     model = model_of(run)
@@ -87,6 +103,7 @@ def render_report(run: Run) -> str:
     header = (
         f"<header><h1>{esc(title)} run <span class='name'>{esc(run.name)}</span></h1>\n"
         f"<p class='meta'>Generated {esc(generated)} from <code>{esc(str(run.folder))}</code></p>\n"
+        f"{status_line(status, run.folder) if status else ''}"
         f"<p class='summary'>{summary(run)}</p>\n<nav>{nav}</nav></header>"
     )
     body = "\n".join(section.html() for section in sections)
@@ -185,6 +202,26 @@ def summary(run: Run) -> str:
         if "KID" in name.upper() and (best := best_point(points, "lower")):
             parts.append(f"best {name} {fmt_number(best[1])} (step {best[0]:,.0f})")
     return " · ".join(esc(part) for part in parts)
+
+
+def status_line(status: RunStatus, folder: Path) -> str:
+    """A progress bar and one line: step, epoch, images/s and, while training, the time left."""
+    total = max(status.total_steps, 1)
+    parts = [
+        f"step {status.step:,} of {status.total_steps:,} ({status.step / total:.0%})",
+        f"epoch {status.epoch} of {status.total_epochs}",
+    ]
+    if status.images_per_s:
+        parts.append(f"{status.images_per_s:.3g} images/s")
+    if status.state == "training" and status.seconds_left is not None:
+        parts.append(f"about {fmt_duration(status.seconds_left)} left")
+    if status.state == "interrupted":
+        parts.append(f"resume with: cyclegan train --resume {folder}")
+    if status.reason:
+        parts.append(status.reason)
+    text = f"<strong>{esc(status.state.capitalize())}</strong> · " + esc(" · ".join(parts))
+    bar = f"<progress max='{total}' value='{min(status.step, total)}'></progress>"
+    return f"<div class='status {esc(status.state)}'>{bar}<p>{text}</p></div>\n"
 
 
 # --- sections -------------------------------------------------------------------------------------------
@@ -444,6 +481,27 @@ def config_section(config: dict[str, Any]) -> str:
     return f"<div class='config'>{tables}</div>"
 
 
+def intensity_table(folder: Path) -> str:
+    """How the run's data maps to [-1, 1] (``intensity.json``; 8-bit runs have none): the sample grids show
+    each domain through this window."""
+    try:
+        mapping = intensity.load(folder / INTENSITY)
+    except CycleGANError as err:
+        return note(str(err))
+    if mapping is None:
+        return ""
+    rows = {
+        f"domain {side}": side_map.how
+        if side_map.eight_bit
+        else f"{side_map.low:g} .. {side_map.high:g}"
+        f" ({side_map.how}; {side_map.channels}-channel {side_map.dtype})"
+        for side, side_map in (("A", mapping.a), ("B", mapping.b))
+    }
+    return key_value_table(
+        "Intensity windows (samples are shown through them)", rows | {"slice axis": mapping.slice_axis}
+    )
+
+
 def key_value_table(title: str, values: dict[str, Any]) -> str:
     rows = "".join(
         f"<tr><th scope='row'>{esc(str(k))}</th><td>{exact(v)}</td></tr>" for k, v in values.items()
@@ -473,6 +531,9 @@ h3 small { color: var(--muted); font-weight: normal; }
 code { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 13px; }
 .meta, .note, figcaption, .absent { color: var(--muted); font-size: 13px; }
 .summary { font-size: 15px; margin: 10px 0; padding: 10px 14px; background: #f5f7fa; border-radius: 6px; }
+.status p { margin: 4px 0 10px; font-size: 15px; }
+.status progress { width: 100%; height: 10px; accent-color: #0072b2; }
+.status.stopped strong { color: #d55e00; }
 nav a { margin-right: 16px; font-size: 14px; color: #0b5cad; text-decoration: none; }
 .absent { font-style: italic; }
 table { border-collapse: collapse; font-size: 14px; }

@@ -10,7 +10,8 @@ from cyclegan.models.base import (
     Trainer,
     build_model,
     check_training_size,
+    evaluating,
     model_type,
 )
 
-__all__ = ["Direction", "Model", "Trainer", "build_model", "check_training_size", "model_type"]
+__all__ = ["Direction", "Model", "Trainer", "build_model", "check_training_size", "evaluating", "model_type"]

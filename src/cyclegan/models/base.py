@@ -8,6 +8,8 @@ these declarations, so a new model plugs in without touching them.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -100,13 +102,6 @@ class Model(nn.Module):
         which = " and ".join(d.name for d in cls.directions)
         raise CycleGANError(f"a {cls.name} model translates {which} only, not {name}")
 
-    @classmethod
-    def channels(cls, net: NetConfig, direction: str) -> tuple[int, int]:
-        """(in, out) channels of the generator of ``direction``."""
-        d = cls.direction(direction)
-        sides = {"A": net.input_nc, "B": net.output_nc}
-        return sides[d.source], sides[d.target]
-
     def generator(self, direction: str) -> nn.Module:
         return getattr(self, self.direction(direction).generator)
 
@@ -147,9 +142,9 @@ def check_training_size(options: ModelOptions, height: int, width: int) -> None:
     """
     with torch.device("meta"):  # built without allocating or initialising any weights
         model = build_model(options).train()
-    a = torch.empty(1, options.net.input_nc, height, width, device="meta")
-    b = torch.empty(1, options.net.output_nc, height, width, device="meta")
-    try:
+    try:  # a size too large to describe is refused here too
+        a = torch.empty(1, options.net.input_nc, height, width, device="meta")
+        b = torch.empty(1, options.net.output_nc, height, width, device="meta")
         model.trial_forward(a, b)
     except (RuntimeError, ValueError) as err:
         raise CycleGANError(
@@ -164,6 +159,18 @@ def lr_factor(epoch: int, n_epochs: int, n_epochs_decay: int) -> float:
     ``epoch`` counts from 0, so the last epoch trains at 1 / (n_epochs_decay + 1) of the initial rate.
     """
     return 1.0 - max(0, epoch + 1 - n_epochs) / float(n_epochs_decay + 1)
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """Eval mode inside the block (dropout draws no random numbers, batch norm leaves its running
+    statistics alone), then the mode the model had: for sample grids, probes and evaluations mid-training."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def set_requires_grad(nets: list[nn.Module], flag: bool) -> None:

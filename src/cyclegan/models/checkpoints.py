@@ -22,6 +22,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Collection, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from cyclegan.config import DIRECTIONS, ModelOptions, NetConfig, check_fields, parse_json_object
+from cyclegan.config import DIRECTIONS, ModelOptions, NetConfig, check_choice, check_fields, parse_json_object
 from cyclegan.errors import CycleGANError, first_line
 from cyclegan.files import atomic_write, fsync_folder
 from cyclegan.layout import CHECKPOINTS, LATEST, PREVIOUS, STAGED
@@ -48,10 +49,13 @@ def save_weights(
     options: ModelOptions,
     info: Mapping[str, Any],
     state: Mapping[str, Any] | None = None,
+    intensity: str | None = None,
 ) -> None:
     """Save networks (name -> module), the model's options and ``info`` (epoch, step…) in one atomic write.
 
-    With ``state`` (nested dicts and lists of tensors and JSON values) the file is resumable.
+    With ``state`` (nested dicts and lists of tensors and JSON values) the file is resumable. ``intensity``
+    (JSON: how the data maps to [-1, 1], see :mod:`cyclegan.data.intensity`) is kept for translation; a
+    checkpoint without it was trained on 8-bit images.
     """
     tensors = {
         f"{name}.{key}": value.detach().cpu().contiguous()
@@ -65,6 +69,8 @@ def save_weights(
         "model_config": json.dumps(dataclasses.asdict(options.net)),
         "info": json.dumps(dict(info)),
     }
+    if intensity is not None:
+        metadata["intensity"] = intensity
     if state is not None:
         metadata["training_state"] = json.dumps(_flatten(state, tensors))
     atomic_write(path, lambda tmp: _save_file(tensors, tmp, metadata))
@@ -160,7 +166,7 @@ def _networks(f: Any, networks: Collection[str] | None = None) -> dict[str, dict
     states: dict[str, dict[str, torch.Tensor]] = {}
     for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
         name, _, rest = key.partition(".")
-        if name != STATE_PREFIX.rstrip("/") and (networks is None or name in networks):
+        if not key.startswith(STATE_PREFIX) and (networks is None or name in networks):
             states.setdefault(name, {})[rest] = f.get_tensor(key)
     return states
 
@@ -222,8 +228,7 @@ def load_generator(checkpoint: Path, direction: str = "AtoB") -> tuple[nn.Module
     is not used.
     """
     path = resolve_checkpoint(checkpoint)
-    if direction not in DIRECTIONS:
-        raise CycleGANError(f"--direction must be AtoB or BtoA, got {direction!r}")
+    check_choice("--direction", direction, DIRECTIONS)
     _refuse_lfs_pointer(path)
     if path.suffix == ".safetensors" or _is_safetensors(path):
         options = read_options(path)
@@ -235,11 +240,10 @@ def load_generator(checkpoint: Path, direction: str = "AtoB") -> tuple[nn.Module
         states, _, _ = read_weights(path, (name,))
         if name not in states:
             raise CycleGANError(f"{path} holds no generator {name}")
-        in_nc, out_nc = model.channels(options.net, direction)
-        return _generator(path, options.net, states[name], in_nc, out_nc), options.net
+        return _generator(path, partial(model.build, options, name), states[name]), options.net
     state = _torch_state_dict(path)
     net = generator_config_from_state_dict(state)
-    return _generator(path, net, state, net.input_nc, net.output_nc), net
+    return _generator(path, partial(build_generator, net), state), net
 
 
 def translations(checkpoint: Path) -> tuple[str, ...]:
@@ -251,23 +255,31 @@ def translations(checkpoint: Path) -> tuple[str, ...]:
     return ("AtoB",)
 
 
+def read_intensity(path: Path) -> str | None:
+    """The data mapping (JSON) of a checkpoint, run folder or reference ``.pth``; None for 8-bit data."""
+    path = resolve_checkpoint(path)
+    if not (path.suffix == ".safetensors" or _is_safetensors(path)):
+        return None
+    with _open(path) as f:
+        return (f.metadata() or {}).get("intensity")
+
+
 def read_options(path: Path) -> ModelOptions:
     """The model options of one of our checkpoints, from its header alone."""
     with _open(path) as f:
         return _read_metadata(path, f.metadata() or {})[0]
 
 
-def _generator(
-    path: Path, net: NetConfig, state: Mapping[str, torch.Tensor], in_nc: int, out_nc: int
-) -> nn.Module:
-    """Check the weights against a shape-only network first, so a hostile file allocates nothing."""
+def _generator(path: Path, build: Callable[[], nn.Module], state: Mapping[str, torch.Tensor]) -> nn.Module:
+    """The network ``build`` makes, with ``state`` loaded. The weights are checked against a shape-only
+    network first, so a hostile file allocates nothing."""
     with torch.device("meta"):
-        skeleton = build_generator(net, in_nc, out_nc)
+        skeleton = build()
     try:
         check_weights(skeleton, state)
     except CycleGANError as err:
         raise CycleGANError(f"{path}: {err}") from None
-    generator = build_generator(net, in_nc, out_nc)
+    generator = build()
     load_weights(generator, state)
     return generator.eval()
 

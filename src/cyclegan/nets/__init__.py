@@ -11,6 +11,7 @@ from cyclegan.nets.registry import (
     MIN_SIZE,
     build_discriminator,
     build_generator,
+    input_channels,
     size_multiple,
 )
 from cyclegan.nets.weights import check_weights, generator_config_from_state_dict, load_weights
@@ -23,6 +24,7 @@ __all__ = [
     "build_generator",
     "check_weights",
     "generator_config_from_state_dict",
+    "input_channels",
     "load_weights",
     "set_checkpointing",
     "size_multiple",

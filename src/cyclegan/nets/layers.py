@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from cyclegan.errors import CycleGANError
+from cyclegan.config import check_choice
 
 NORMS: dict[str, Callable[[int], nn.Module]] = {
     # instance norm has no affine parameters and no running statistics, as in CycleGAN
@@ -34,8 +34,8 @@ INITS: dict[str, Callable[[nn.Parameter, float], object]] = {
 
 
 def choose(table: dict, name: str, flag: str) -> object:
-    if name not in table:
-        raise CycleGANError(f"{flag} must be one of {', '.join(table)}, got {name!r}")
+    """The entry of ``table`` that ``flag`` names, or a one-line refusal listing the names."""
+    check_choice(flag, name, table)
     return table[name]
 
 

@@ -12,8 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from cyclegan.config import NetConfig
-from cyclegan.errors import CycleGANError
+from cyclegan.config import NetConfig, check_choice
 from cyclegan.nets.layers import init_weights
 
 GeneratorBuilder = Callable[[NetConfig, int, int], nn.Module]
@@ -44,8 +43,7 @@ def register_discriminator(*names: str) -> Callable[[DiscriminatorBuilder], Disc
 
 
 def _lookup(table: dict, name: str, flag: str) -> Callable:
-    if name not in table:
-        raise CycleGANError(f"{flag} must be one of {', '.join(table)}, got {name!r}")
+    check_choice(flag, name, table)
     return table[name]
 
 
@@ -69,3 +67,8 @@ def size_multiple(cfg: NetConfig) -> int:
     """Image sides the generator maps back to themselves are multiples of this (it says so itself)."""
     with torch.device("meta"):
         return int(_lookup(GENERATORS, cfg.netG, "--netG")(cfg, cfg.input_nc, cfg.output_nc).size_multiple)
+
+
+def input_channels(generator: nn.Module) -> int:
+    """The channels of the images a network takes, from its first convolution (wrappers included)."""
+    return next(m for m in generator.modules() if isinstance(m, nn.Conv2d)).in_channels

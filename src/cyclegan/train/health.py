@@ -32,10 +32,10 @@ import torch
 from cyclegan.config import TrainConfig
 from cyclegan.errors import CycleGANError
 from cyclegan.layout import CHECKPOINTS, LOG
-from cyclegan.models import Direction, Model, checkpoints
+from cyclegan.models import Direction, Model, checkpoints, evaluating
 from cyclegan.train import runs
-from cyclegan.train.hooks import Hook, RunState, StopRun, note
-from cyclegan.train.samples import sample_images
+from cyclegan.train.hooks import Hook, RunState, Scalars, StopRun, Text, note
+from cyclegan.train.samples import run_images
 
 # Thresholds, each far from what healthy runs show. Healthy figures: the demo's config (64 px, ngf/ndf 32,
 # 2,400 steps), after the default 1,000-step warm-up, as benchmarks/health.py records them (its docstring
@@ -87,7 +87,7 @@ class Health(Hook):
         self.saved: dict[str, Any] = {}
 
     def start(self, run: RunState) -> None:
-        real_A, real_B = sample_images(run.cfg, PROBE_IMAGES)
+        real_A, real_B = run_images(run, PROBE_IMAGES)
         self.probe_A, self.probe_B = real_A.to(run.device), real_B.to(run.device)
         model = run.model
         self.names = model.loss_names
@@ -123,6 +123,7 @@ class Health(Hook):
         if run.progress.step < cfg.health_warmup:
             return
         stats = probe(run.model, self.probe_A, self.probe_B)
+        run.publish(Scalars(run.progress.step, "health", stats))
         found = find_problems(run.model.directions, means, stats, self.first_cycle)
         for key in sorted(set(found) | set(self.episodes)):
             if self._update_episode(key, key in found, cfg.health_patience):
@@ -165,6 +166,7 @@ class Health(Hook):
         row = {"step": run.progress.step, "event": "health", "signal": signal, "network": network}
         shown = round(value, 6) if math.isfinite(value) else str(value)  # JSON has no NaN or inf
         runs.append_row(run.run_dir / LOG, row | {"value": shown, "message": message})
+        run.publish(Text(run.progress.step, f"health/{signal}/{network}", message))
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -200,15 +202,11 @@ def probe(model: Model, real_A: torch.Tensor, real_B: torch.Tensor) -> dict[str,
     mode: dropout draws no random numbers and batch norm leaves its running statistics alone.
     """
     images = {"A": real_A, "B": real_B}
-    was_training = model.training
-    model.eval()
     stats: dict[str, float] = {}
-    try:
+    with evaluating(model):
         for d in model.directions:
             fake = model.generator(d.name)(images[d.source])
             stats |= translation_stats(d.source, images[d.source], fake, images[d.target])
-    finally:
-        model.train(was_training)
     return stats
 
 

@@ -7,6 +7,10 @@ own hooks to ``train``.
 
 A step's losses arrive as tensors on the training device: a hook that needs numbers reads them at its own
 intervals, so no step waits for the device.
+
+Hooks tell each other what they measured or wrote by events, not through each other's attributes: a hook
+``publish``es :class:`Scalars`, :class:`ImageFile` or :class:`Text` on the :class:`RunState`, and a hook
+that wants them (the trackers, the live report) ``subscribe``s in its ``start``.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +40,36 @@ from cyclegan.train import runs
 from cyclegan.train.runs import Progress
 
 
+@dataclass(frozen=True)
+class Scalars:
+    """Numbers of ``step`` as a hook read them: ``group`` says what they are (loss, train, health, eval)."""
+
+    step: int
+    group: str
+    values: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """An image a hook has written (a PNG), e.g. the sample grid of ``step``."""
+
+    step: int
+    name: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class Text:
+    """A message of ``step``, e.g. a health warning; ``name`` is its kind, as "health/SIGNAL/NETWORK"."""
+
+    step: int
+    name: str
+    text: str
+
+
+Event = Scalars | ImageFile | Text
+
+
 @dataclass
 class RunState:
     """What hooks may look at (and, for ``progress.best_kid``, update)."""
@@ -46,10 +81,20 @@ class RunState:
     progress: Progress
     device: torch.device
     total_steps: int
-    status: Callable[[str], None]  # shows a short text beside the progress bar
+    status: Callable[[str], None]  # shows a short text beside the progress bar (as a line without one)
     world: World = field(default_factory=World)  # hooks run on rank 0 only
     stopped: str | None = None  # why a hook stopped the run without saving its weights (see StopRun)
     saving: bool = False  # a checkpoint is committed after this step's hooks (a hook can still veto it)
+    listeners: list[Callable[[Event], None]] = field(default_factory=list)
+
+    def subscribe(self, listener: Callable[[Event], None]) -> None:
+        self.listeners.append(listener)
+
+    def publish(self, event: Event) -> None:
+        for listener in self.listeners:
+            listener(event)
+
+    intensity: str | None = None  # the data's mapping to [-1, 1] as JSON (None: 8-bit), for checkpoints
 
 
 class StopRun(Exception):
@@ -117,6 +162,8 @@ class LossLog(Hook):
         run.status(f"epoch {p.epoch + 1}/{run.cfg.total_epochs} {shown}")
         row = {"step": p.step, "epoch": p.epoch + 1, "lr": run.trainer.lr, "time": p.seconds}
         runs.append_row(run.run_dir / LOG, row | {k: round(v, 6) for k, v in means.items()})
+        run.publish(Scalars(p.step, "loss", means))
+        run.publish(Scalars(p.step, "train", {"lr": run.trainer.lr, "epoch": p.epoch + 1}))
         self.sums, self.count = None, 0
 
     def state_dict(self) -> dict[str, Any]:
@@ -136,7 +183,8 @@ class EpochSnapshots(Hook):
         p = run.progress
         if p.epoch % run.cfg.save_epoch_freq == 0:
             path = run.run_dir / CHECKPOINTS / epoch_checkpoint(p.epoch)
-            checkpoints.save_weights(path, run.model.networks(), run.model.options, dataclasses.asdict(p))
+            networks, options = run.model.networks(), run.model.options
+            checkpoints.save_weights(path, networks, options, dataclasses.asdict(p), intensity=run.intensity)
 
 
 class TestSetEvaluator(Hook):
@@ -173,6 +221,7 @@ class TestSetEvaluator(Hook):
             run.model, self.test_a, self.test_b, self.inception, device=run.device, real=self.real
         )
         runs.append_row(run.run_dir / EVAL_LOG, {"epoch": p.epoch, "step": p.step, "metrics": scores})
+        run.publish(Scalars(p.step, "eval", scores))
         note(f"epoch {p.epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
         kids = [v for k, v in scores.items() if k.startswith("KID")]
         kid = sum(kids) / len(kids)
@@ -180,22 +229,67 @@ class TestSetEvaluator(Hook):
             p.best_kid = kid
             info = {**dataclasses.asdict(p), "metrics": scores}
             path = run.run_dir / CHECKPOINTS / BEST
-            checkpoints.save_weights(path, run.model.networks(), run.model.options, info)
+            checkpoints.save_weights(
+                path, run.model.networks(), run.model.options, info, intensity=run.intensity
+            )
 
     def end(self, run: RunState) -> None:
         if self.halves is not None:
             self.halves.cleanup()
 
 
+LIVE_SHARE = 0.005  # of a run's time, at most, for rewriting its live report at new sample grids
+
+
 class Report(Hook):
-    """The HTML report at the end of a run; a report that fails is a warning, never a failed run."""
+    """The HTML report with how far the run is: rewritten when a sample grid or an evaluation is new, so
+    that it can be watched live (``cyclegan report RUN --watch``), and at the end. A long run's page takes
+    about half a second to render, so a new grid rewrites it only once the run has trained for
+    1 / ``LIVE_SHARE`` times as long as the last rewrite took; new scores always do. A report that fails is
+    a warning, never a failed run."""
 
     name = "report"
 
-    def end(self, run: RunState) -> None:
-        from cyclegan.evaluate.report import write_report  # on use: matplotlib costs half a second
+    def start(self, run: RunState) -> None:
+        self.grid = self.scores = self.warned = False
+        self.next_write = 0.0  # the monotonic time from which a new grid may rewrite the page
+        self.mark = (run.progress.step, run.progress.seconds)
+        self.speed: float | None = None  # images/s between the last two reports
+        run.subscribe(self._notice)
 
+    def _notice(self, event: Event) -> None:
+        self.grid |= isinstance(event, ImageFile)
+        self.scores |= isinstance(event, Scalars) and event.group == "eval"
+
+    def after_step(self, run: RunState, losses: dict[str, torch.Tensor]) -> None:
+        if self.scores or (self.grid and time.monotonic() >= self.next_write):
+            self._write(run, "training")
+
+    def after_epoch(self, run: RunState) -> None:
+        self.after_step(run, {})
+
+    def end(self, run: RunState) -> None:
+        finished = run.progress.step >= run.total_steps
+        self._write(run, "stopped" if run.stopped else "finished" if finished else "interrupted", final=True)
+
+    def _write(self, run: RunState, state: str, final: bool = False) -> None:
+        from cyclegan.evaluate.report import RunStatus, write_report  # on use: matplotlib costs half a second
+
+        began = time.monotonic()
+        self.grid = self.scores = False
+        p, cfg = run.progress, run.cfg
+        if p.step > self.mark[0] and p.seconds > self.mark[1]:
+            self.speed = (p.step - self.mark[0]) * cfg.batch_size / (p.seconds - self.mark[1])
+            self.mark = (p.step, p.seconds)
+        left = (run.total_steps - p.step) * cfg.batch_size / self.speed if self.speed else None
+        epoch = min(p.epoch + 1, cfg.total_epochs)
+        status = RunStatus(
+            state, p.step, run.total_steps, epoch, cfg.total_epochs, self.speed, left, run.stopped
+        )
         try:
-            write_report(run.run_dir)
+            write_report(run.run_dir, status=status)
         except Exception as err:  # the trained model matters more than its page
-            note(f"warning: the report could not be written ({type(err).__name__}: {err})")
+            if final or not self.warned:
+                note(f"warning: the report could not be written ({type(err).__name__}: {err})")
+            self.warned = True
+        self.next_write = time.monotonic() + (time.monotonic() - began) / LIVE_SHARE

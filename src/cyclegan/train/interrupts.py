@@ -6,13 +6,14 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from tqdm import tqdm
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+T = TypeVar("T")
 
 
 class Interrupts:
@@ -37,6 +38,22 @@ class Interrupts:
             self._pending = True
         else:
             raise KeyboardInterrupt
+
+    def until_stopped(self, items: Iterable[T]) -> Iterator[T]:
+        """``items`` to their end, or until fetching the next fails once a stop was requested: the signal
+        that asked for the stop may have killed a loader worker before it could ignore it, and the run must
+        still save and stop as asked."""
+        iterator = iter(items)
+        while True:
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+            except Exception:
+                if self.requested:
+                    return
+                raise
+            yield item
 
     @contextmanager
     def protect(self) -> Iterator[None]:

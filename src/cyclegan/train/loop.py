@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from cyclegan import distributed
-from cyclegan.config import TrainConfig
+from cyclegan.config import TrainConfig, trackers
+from cyclegan.data import intensity
 from cyclegan.data.datasets import (
     EpochSampler,
     RankBatches,
@@ -37,7 +38,7 @@ from cyclegan.data.paired import PairedDataset, scan_pairs
 from cyclegan.devices import is_out_of_memory
 from cyclegan.distributed import World
 from cyclegan.errors import CycleGANError
-from cyclegan.layout import CHECKPOINTS, EVAL_LOG, LATEST, LOG, PREVIOUS, STAGED
+from cyclegan.layout import CHECKPOINTS, EVAL_LOG, INTENSITY, LATEST, LOG, PREVIOUS, STAGED
 from cyclegan.models import Trainer, build_model, check_training_size, model_type
 from cyclegan.nets import size_multiple
 from cyclegan.precision import Precision, check_compiler, pick_conv_algorithms
@@ -54,9 +55,10 @@ from cyclegan.train.hooks import (
     TestSetEvaluator,
     note,
 )
-from cyclegan.train.interrupts import catch_interrupts
+from cyclegan.train.interrupts import Interrupts, catch_interrupts
 from cyclegan.train.runs import Progress
 from cyclegan.train.samples import SampleGrids
+from cyclegan.train.tracking import Tracker, check_installed
 
 TrainingData = UnpairedDataset | PairedDataset
 
@@ -98,26 +100,22 @@ def train(
     ``cfg``: rank 0 alone writes the run folder and runs the hooks. ``cfg`` itself is not changed.
     """
     cfg.validate()
+    check_installed(cfg)  # a tracker asked for but not installed: one line before any folder is made
     distributed.check_global_batch(cfg.batch_size)
     if memory_budget is not None:
         from cyclegan.train.planner import check_budget  # the planner's dry runs: only when asked for
 
         note(check_budget(cfg, memory_budget))
-    try:
-        with distributed.session(cfg.device, cfg.dist_timeout) as world, ExitStack() as held:
-            Precision.on(cfg.precision, world.device)  # before any folder is made: fp16 needs CUDA
-            if cfg.compile != "none":
-                check_compiler(world.device)
-            resuming = run_dir is not None
-            run_dir, seed = world.on_main(lambda: _claim_run(cfg, run_dir, held))
-            cfg = dataclasses.replace(cfg, seed=seed)
-            all_hooks = [*default_hooks(cfg, report), *hooks] if world.is_main else []
-            _check_names(all_hooks)
-            return _train(cfg, run_dir, world, resuming, all_hooks, show_progress, should_stop)
-    except RuntimeError as err:
-        if distributed.launched() and distributed.is_collective_failure(err):
-            raise distributed.stopped_peer_error(err, cfg.dist_timeout) from None
-        raise
+    with distributed.session(cfg.device, cfg.dist_timeout) as world, ExitStack() as held:
+        Precision.on(cfg.precision, world.device)  # before any folder is made: fp16 needs CUDA
+        if cfg.compile != "none":
+            check_compiler(world.device)
+        resuming = run_dir is not None
+        run_dir, seed = world.on_main(lambda: _claim_run(cfg, run_dir, held))
+        cfg = dataclasses.replace(cfg, seed=seed)
+        all_hooks = [*default_hooks(cfg, report), *hooks] if world.is_main else []
+        _check_names(all_hooks)
+        return _train(cfg, run_dir, world, resuming, all_hooks, show_progress, should_stop)
 
 
 def _claim_run(cfg: TrainConfig, run_dir: Path | None, held: ExitStack) -> tuple[Path, int]:
@@ -144,7 +142,8 @@ def _train(
 ) -> TrainResult:
     assert cfg.seed is not None
     device = world.device
-    dataset, skipped = training_data(cfg)
+    dataset, skipped = training_data(cfg, intensity.load(run_dir / INTENSITY) if resuming else None)
+    mapping = None if dataset.intensities.eight_bit else dataset.intensities.to_json()
     pick_conv_algorithms(device, fixed_size=cfg.preprocess not in ("scale_width", "none"))
     torch.manual_seed(cfg.seed)  # initial weights and dropout; a resumed run restores the saved RNG state
     model = build_model(cfg.model).to(device)
@@ -154,9 +153,11 @@ def _train(
         for name in (LOG, EVAL_LOG):
             runs.drop_rows_after(run_dir / name, progress.step)
         runs.save_config(run_dir, cfg)  # only now: every option has been validated and the data checked
+        if mapping is not None:
+            intensity.save(run_dir / INTENSITY, dataset.intensities)
     total = _total_steps(cfg, len(dataset))
-    bar = tqdm(total=total, initial=progress.step, disable=not (show_progress and world.is_main), unit="step")
-    run = RunState(cfg, run_dir, model, trainer, progress, device, total, bar.set_postfix_str, world)
+    bar, status = _progress_bar(progress, total, show_progress and world.is_main)
+    run = RunState(cfg, run_dir, model, trainer, progress, device, total, status, world, intensity=mapping)
     # Hooks start afresh on every resume: what they draw (say, building the FID network) must not move the
     # random numbers training draws its dropout masks from, or a resumed run would differ from a straight one.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -165,15 +166,17 @@ def _train(
             hook.start(run)
 
     interrupted, committed, began = False, progress.step, time.time() - progress.seconds
-    first = progress.step
+    first, per_epoch = progress.step, math.ceil(len(dataset) / cfg.batch_size)
     with bar, catch_interrupts() as interrupts:
-        for batch in _batches(dataset, cfg, progress, world, total):
+        for batch in interrupts.until_stopped(_batches(dataset, cfg, progress, world, total)):
             if batch is None:  # an epoch has closed
                 trainer.end_epoch()
                 progress.epoch, progress.batch = progress.epoch + 1, 0
                 run.stopped = _call(hooks, lambda hook: hook.after_epoch(run), world)
                 if run.stopped is not None:
                     break
+                if run.saving:  # a commit due at an epoch's last step waits for the epoch to close
+                    committed = _commit(run, hooks, interrupts)
                 continue
             _warn_skipped(batch["skipped"], skipped, world)
             losses = _step(trainer, batch, cfg, progress.step, world, first=progress.step == first)
@@ -185,28 +188,38 @@ def _train(
             run.stopped = _call(hooks, partial(_after_step, run=run, losses=losses), world)
             if run.stopped is not None:
                 break  # the weights are not worth saving: the last checkpoint stays the latest
-            if run.saving and world.is_main:
-                with interrupts.protect():
-                    runs.save_checkpoint(run_dir, model, trainer, progress, _states(hooks))
-                committed = progress.step
+            if run.saving and (interrupted or progress.batch < per_epoch):
+                committed = _commit(run, hooks, interrupts)
             if interrupted:
                 break
         bar.close()
-        if run.stopped is None and committed != progress.step and world.is_main:
-            with interrupts.protect():  # an epoch closed after the last commit
-                runs.save_checkpoint(run_dir, model, trainer, progress, _states(hooks))
+        interrupted = interrupted or interrupts.requested
+        if run.stopped is None and committed != progress.step:
+            _commit(run, hooks, interrupts)
         for hook in hooks:
             hook.end(run)
     skipped = world.union(skipped)  # each process decodes its own share of the images
     return TrainResult(run_dir, progress, interrupted, skipped, run.stopped, world.is_main)
 
 
+def _progress_bar(progress: Progress, total: int, show: bool) -> tuple[tqdm, Callable[[str], None]]:
+    """The bar, and where a hook's status line goes: beside the bar on a terminal; elsewhere (CI, nohup, a
+    job scheduler's log) there is no bar, whose redraws would fill the file, but the status as one line."""
+    bar = tqdm(total=total, initial=progress.step, disable=None if show else True, unit="step")
+    if bar.disable and show:
+        return bar, lambda text: note(f"step {progress.step}/{total} {text}")
+    return bar, bar.set_postfix_str
+
+
 def default_hooks(cfg: TrainConfig, report: bool = True) -> list[Hook]:
-    """The hooks every run has: its log, health checks, sample grids, snapshots, evaluation if asked, the
-    report. Health comes first: a step that diverged stops the run before anything is drawn or saved."""
+    """The hooks every run has: its log, health checks, sample grids, snapshots, evaluation and trackers if
+    asked, the report. Health comes first: a step that diverged stops the run before anything is drawn or
+    saved; the trackers and the report come after the hooks whose results they show."""
     hooks: list[Hook] = [LossLog(), *([] if cfg.no_health else [Health()]), SampleGrids(), EpochSnapshots()]
     if cfg.eval_every:
         hooks.append(TestSetEvaluator())
+    if trackers(cfg.log_to):
+        hooks.append(Tracker(trackers(cfg.log_to), cfg.log_to_strict))
     if report:
         hooks.append(Report())
     return hooks
@@ -269,26 +282,30 @@ def _after_step(hook: Hook, *, run: RunState, losses: dict[str, torch.Tensor]) -
     hook.after_step(run, losses)
 
 
-def _states(hooks: Sequence[Hook]) -> dict[str, Any]:
-    return {hook.name: hook.state_dict() for hook in hooks}
+def _commit(run: RunState, hooks: Sequence[Hook], interrupts: Interrupts) -> int:
+    """Commit the resumable checkpoint (rank 0 writes it; a second Ctrl-C waits for it); its step."""
+    if run.world.is_main:
+        with interrupts.protect():
+            states = {hook.name: hook.state_dict() for hook in hooks}
+            runs.save_checkpoint(run.run_dir, run.model, run.trainer, run.progress, states, run.intensity)
+    return run.progress.step
 
 
-def training_data(cfg: TrainConfig) -> tuple[TrainingData, set[str]]:
-    """The two domains' images (true pairs for a paired model), with the unusable files named once, and
-    every training size checked."""
+def training_data(
+    cfg: TrainConfig, cached: intensity.Intensities | None = None
+) -> tuple[TrainingData, set[str]]:
+    """The two domains' images (true pairs for a paired model), with the unusable files named once, every
+    training size checked, and each domain's mapping to [-1, 1] resolved (or ``cached``, a resumed run's)."""
     net = cfg.model.net
     multiple = size_multiple(net)
-    assert cfg.seed is not None
-    dataset: TrainingData
-    if model_type(cfg.model.name).paired:
-        pairs, bad, sizes = scan_pairs(cfg, multiple)
-        dataset = PairedDataset(pairs, cfg, cfg.seed, multiple)
+    paired = model_type(cfg.model.name).paired
+    if paired:
+        domain_a, domain_b, bad, sizes = scan_pairs(cfg, multiple)
     else:
         a_folder, b_folder = domain_folders(cfg)
         domain_a, bad_a, sizes_a = scan_domain(a_folder, cfg, net.input_nc, multiple)
         domain_b, bad_b, sizes_b = scan_domain(b_folder, cfg, net.output_nc, multiple)
         bad, sizes = bad_a + bad_b, sizes_a | sizes_b
-        dataset = UnpairedDataset(domain_a, domain_b, cfg, cfg.seed, multiple)
     for path, why in bad:
         note(f"warning: skipping {path}: {why}")
     if cfg.batch_size > 1 and len(sizes) > 1:
@@ -298,7 +315,17 @@ def training_data(cfg: TrainConfig) -> tuple[TrainingData, set[str]]:
         )
     for height, width in sorted(sizes):
         check_training_size(cfg.model, height, width)
-    return dataset, {str(path) for path, _ in bad}
+    intensities, notes = intensity.resolve_pair(cfg, domain_a, domain_b, cached)
+    for line in notes:
+        note(line)
+    if cfg.eval_every and not intensities.eight_bit:
+        raise CycleGANError(
+            "--eval_every scores FID/KID with an ImageNet network, which means little for data that is not"
+            " 8-bit; leave it out and score with cyclegan eval (PSNR/SSIM in the data's own range)"
+        )
+    assert cfg.seed is not None
+    kind = PairedDataset if paired else UnpairedDataset
+    return kind(domain_a, domain_b, cfg, cfg.seed, multiple), {str(path) for path, _ in bad}
 
 
 def _step(

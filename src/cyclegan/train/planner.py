@@ -33,8 +33,8 @@ import torch
 from cyclegan.config import ModelOptions, TrainConfig
 from cyclegan.devices import resolve_device
 from cyclegan.errors import CycleGANError, first_line
-from cyclegan.models import Trainer, build_model, check_training_size
-from cyclegan.nets import build_generator, size_multiple
+from cyclegan.models import Trainer, build_model, check_training_size, model_type
+from cyclegan.nets import size_multiple
 from cyclegan.precision import Autocast, Precision, resolve_precision
 from cyclegan.translate.translator import Translator
 
@@ -184,6 +184,8 @@ def plan(
     if len(sizes) < 2:
         raise CycleGANError("the memory fit needs dry runs at two or more different sizes")
     for crop in sizes:
+        if crop < 1:
+            raise CycleGANError(f"--probe_sizes must be positive, got {crop}")
         check_training_size(cfg.model, crop, crop)
     for variant in variants:
         resolve_precision(variant.precision, device)
@@ -325,8 +327,9 @@ def _measure(job: dict[str, Any]) -> Measurement:
     net = cfg.model.net
     if job["kind"] == "translate":
         precision = Precision.on(variant.precision, device)
+        kind = model_type(cfg.model.name)
         with _peak_memory(device) as peak:
-            generator = build_generator(net).to(device).eval()
+            generator = kind.build(cfg.model, kind.directions[0].generator).to(device).eval()
             model = Autocast(generator, precision) if precision.mixed else generator
             start = time.perf_counter()
             Translator(model, net, device).translate_tensor(torch.zeros(net.input_nc, crop, crop))

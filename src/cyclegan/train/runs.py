@@ -142,8 +142,10 @@ def save_checkpoint(
     trainer: Trainer,
     progress: Progress,
     hook_states: dict[str, Any],
+    intensity: str | None = None,
 ) -> Path:
-    """Commit the resumable ``latest`` checkpoint (weights and all training state, one file)."""
+    """Commit the resumable ``latest`` checkpoint (weights and all training state, one file); ``intensity``
+    is the data's mapping (JSON), kept in the metadata for translation."""
     state = {
         "trainer": trainer.state_dict(),
         "torch_rng": torch.get_rng_state(),
@@ -153,7 +155,7 @@ def save_checkpoint(
     info = dataclasses.asdict(progress)
 
     def save(path: Path) -> None:
-        checkpoints.save_weights(path, model.networks(), model.options, info, state)
+        checkpoints.save_weights(path, model.networks(), model.options, info, state, intensity)
 
     return checkpoints.commit_resumable(run_dir / CHECKPOINTS, save)
 

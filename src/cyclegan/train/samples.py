@@ -9,17 +9,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torchvision.utils import make_grid, save_image
 
 from cyclegan.config import TrainConfig
 from cyclegan.data.datasets import domain_folders, eval_transform, list_images
-from cyclegan.data.images import DECODE_ERRORS, load_image
+from cyclegan.data.images import DECODE_ERRORS, DEFAULT_MAX_PIXELS, load_image
+from cyclegan.data.intensity import Intensities, Intensity, load_mapped
 from cyclegan.data.paired import sample_pairs
 from cyclegan.errors import CycleGANError
 from cyclegan.files import atomic_write
 from cyclegan.layout import SAMPLES, sample_grid
-from cyclegan.models import Model, model_type
-from cyclegan.train.hooks import Hook, RunState
+from cyclegan.models import Model, evaluating, model_type
+from cyclegan.train.hooks import Hook, ImageFile, RunState
 
 
 class SampleGrids(Hook):
@@ -28,29 +30,29 @@ class SampleGrids(Hook):
     name = "samples"
 
     def start(self, run: RunState) -> None:
-        self.images = tuple(t.to(run.device) for t in sample_images(run.cfg))
+        self.images = tuple(t.to(run.device) for t in run_images(run))
+        self.saved = -1  # the step of the last grid, drawn once
 
     def after_step(self, run: RunState, losses: dict[str, torch.Tensor]) -> None:
         if run.progress.step % run.cfg.sample_freq == 0:
             self._save(run)
 
     def end(self, run: RunState) -> None:
-        if run.stopped is None:  # weights a run stopped on (diverged) draw nothing worth seeing
+        if run.stopped is None and self.saved != run.progress.step:  # a diverged run's weights draw nothing
             self._save(run)
 
     def _save(self, run: RunState) -> None:
-        save_sample_grid(run.run_dir / SAMPLES / sample_grid(run.progress.step), run.model, *self.images)
+        self.saved = step = run.progress.step
+        path = run.run_dir / SAMPLES / sample_grid(step)
+        save_sample_grid(path, run.model, *self.images)
+        run.publish(ImageFile(step, "samples", path))
 
 
 @torch.no_grad()
 def grid(model: Model, real_A: torch.Tensor, real_B: torch.Tensor) -> torch.Tensor:
     """One row per image pair, one column per ``model.sample_columns``, in [0, 1]; grey images as RGB."""
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         columns = model.sample_row(real_A, real_B)
-    finally:
-        model.train(was_training)
     columns = [c.expand(-1, 3, -1, -1) if c.shape[1] == 1 else c for c in columns]
     tiles = torch.stack(columns, 1).flatten(0, 1)
     return make_grid((tiles.float().cpu() + 1) / 2, nrow=len(columns), padding=2, pad_value=1.0)
@@ -61,15 +63,33 @@ def save_sample_grid(path: Path, model: Model, real_A: torch.Tensor, real_B: tor
     atomic_write(path, lambda tmp: save_image(image, tmp, format="png"))
 
 
-def sample_images(cfg: TrainConfig, count: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    """A fixed handful of A and B images (test split when there is one) for sample grids; true pairs for a
-    paired model."""
+def run_images(run: RunState, count: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sample_images` of a run, through its data's mappings."""
+    intensities = None if run.intensity is None else Intensities.from_json(run.intensity, str(run.run_dir))
+    return sample_images(run.cfg, count, intensities)
+
+
+def _sample(path: Path, mapping: Intensity, channels: int, axis: int) -> Image.Image | torch.Tensor:
+    if mapping.eight_bit:
+        return load_image(path, channels)
+    x = load_mapped(path, mapping, channels, axis, DEFAULT_MAX_PIXELS)
+    return x[len(x) // 2] if x.dim() == 4 else x
+
+
+def sample_images(
+    cfg: TrainConfig, count: int = 4, intensities: Intensities | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed handful of A and B images (test split when there is one) for sample grids, through the
+    domains' mappings (``intensities``; the 8-bit rule by default): grids show the windows. A volume
+    shows its middle slice; a paired model shows true pairs."""
     if model_type(cfg.model.name).paired:
-        return sample_pairs(cfg, count)
+        return sample_pairs(cfg, count, intensities)
     out = []
     a_train, b_train = domain_folders(cfg)
     channels = (cfg.model.net.input_nc, cfg.model.net.output_nc)
+    both = intensities or Intensities()
     for side, (train_folder, nc) in enumerate(zip((a_train, b_train), channels, strict=True)):
+        mapping = (both.a, both.b)[side]
         folder = train_folder
         if cfg.dataroot is not None:
             test = domain_folders(cfg, "test")[side]
@@ -78,7 +98,7 @@ def sample_images(cfg: TrainConfig, count: int = 4) -> tuple[torch.Tensor, torch
         tensors = []
         for path in list_images(folder):
             try:
-                tensors.append(transform(load_image(path, nc)))
+                tensors.append(transform(_sample(path, mapping, nc, both.slice_axis)))
             except DECODE_ERRORS:
                 continue
             if len(tensors) == count:

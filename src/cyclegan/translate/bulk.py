@@ -13,71 +13,22 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Se
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from cyclegan.config import IMAGE_FORMATS, TranslateOptions
+from cyclegan.data import formats
 from cyclegan.data.datasets import list_images
-from cyclegan.data.images import (
-    DECODE_ERRORS,
-    DEFAULT_MAX_PIXELS,
-    first_line,
-    load_image,
-    to_image,
-    to_tensor,
-)
+from cyclegan.data.images import DECODE_ERRORS, DEFAULT_MAX_PIXELS, first_line, to_image
+from cyclegan.data.intensity import Conversion, load_mapped
+from cyclegan.devices import resolve_device
+from cyclegan.distributed import TorchrunEnv
 from cyclegan.errors import CycleGANError
 from cyclegan.files import atomic_write
 from cyclegan.translate.translator import AnyTranslator, load_translator
-
-FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
-
-
-@dataclass(frozen=True)
-class Shard:
-    """This process's share of a bulk job: every ``world_size``-th input, starting at ``rank``.
-
-    Disjoint sharding needs no process group, only the variables torchrun sets for each process.
-    """
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Shard:
-        """From RANK, WORLD_SIZE and LOCAL_RANK (as torchrun sets them); one process when unset."""
-        env = os.environ if environ is None else environ
-        try:
-            shard = cls(*(int(env.get(name, default)) for name, default in SHARD_VARIABLES))
-        except ValueError:
-            found = ", ".join(f"{name}={env.get(name)!r}" for name, _ in SHARD_VARIABLES)
-            raise CycleGANError(f"RANK, WORLD_SIZE and LOCAL_RANK must be integers, got {found}") from None
-        if not (0 <= shard.rank < shard.world_size and shard.local_rank >= 0):
-            raise CycleGANError(
-                f"RANK must be in 0..WORLD_SIZE-1 and LOCAL_RANK at least 0, got RANK={shard.rank} "
-                f"WORLD_SIZE={shard.world_size} LOCAL_RANK={shard.local_rank}"
-            )
-        return shard
-
-    @property
-    def label(self) -> str:
-        return f"rank {self.rank}/{self.world_size}" if self.world_size > 1 else ""
-
-    def device(self, device: torch.device) -> torch.device:
-        """A GPU named without an index (``cuda``, or ``auto`` on a GPU machine) becomes cuda:LOCAL_RANK,
-        so each rank on a node gets its own; an explicit cuda:N is kept."""
-        if device.type != "cuda" or device.index is not None:
-            return device
-        if self.local_rank >= torch.cuda.device_count():
-            raise CycleGANError(
-                f"LOCAL_RANK {self.local_rank} has no GPU: only {torch.cuda.device_count()} on this machine"
-            )
-        return torch.device("cuda", self.local_rank)
-
-
-SHARD_VARIABLES = (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"))
 
 
 @dataclass
@@ -87,7 +38,7 @@ class Translated:
     written: list[Path]
     skipped: list[Path]  # outputs that were already there
     unreadable: list[Path]  # inputs that could not be decoded
-    shard: Shard = field(default_factory=Shard)
+    shard: TorchrunEnv = field(default_factory=TorchrunEnv)
 
     def summary(self) -> str:
         where = f"{self.shard.label}: " if self.shard.label else ""
@@ -105,17 +56,30 @@ class UnreadableImages(CycleGANError):
         super().__init__(f"{done.summary()} (first unreadable: {done.unreadable[0]})")
 
 
-def collect_inputs(inputs: Iterable[Path], out_dir: Path, suffix: str = ".png") -> list[tuple[Path, Path]]:
+def collect_inputs(
+    inputs: Iterable[Path], out_dir: Path, suffix: str | Callable[[Path], str] = ".png"
+) -> list[tuple[Path, Path]]:
     """(source, destination) pairs: a file keeps its name, a folder's images keep their relative paths;
-    every output gets ``suffix`` (lossless PNG unless asked otherwise)."""
+    every output gets ``suffix``, or ``suffix(source)`` (lossless PNG unless asked otherwise). An input
+    folder that holds ``out_dir`` gives none of the images in it: outputs never become inputs of the next
+    run."""
     if out_dir.exists() and not out_dir.is_dir():
         raise CycleGANError(f"--out {out_dir} exists and is not a folder")
+    ending = suffix if callable(suffix) else lambda _: suffix
+
+    def renamed(path: Path, relative: Path) -> Path:
+        return out_dir / relative.parent / (formats.stem(path) + ending(path))
+
+    outputs = out_dir.resolve()
     pairs: list[tuple[Path, Path]] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            pairs += [(p, (out_dir / p.relative_to(item)).with_suffix(suffix)) for p in list_images(item)]
+            images = list_images(item)
+            if outputs != item.resolve():
+                images = [p for p in images if not p.parent.resolve().is_relative_to(outputs)]
+            pairs += [(p, renamed(p, p.relative_to(item))) for p in images]
         elif item.is_file():
-            pairs.append((item, (out_dir / item.name).with_suffix(suffix)))
+            pairs.append((item, renamed(item, Path(item.name))))
         else:
             raise CycleGANError(f"input not found: {item}")
     if not pairs:
@@ -140,67 +104,70 @@ def translate_files(
     backend: str = "torch",
     precision: str = "fp32",
     overwrite: bool = False,
-    image_format: str = "png",
-    quality: int = 95,
+    image_format: str | None = TranslateOptions.image_format,
+    quality: int = TranslateOptions.quality,
     batch_size: int | None = None,
     num_workers: int | None = None,
-    shard: Shard | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    shard: TorchrunEnv | None = None,
+    max_pixels: int = TranslateOptions.max_pixels,
     tile: int | None = None,
     max_memory: int | None = None,
     show_progress: bool = True,
 ) -> Translated:
-    """Translate image files and folders into ``out_dir`` as ``image_format`` files (lossless PNG by
-    default; ``quality`` is for JPEG and WebP), each at its own size.
+    """Translate image files and folders into ``out_dir``, each at its own size.
+
+    By default each translation is written losslessly: as 8-bit PNG for a model trained on 8-bit images,
+    else in the input's own kind with the target domain's sample type (16-bit PNG, TIFF, DICOM with the
+    source's header, NIfTI volumes with the source's affine; see :mod:`cyclegan.data.formats`).
+    ``image_format`` png, jpg or webp asks for 8-bit files instead (the target's window; a volume's middle
+    slice); ``quality`` is for JPEG and WebP.
 
     ``model`` is a ready translator, or a checkpoint that :func:`load_translator` reads with ``direction``,
-    ``device``, ``backend`` and ``precision``. ``num_workers`` threads (default: one per CPU, at most 8)
-    decode ahead and as many encode and write behind while the model runs; same-size images are translated
-    ``batch_size`` at a time (default: :func:`default_batch_size`; lower it if memory runs out).
+    ``device`` (``auto``, ``cpu``, ``cuda`` or ``cuda:N``; under torchrun ``auto`` and ``cuda`` mean the
+    GPU of the process's local rank), ``backend`` and ``precision``. ``num_workers`` threads (default: one
+    per CPU, at most 8) decode ahead and as many encode and write behind while the model runs; same-size
+    images are translated ``batch_size`` at a time (default: :func:`default_batch_size`; lower it if memory
+    runs out; with ``max_memory`` a batch runs in as many parts as the budget requires).
 
     Images are converted to the channels the model takes: a grey model gets RGB images as their
     luminance, an RGB model gets grey images copied to all three channels (transparent and palette
     images are put on white first); outputs have the model's output channels.
 
     Resumable: outputs that already exist are complete (writes are atomic), so they are skipped, not
-    redone, unless ``overwrite``. With a ``shard`` (the CLI makes one from torchrun's environment) only
-    every ``world_size``-th input from ``rank`` is done, chosen before skipping, so ranks never overlap.
+    redone, unless ``overwrite``. With a ``shard`` (the CLI passes ``TorchrunEnv.read()``, what torchrun
+    set) only every ``world_size``-th input from ``rank`` is done, chosen before skipping, so ranks never
+    overlap.
 
     Path problems (an output in the way, a read-only or misplaced folder) fail before anything is written.
     Unreadable images get one warning each and are skipped; if there were any, :class:`UnreadableImages`
     is raised at the end, after everything readable has been written.
     """
-    if max_pixels < 1:
-        raise CycleGANError(f"--max_pixels must be at least 1, got {max_pixels}")
-    if image_format not in FORMATS:
-        raise CycleGANError(f"--format must be one of {', '.join(FORMATS)}, got {image_format!r}")
-    if not 1 <= quality <= 100:
-        raise CycleGANError(f"--quality must be between 1 and 100, got {quality}")
-    for name, number in (("--batch_size", batch_size), ("--num_workers", num_workers)):
-        if number is not None and number < 1:
-            raise CycleGANError(f"{name} must be at least 1, got {number}")
+    TranslateOptions(image_format, quality, batch_size, num_workers, max_pixels).validate()
     out_dir = Path(out_dir)
-    shard = shard or Shard()
-    pairs = collect_inputs(inputs, out_dir, f".{image_format}")
-    check_outputs([dst for _, dst in pairs], out_dir)
-    mine = pairs[shard.rank :: shard.world_size]
-    existing = set() if overwrite else {dst for _, dst in mine if dst.exists()}
-    skipped = [dst for _, dst in mine if dst in existing]
-    todo = [(src, dst) for src, dst in mine if dst not in existing]
+    shard = shard or TorchrunEnv()
+    if isinstance(model, (str, Path)):
+        device = resolve_device(device, shard.local_rank)  # under torchrun: the GPU of the local rank
+    collect_inputs(inputs, out_dir)  # missing inputs fail before the model loads; names follow its data
     translator = (
         load_translator(Path(model), direction, device, backend, precision, tile, max_memory)
         if isinstance(model, (str, Path))
         else model
     )
+    conversion = translator.conversion
+    pairs = collect_inputs(inputs, out_dir, partial(output_suffix, image_format, conversion))
+    check_outputs([dst for _, dst in pairs], out_dir)
+    mine = pairs[shard.rank :: shard.world_size]
+    existing = set() if overwrite else {dst for _, dst in mine if dst.exists()}
+    skipped = [dst for _, dst in mine if dst in existing]
+    todo = [(src, dst) for src, dst in mine if dst not in existing]
     batch_size = default_batch_size(translator.device) if batch_size is None else batch_size
     num_workers = default_workers() if num_workers is None else num_workers
     progress = tqdm(
         total=len(todo), unit="image", desc=shard.label or None, disable=None if show_progress else True
     )
     with progress as bar:
-        written, unreadable = _translate_all(
-            translator, todo, saver(image_format, quality), batch_size, num_workers, max_pixels, bar
-        )
+        save = saver(image_format, quality, conversion, {dst: src for src, dst in todo})
+        written, unreadable = _translate_all(translator, todo, save, batch_size, num_workers, max_pixels, bar)
     done = Translated(written, skipped, unreadable, shard)
     if unreadable:
         raise UnreadableImages(done)
@@ -243,46 +210,95 @@ def _translate_all(
     max_pixels: int,
     bar: tqdm,
 ) -> tuple[list[Path], list[Path]]:
-    """Decode ahead, translate same-size batches, write behind; returns (written, unreadable)."""
+    """Decode ahead, translate same-size batches, write behind; returns (written, unreadable). The slices of
+    a volume are translated ``batch_size`` at a time as soon as it is decoded, and written as one file."""
     unreadable: list[Path] = []
     sources = [src for src, _ in todo]
+    conversion = translator.conversion
+
+    def images(items: Iterable[tuple[int, torch.Tensor]]) -> Iterator[tuple[int, torch.Tensor]]:
+        for i, x in items:
+            if x.dim() == 3:
+                yield i, x
+            else:
+                slices = [translator.translate_tensor(part).cpu() for part in x.split(batch_size)]
+                writer.submit(todo[i][1], torch.cat(slices))
+
     with (
         Writer(save, workers, 2 * batch_size, on_written=bar.update) as writer,
         closing(
-            decode_ahead(sources, translator.in_channels, workers, 2 * batch_size + workers, max_pixels)
+            decode_ahead(
+                sources, translator.in_channels, workers, 2 * batch_size + workers, max_pixels, conversion
+            )
         ) as decoded,
     ):
-        for batch in same_size_batches(_readable(decoded, sources, unreadable, bar), batch_size):
+        for batch in same_size_batches(images(_readable(decoded, sources, unreadable, bar)), batch_size):
             y = translator.translate_tensor(torch.stack([x for _, x in batch])).cpu()
             for (i, _), result in zip(batch, y, strict=True):
                 writer.submit(todo[i][1], result)
     return writer.written, unreadable
 
 
-def saver(image_format: str, quality: int) -> Callable[[Path, torch.Tensor], None]:
-    """Writes a C×H×W result in [-1, 1] atomically as an 8-bit ``image_format`` file."""
-    options = {"quality": quality} if image_format != "png" else {}
+def output_suffix(image_format: str | None, conversion: Conversion, source: Path) -> str:
+    """The suffix of ``source``'s translation: the asked format's, 8-bit PNG's for 8-bit data, else the
+    input's own kind's (:func:`cyclegan.data.formats.output_suffix`)."""
+    if image_format is not None:
+        return f".{image_format}"
+    return ".png" if conversion.target.eight_bit else formats.output_suffix(source, conversion.target.dtype)
+
+
+def saver(
+    image_format: str | None,
+    quality: int,
+    conversion: Conversion | None = None,
+    sources: Mapping[Path, Path] | None = None,
+) -> Callable[[Path, torch.Tensor], None]:
+    """Writes a result in [-1, 1] (C×H×W, or N×C×H×W for a volume) atomically: as an 8-bit
+    ``image_format`` file (the target domain's window; a volume's middle slice), or with ``image_format``
+    None losslessly, in the kind of its source (``sources``: destination -> input) through the target
+    domain's inverse mapping."""
+    conversion = conversion or Conversion()
+    preview = image_format is not None or conversion.target.eight_bit
+    chosen = image_format or "png"
+    options = {"quality": quality} if chosen != "png" else {}
 
     def save(dst: Path, y: torch.Tensor) -> None:
-        image = to_image(y)
-        atomic_write(dst, lambda tmp: image.save(tmp, format=FORMATS[image_format], **options))
+        if preview:
+            image = to_image(y if y.dim() == 3 else y[len(y) // 2])
+            atomic_write(dst, lambda tmp: image.save(tmp, format=IMAGE_FORMATS[chosen], **options))
+            return
+        assert sources is not None, "lossless outputs are written in their source's kind"
+        values = conversion.target.inverse(y if y.dim() == 4 else y[None])
+        data = formats.encode(
+            values, sources[dst], conversion.target.dtype, conversion.slice_axis, formats.suffix(dst)
+        )
+        atomic_write(dst, lambda tmp: tmp.write_bytes(data))
 
     return save
 
 
 def decode_ahead(
-    paths: Sequence[Path], channels: int, threads: int, ahead: int, max_pixels: int = DEFAULT_MAX_PIXELS
+    paths: Sequence[Path],
+    channels: int,
+    threads: int,
+    ahead: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    conversion: Conversion | None = None,
 ) -> Generator[torch.Tensor | str, None, None]:
-    """Each image as a C×H×W tensor in [-1, 1] (or the reason it cannot be read), in order, decoded by
-    ``threads`` threads at most ``ahead`` images ahead of the consumer.
+    """Each image as a C×H×W tensor in [-1, 1] (a volume as N×C×H×W; or the reason it cannot be read), in
+    order, mapped by ``conversion``'s source mapping, decoded by ``threads`` threads at most ``ahead``
+    images ahead of the consumer.
 
     Threads, not DataLoader processes: Pillow and torch release the GIL while decoding and scaling, and
     threads start instantly and pass tensors without copying (benchmarks/bulk.py measures both).
     """
 
+    source = (conversion or Conversion()).source
+    axis = (conversion or Conversion()).slice_axis
+
     def decode(path: Path) -> torch.Tensor | str:
         try:
-            return to_tensor(load_image(path, channels, max_pixels))
+            return load_mapped(path, source, channels, axis, max_pixels)
         except DECODE_ERRORS as error:
             return first_line(error)
 

@@ -1,8 +1,9 @@
 """Exporting a generator to ONNX, and running an exported one with onnxruntime (no PyTorch model code needed).
 
 The exported file documents its own contract in ONNX ``metadata_props``: the architecture, the direction, the
-channels, the size multiple and the input/output scaling, so a deployment in any language can pad, scale
-and crop exactly as :class:`cyclegan.translate.translator.Translator` does.
+channels, the size multiple and the input/output scaling (for data that is not 8-bit, the intensity
+windows as JSON under ``intensity``), so a deployment in any language can pad, scale and crop exactly as
+:class:`cyclegan.translate.translator.Translator` does.
 
 Exporter: the TorchScript-based ``torch.onnx.export(..., dynamo=False)``. On torch 2.14 both it and the
 dynamo exporter give graphs with dynamic batch, height and width that match PyTorch to about 1e-6 through
@@ -29,13 +30,15 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cyclegan.config import DIRECTIONS, NetConfig
+from cyclegan.config import DIRECTIONS, NetConfig, check_choice, parse_json_object
 from cyclegan.data.datasets import pad_to_multiple
 from cyclegan.data.images import to_image, to_tensor
+from cyclegan.data.intensity import Conversion
 from cyclegan.errors import CycleGANError, first_line
 from cyclegan.files import atomic_write
 from cyclegan.models.checkpoints import load_generator, resolve_checkpoint
-from cyclegan.nets import MIN_SIZE, size_multiple
+from cyclegan.nets import MIN_SIZE, input_channels, size_multiple
+from cyclegan.translate.translator import checkpoint_conversion
 
 FORMAT = "cyclegan-onnx/1"
 OPSET = 17
@@ -71,8 +74,9 @@ def export_onnx(checkpoint: Path, out: Path, *, direction: str = "AtoB", overwri
     model = onnx.load_model_from_string(_trace(generator, size_multiple(config)))
     ends = (model.graph.input[0], model.graph.output[0])
     channels = [v.type.tensor_type.shape.dim[1].dim_value for v in ends]
-    onnx.helper.set_model_props(model, metadata(config, direction, *channels))
-    model.doc_string = f"CycleGAN {config.netG} generator ({direction}); see metadata_props for the contract"
+    conversion = checkpoint_conversion(source, direction)
+    onnx.helper.set_model_props(model, metadata(config, direction, channels[0], channels[1], conversion))
+    model.doc_string = f"{config.netG} generator ({direction}); see metadata_props for the contract"
     onnx.checker.check_model(model)
     data = model.SerializeToString()
 
@@ -84,9 +88,8 @@ def export_onnx(checkpoint: Path, out: Path, *, direction: str = "AtoB", overwri
 
 
 def _trace(generator: nn.Module, multiple: int) -> bytes:
-    in_channels = next(m for m in generator.modules() if isinstance(m, nn.Conv2d)).in_channels
     side = max(multiple, MIN_SIZE)
-    sample = torch.zeros(1, in_channels, side, side)
+    sample = torch.zeros(1, input_channels(generator), side, side)
     axes = {0: "batch", 2: "height", 3: "width"}
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # the deprecation notice and tracer notes about shape checks
@@ -104,11 +107,31 @@ def _trace(generator: nn.Module, multiple: int) -> bytes:
     return buffer.getvalue()
 
 
-def metadata(config: NetConfig, direction: str, in_channels: int, out_channels: int) -> dict[str, str]:
+def metadata(
+    config: NetConfig,
+    direction: str,
+    in_channels: int,
+    out_channels: int,
+    conversion: Conversion | None = None,
+) -> dict[str, str]:
     """The contract a caller needs, as ONNX string metadata."""
     multiple = size_multiple(config)
     min_size = max(multiple, MIN_SIZE)
-    return {
+    conversion = conversion or Conversion()
+    source, target = conversion.source, conversion.target
+    scaling = (
+        "pixel / 127.5 - 1 (range [-1, 1]; RGB or grey)"
+        if source.eight_bit
+        else f"2 * (v - {source.low!r}) / ({source.high!r} - {source.low!r}) - 1 clipped to [-1, 1], v the"
+        " source domain's values"
+    )
+    unscaling = (
+        "pixel = round((y + 1) * 127.5), clipped to 0..255"
+        if target.eight_bit
+        else f"v = (y + 1) / 2 * ({target.high!r} - {target.low!r}) + {target.low!r}, the target domain's"
+        f" values (written as {target.dtype})"
+    )
+    contract = {
         "format": FORMAT,
         "model_config": json.dumps(dataclasses.asdict(config)),
         "direction": direction,
@@ -117,15 +140,13 @@ def metadata(config: NetConfig, direction: str, in_channels: int, out_channels: 
         "size_multiple": str(multiple),
         "min_size": str(min_size),
         "input": (
-            f"{INPUT}: float32 N x {in_channels} x H x W, pixel / 127.5 - 1 (range [-1, 1]; RGB or grey); "
-            f"H and W must be multiples of {multiple} and at least {min_size}: reflect-pad the bottom and "
-            "right edges up to that size and crop the output back"
+            f"{INPUT}: float32 N x {in_channels} x H x W, {scaling}; H and W must be multiples of {multiple}"
+            f" and at least {min_size}: reflect-pad the bottom and right edges up to that size and crop the"
+            " output back"
         ),
-        "output": (
-            f"{OUTPUT}: float32 N x {out_channels} x H x W in [-1, 1]; pixel = round((y + 1) * 127.5), "
-            "clipped to 0..255"
-        ),
+        "output": f"{OUTPUT}: float32 N x {out_channels} x H x W in [-1, 1]; {unscaling}",
     }
+    return contract if conversion.eight_bit else contract | {"intensity": conversion.to_json()}
 
 
 class OnnxTranslator:
@@ -145,11 +166,35 @@ class OnnxTranslator:
         if meta.get("format") != FORMAT:
             raise CycleGANError(f"{path} was not written by cyclegan export (no {FORMAT} metadata)")
         try:
-            self.config = NetConfig(**json.loads(meta["model_config"]))
+            self.config = NetConfig(**parse_json_object(meta["model_config"]))
             self.direction = meta["direction"]
             self.in_channels, self.multiple = int(meta["in_channels"]), int(meta["size_multiple"])
-        except (KeyError, ValueError, TypeError, CycleGANError) as err:
+        except (KeyError, ValueError, TypeError) as err:
             raise CycleGANError(f"{path}: damaged metadata ({first_line(err)})") from None
+        self.conversion = (
+            Conversion.from_json(meta["intensity"], str(path)) if "intensity" in meta else Conversion()
+        )
+        try:
+            self._check_contract()
+        except CycleGANError as err:
+            raise CycleGANError(f"{path}: invalid metadata: {err}") from None
+
+    def _check_contract(self) -> None:
+        """The metadata comes from a file anyone could have edited: it must describe the graph it is in
+        (its channels) and the architecture it names (its size multiple), as checkpoint metadata must."""
+        self.config.validate()
+        if self.direction not in DIRECTIONS:
+            raise CycleGANError(f"direction must be AtoB or BtoA, got {self.direction!r}")
+        graph = self.session.get_inputs()[0].shape
+        takes = graph[1] if len(graph) == 4 else None
+        if self.in_channels != takes:
+            raise CycleGANError(f"in_channels {self.in_channels}, but the model takes {takes}-channel images")
+        if takes not in (1, 3):
+            raise CycleGANError(f"the model takes {takes}-channel images; only 1 and 3 are supported")
+        if self.multiple != size_multiple(self.config):
+            raise CycleGANError(
+                f"size_multiple {self.multiple}, but a {self.config.netG} needs {size_multiple(self.config)}"
+            )
 
     def translate_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """C×H×W (or N×C×H×W) in [-1, 1] -> the translation, same spatial size, on the CPU."""
@@ -180,8 +225,7 @@ def _providers(ort: ModuleType, device: torch.device) -> list[Any]:
 
 def load_onnx_translator(path: Path, direction: str, device: torch.device | str = "cpu") -> OnnxTranslator:
     """An OnnxTranslator, refusing a model exported for the other direction (it holds one generator)."""
-    if direction not in DIRECTIONS:
-        raise CycleGANError(f"--direction must be AtoB or BtoA, got {direction!r}")
+    check_choice("--direction", direction, DIRECTIONS)
     translator = OnnxTranslator(path, device)
     if translator.direction != direction:
         raise CycleGANError(

@@ -7,9 +7,12 @@
                      (AtoB or BtoA; default AtoB). Answers the translation as image/png, or as JSON
                      {"direction", "width", "height", "media_type", "image": base64 PNG} when asked with
                      ``?format=json`` or an Accept header naming application/json (and not image/png).
+                     A model trained on data that is not 8-bit takes 16-bit PNG and TIFF (any sample
+                     type) and answers in the upload's kind: 16-bit PNG, or TIFF as image/tiff.
 
 Every error is ``{"error": "one line"}``: 400 a bad form or an unreadable image, 413 an upload or an image
-above the limits, 415 a body that is not multipart/form-data, 503 a full queue.
+above the limits (of pixels, or of memory even in tiles), 415 a body that is not multipart/form-data, 503 a
+full queue, 500 anything unexpected (its detail goes to the server's log, in one line, not to the client).
 
 One model runs at a time: requests wait in a queue that one worker thread drains. The worker decodes the
 uploads itself, so waiting requests hold compressed bytes (spooled to disk above 1 MB), not pixels, and
@@ -24,6 +27,7 @@ import base64
 import contextlib
 import dataclasses
 import io
+import logging
 import socket
 import threading
 import time
@@ -39,17 +43,11 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from cyclegan.config import ServeOptions
-from cyclegan.data.images import (
-    DECODE_ERRORS,
-    ImageTooLarge,
-    check_pixels,
-    first_line,
-    load_image,
-    to_image,
-    to_tensor,
-)
+from cyclegan.data import formats
+from cyclegan.data.images import DECODE_ERRORS, ImageTooLarge, check_pixels, first_line, to_image
+from cyclegan.data.intensity import Conversion, load_mapped
 from cyclegan.devices import resolve_device
-from cyclegan.errors import CycleGANError
+from cyclegan.errors import CycleGANError, TooLarge
 from cyclegan.models.checkpoints import resolve_checkpoint, translations
 from cyclegan.translate.translator import Translator
 
@@ -62,6 +60,8 @@ try:
     from starlette.datastructures import FormData, UploadFile
     from starlette.exceptions import HTTPException
     from starlette.formparsers import MultiPartException, MultiPartParser
+    from starlette.requests import ClientDisconnect
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 except ModuleNotFoundError as missing:  # optional: everything but the server itself works without them
     MISSING: str | None = missing.name
 else:
@@ -72,6 +72,7 @@ else:
 # 17.6 one by one; the bare generator at 256 px runs 17% slower in batches of 8. So a CPU batches images up
 # to 64x64 only. The CUDA budget is a conservative guess, not a measurement.
 BATCH_PIXELS = {"cpu": 8 * 64 * 64, "cuda": 16 * 256 * 256}
+LOG = logging.getLogger("uvicorn.error")  # the server's own log, as uvicorn configures it
 
 
 class RequestError(CycleGANError):
@@ -187,8 +188,8 @@ def load_translators(
     checkpoint: Path, device: torch.device | str = "cpu", max_memory: int | None = None
 ) -> dict[str, Translator]:
     """Every direction a checkpoint or run folder translates (a reference ``.pth`` holds one generator,
-    A→B). An image whose translation would need more than ``max_memory`` bytes of tensors is translated in
-    exact tiles (the same pixels, in bounded memory)."""
+    A→B). Each forward stays within ``max_memory`` bytes of tensors: a batch runs in parts, and an image
+    too large for it whole is translated in exact tiles (the same pixels, in bounded memory)."""
     path = resolve_checkpoint(Path(checkpoint))
     return {d: Translator.load(path, d, device, max_memory=max_memory) for d in translations(path)}
 
@@ -199,20 +200,33 @@ def run_model(translator: Translator, batch: torch.Tensor) -> torch.Tensor:
     return translator.translate_tensor(batch)
 
 
+@dataclass(frozen=True)
+class Reply:
+    """A translated image, encoded."""
+
+    data: bytes
+    media_type: str
+    width: int
+    height: int
+
+
 def translate_jobs(translators: dict[str, Translator], max_pixels: int) -> Callable[[list[Job]], None]:
-    """The worker's ``work``: decode each upload as ``load_image`` does, translate, settle its future with
-    the translated image; a file that fails to decode fails its own job only."""
+    """The worker's ``work``: decode each upload as translation does (through the model's mapping),
+    translate, settle its future with the encoded :class:`Reply`; a file that fails to decode fails its own
+    job only."""
 
     def work(jobs: list[Job]) -> None:
         translator = translators[jobs[0].direction]
+        conversion = translator.conversion
         groups: dict[tuple[int, ...], list[tuple[Job, torch.Tensor]]] = {}
         for job in jobs:
             try:
-                image = load_image(job.upload, translator.in_channels, max_pixels)  # type: ignore[arg-type]
+                x = load_mapped(
+                    job.upload, conversion.source, translator.in_channels, conversion.slice_axis, max_pixels
+                )
             except DECODE_ERRORS as err:
                 job.future.set_exception(_decode_error(err, job.name))
                 continue
-            x = to_tensor(image)
             groups.setdefault(tuple(x.shape), []).append((job, x))
         for group in groups.values():  # one group unless a header lied about the size
             _run_group(translator, group)
@@ -223,12 +237,29 @@ def translate_jobs(translators: dict[str, Translator], max_pixels: int) -> Calla
 def _run_group(translator: Translator, group: list[tuple[Job, torch.Tensor]]) -> None:
     try:
         ys = run_model(translator, torch.stack([x for _, x in group]))
-    except CycleGANError as err:  # the translator's out-of-memory message
+    except TooLarge as err:  # beyond the memory budget even in tiles, or beyond the device's memory
         for job, _ in group:
             job.future.set_exception(RequestError(413, str(err)))
         return
     for (job, _), y in zip(group, ys, strict=True):
-        job.future.set_result(to_image(y))
+        job.future.set_result(_encode(y, translator.conversion, job.upload))
+
+
+def _encode(y: torch.Tensor, conversion: Conversion, upload: BinaryIO) -> Reply:
+    """8-bit PNG for 8-bit data; else the upload's kind: TIFF for TIFF, PNG (16-bit) where it holds the
+    target's sample type, TIFF otherwise."""
+    height, width = y.shape[-2:]
+    if conversion.target.eight_bit:
+        return Reply(_png(to_image(y)), "image/png", width, height)
+    upload.seek(0)
+    tiff = formats.probe(upload).format == "tiff" or conversion.target.dtype not in ("uint8", "uint16")
+    data = formats.encode(
+        conversion.target.inverse(y[None]),
+        Path("upload"),
+        conversion.target.dtype,
+        dst_suffix=".tif" if tiff else ".png",
+    )
+    return Reply(data, "image/tiff" if tiff else "image/png", width, height)
 
 
 def _decode_error(err: BaseException, name: str) -> RequestError:
@@ -241,9 +272,18 @@ def _decode_error(err: BaseException, name: str) -> RequestError:
     return RequestError(400, f"{name} is not an image that can be read ({first_line(err)})")
 
 
-def peek_size(upload: BinaryIO, name: str, max_pixels: int) -> tuple[int, int]:
+def peek_size(
+    upload: BinaryIO, name: str, max_pixels: int, conversion: Conversion | None = None
+) -> tuple[int, int]:
     """(width, height) as the upload will decode, EXIF rotation included, from its header alone: what is
     not an image, or is too large, is refused before a pixel is decoded."""
+    if conversion is not None and not conversion.source.eight_bit:
+        try:
+            return formats.probe(upload, conversion.slice_axis, max_pixels).size
+        except DECODE_ERRORS as err:
+            raise _decode_error(err, name) from None
+        finally:
+            upload.seek(0)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -287,6 +327,8 @@ async def read_form(request: Request, limit: int) -> FormData:
         return await parser.parse()
     except MultiPartException as err:
         raise RequestError(400, f"bad multipart/form-data body: {err.message}") from None
+    except ClientDisconnect:  # nobody is left to answer: no traceback, no 500 in the log
+        raise RequestError(400, "the client disconnected during the upload") from None
 
 
 def _wants_json(request: Request) -> bool:
@@ -343,6 +385,7 @@ def create_app(
         await run_in_threadpool(batcher.close)
 
     app = FastAPI(title="cyclegan", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(Contained)
 
     @app.exception_handler(RequestError)
     async def refused(_: Request, err: RequestError) -> JSONResponse:
@@ -351,10 +394,6 @@ def create_app(
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, err: HTTPException) -> JSONResponse:
         return JSONResponse({"error": str(err.detail)}, status_code=err.status_code, headers=err.headers)
-
-    @app.exception_handler(Exception)
-    async def crashed(_: Request, err: Exception) -> JSONResponse:
-        return JSONResponse({"error": f"internal error: {first_line(err)}"}, status_code=500)
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> HTMLResponse:
@@ -380,25 +419,52 @@ def create_app(
             if upload.size == 0:
                 raise RequestError(400, "the uploaded file is empty")
             name = " ".join((upload.filename or "the upload").split())[:200]  # one line in errors
-            size = await run_in_threadpool(peek_size, upload.file, name, options.max_pixels)
-            image = await asyncio.wrap_future(batcher.submit(Job(direction, size, upload.file, name)))
+            conversion = translators[direction].conversion
+            size = await run_in_threadpool(peek_size, upload.file, name, options.max_pixels, conversion)
+            reply = await asyncio.wrap_future(batcher.submit(Job(direction, size, upload.file, name)))
         finally:
             await form.close()
-        png = await run_in_threadpool(_png, image)
         if not as_json:
-            return Response(png, media_type="image/png", headers={"X-Direction": direction})
-        width, height = image.size
+            return Response(reply.data, media_type=reply.media_type, headers={"X-Direction": direction})
         return JSONResponse(
             {
                 "direction": direction,
-                "width": width,
-                "height": height,
-                "media_type": "image/png",
-                "image": base64.b64encode(png).decode("ascii"),
+                "width": reply.width,
+                "height": reply.height,
+                "media_type": reply.media_type,
+                "image": base64.b64encode(reply.data).decode("ascii"),
             }
         )
 
     return app
+
+
+class Contained:
+    """Answers an unexpected error with a generic 500 and logs its detail in one line: its text may show
+    paths and internals that are not the client's business, and a traceback per request floods the log."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception as err:
+            LOG.error(
+                "%s %s failed: %s: %s", scope["method"], scope["path"], type(err).__name__, first_line(err)
+            )
+            if not started:
+                await JSONResponse({"error": "internal error"}, status_code=500)(scope, receive, send)
 
 
 def listen(host: str, port: int) -> socket.socket:

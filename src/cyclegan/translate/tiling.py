@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cyclegan.errors import CycleGANError
+from cyclegan.errors import CycleGANError, TooLarge
+from cyclegan.nets import input_channels
 from cyclegan.nets.resnet import ResnetBlock, ResnetGenerator
 from cyclegan.nets.unet import UnetGenerator, UnetSkipConnectionBlock
 
@@ -639,9 +640,11 @@ MIN_AUTO_TILE = 64
 """``choose_tile`` goes no smaller: below this, halos cost more time than the tiles save memory."""
 
 
-def check_tile(generator: nn.Module, tile: int) -> None:
-    """Refuse tile sizes the generator cannot be tiled with, in one line."""
+def check_tile(generator: nn.Module, tile: int | None = None) -> None:
+    """Refuse, in one line, a generator that cannot be tiled, or a tile size it cannot be tiled with."""
     m = _graph(generator).multiple
+    if tile is None:
+        return
     if isinstance(tile, bool) or not isinstance(tile, int) or tile < m or tile % m:
         raise CycleGANError(f"tile must be a positive multiple of {m} for this generator, got {tile}")
 
@@ -671,13 +674,23 @@ def estimate_memory(generator: nn.Module, height: int, width: int, tile: int | N
     on CPU (ResNet-9, ngf 16-64, 1024-4096 px) it came out 15-20% above for whole images and 8-35% above
     for tiled runs: a safe side for ``choose_tile``.
     """
-    graph = _graph(generator)
-    m = graph.multiple
-    conv = next(op.module for op in graph.ops if isinstance(op, _Conv))
-    shape = (conv.in_channels, -(-height // m) * m, -(-width // m) * m)
+    shape = _padded_shape(generator, height, width)
     if tile is None:
         return _Net(generator, shape).whole_image_bytes() + ALLOCATOR_CACHE[1]
     return _Schedule(generator, shape, tile).peak_bytes() + ALLOCATOR_CACHE[1]
+
+
+def images_that_fit(generator: nn.Module, height: int, width: int, max_memory_bytes: int, batch: int) -> int:
+    """How many height×width images, at most ``batch``, one whole-image forward may take within
+    ``max_memory_bytes`` (as ``estimate_memory`` counts them: activations grow with the images of a batch);
+    0 when not even one fits whole."""
+    per_image = _Net(generator, _padded_shape(generator, height, width)).whole_image_bytes()
+    return max(0, min(batch, (max_memory_bytes - ALLOCATOR_CACHE[1]) // per_image))
+
+
+def _padded_shape(generator: nn.Module, height: int, width: int) -> Shape:
+    m = _graph(generator).multiple
+    return input_channels(generator), -(-height // m) * m, -(-width // m) * m
 
 
 def choose_tile(generator: nn.Module, height: int, width: int, max_memory_bytes: int) -> int | None:
@@ -693,7 +706,7 @@ def choose_tile(generator: nn.Module, height: int, width: int, max_memory_bytes:
         if estimate_memory(generator, height, width, tile) <= max_memory_bytes:
             return tile
     need = estimate_memory(generator, height, width, tiles[0])
-    raise CycleGANError(
+    raise TooLarge(
         f"translating a {width}x{height} image needs about {_mib(need)} even in {tiles[0]}-pixel tiles;"
         f" the memory limit is {_mib(max_memory_bytes)}"
     )
