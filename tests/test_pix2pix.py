@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import png
 import pytest
 import torch
 from conftest import StandInInception, fixture_path, tiny_config
@@ -16,6 +18,7 @@ from PIL import Image
 from test_cli import one_line_error, run_cli
 
 from cyclegan.config import DemoSettings, NetConfig, TrainConfig
+from cyclegan.data import formats
 from cyclegan.data.check import check_data, format_report
 from cyclegan.data.demo_scenes import make_demo_dataset
 from cyclegan.data.paired import PairedDataset, find_pairs, scan_pairs
@@ -24,10 +27,11 @@ from cyclegan.errors import CycleGANError
 from cyclegan.evaluate import metrics
 from cyclegan.evaluate.evaluation import evaluate
 from cyclegan.evaluate.report import write_report
+from cyclegan.evaluate.values import FID_NOTE
 from cyclegan.models import checkpoints
 from cyclegan.models.checkpoints import load_generator, translations
 from cyclegan.nets import build_generator
-from cyclegan.train.loop import train
+from cyclegan.train.loop import train, training_data
 
 # Recorded with ATen's AVX2 kernels on 2 threads (the fixture's README); oneDNN's convolutions were left to
 # pick their own ISA. Adam turns last-bit differences into visibly different updates, so the replay runs in a
@@ -270,3 +274,62 @@ def test_the_demo_trains_pix2pix_on_paired_renders_and_scores_it(tmp_path: Path)
         ("colour transfer", "A→B"),
         ("untranslated input", "A→B"),
     ]
+
+
+def _write_png16_pairs(folder: Path, count: int, seed: int) -> list[np.ndarray]:
+    """Side-by-side 16-bit grey pairs A|B of 40x36 halves, B = 60000 - A; returns the A halves."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    halves = []
+    for i in range(count):
+        a = rng.integers(5000, 30000, (36, 40), dtype=np.uint16)
+        image = np.concatenate([a, 60000 - a], 1)
+        with open(folder / f"{i}.png", "wb") as f:
+            png.Writer(80, 36, greyscale=True, bitdepth=16).write(f, image)
+        halves.append(a)
+    return halves
+
+
+def test_pix2pix_trains_on_sixteen_bit_pairs_translates_back_and_scores_in_their_range(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "data"
+    _write_png16_pairs(root / "train", 3, seed=1)
+    tests = _write_png16_pairs(root / "test", 2, seed=2)
+    cfg = tiny_config(
+        root, tmp_path / "runs", "pix2pix", input_nc=1, output_nc=1, window_a="0,40000", max_steps=2
+    )
+    dataset, _ = training_data(cfg)
+    assert (dataset.intensities.a.window, dataset.intensities.b.window) == ((0.0, 40000.0), (0.0, 65535.0))
+    for i in range(len(dataset)):  # mapped side by side, then one resize, crop and flip for both
+        item = dataset[i]
+        assert item["A"].shape == item["B"].shape == (1, 32, 32)
+        raw = (item["A"].double() + 1) * 20000 + (item["B"].double() + 1) * 32767.5  # A + (60000 - A)
+        assert torch.allclose(raw, torch.full_like(raw, 60000.0), atol=0.05)
+    run = train(cfg, show_progress=False, report=False).run_dir
+
+    source = tmp_path / "in" / "x.png"
+    source.parent.mkdir()
+    shutil.copy(root / "test" / "0.png", source)
+    assert (
+        run_cli("translate", str(source), "--checkpoint", str(run), "--out", str(tmp_path / "out")).returncode
+        == 0
+    )
+    assert formats.probe(tmp_path / "out" / "x.png").kind == formats.Kind("uint16", 1)
+
+    result = evaluate(run, root, out_dir=tmp_path / "eval", show_progress=False)
+    assert "FID" not in result.columns and {"PSNR", "SSIM"} <= set(result.columns)
+    assert result.notes[0] == FID_NOTE
+    assert formats.probe(tmp_path / "eval" / "AtoB" / "0.png").kind == formats.Kind("uint16", 1)
+    # the do-nothing baseline in the data's own units: A through A's window against B through B's
+    expected = [
+        10 * np.log10(1 / np.mean((a / 40000 - (60000 - a.astype(float)) / 65535) ** 2)) for a in tests
+    ]
+    assert result.row("untranslated input", "A→B").scores["PSNR"] == pytest.approx(
+        np.mean(expected), abs=1e-9
+    )
+    with Image.open(tmp_path / "eval" / "triplets.png") as triplets:
+        shown = np.asarray(triplets.convert("L"), np.float64)
+    assert shown.shape == (2 * 128 + 4, 3 * 142 + 2 * 4)  # two test pairs of 40x36 halves scaled to 128 px
+    inputs = shown[:128, :142]  # the first input, through --window_a 0,40000 rather than the full 16 bits
+    assert inputs.mean() == pytest.approx(tests[0].mean() / 40000 * 255, abs=2)
