@@ -175,3 +175,17 @@ def test_refuses_to_touch_a_foreign_or_different_folder(tmp_path: Path) -> None:
 
     with pytest.raises(CycleGANError):
         make_demo_dataset(tmp_path / "data", n_train=0)
+
+
+def test_paired_training_split_renders_each_day_scene_by_night(tmp_path: Path) -> None:
+    small = {"seed": 3, "n_train": 6, "n_test": 2, "size": 64}
+    paired = make_demo_dataset(tmp_path / "paired", paired=True, **small)
+    unpaired = make_demo_dataset(tmp_path / "unpaired", **small)
+    for split in ("trainA", "testA", "testB"):  # the same day scenes and test scenes as without pairs
+        assert np.array_equal(load(paired, split), load(unpaired, split)), split
+    day, night = load(paired, "trainA"), load(paired, "trainB")
+    assert all(lights_up(d, n) for d, n in zip(day, night, strict=True))
+    assert not np.array_equal(night, load(unpaired, "trainB"))
+    assert make_demo_dataset(tmp_path / "paired", paired=True, **small) == paired  # reused as it is
+    with pytest.raises(CycleGANError, match="is not empty and is not a demo dataset"):
+        make_demo_dataset(tmp_path / "paired", **small)

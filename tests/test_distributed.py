@@ -25,8 +25,7 @@ from cyclegan.config import CycleGANOptions, NetConfig, TrainConfig
 from cyclegan.data.datasets import EpochSampler, RankBatches
 from cyclegan.distributed import World
 from cyclegan.errors import CycleGANError
-from cyclegan.models import checkpoints
-from cyclegan.models.cut import CUT, CUTTrainer
+from cyclegan.models import build_model, checkpoints
 from cyclegan.models.cycle_gan import CycleGAN, CycleGANTrainer
 from cyclegan.train.hooks import Hook, RunState
 from cyclegan.train.loop import train
@@ -81,15 +80,24 @@ def _trajectory(pool_size: int, world: World | None, part: slice) -> dict[str, A
     }
 
 
-def _cut_trajectory(world: World | None, part: slice) -> dict[str, Any]:
-    """As ``_trajectory``, for CUT with flips: D updated inside G's objective, every draw shared by ranks."""
+# Models whose D update runs inside the generator objective's forward (the reference's D-first step), each
+# set up so that two processes see what one does: CUT with flips (every draw shared by the ranks), pix2pix
+# with instance norm and no dropout (batch norm or dropout would give each process other statistics or masks).
+D_FIRST = {
+    "cut": dict(netF_nc=16, num_patches=32, flip_equivariance=True),
+    "pix2pix": dict(norm="instance", dropout=False),
+}
+
+
+def _d_first_trajectory(name: str, world: World | None, part: slice) -> dict[str, Any]:
+    """As ``_trajectory``, for a model of ``D_FIRST``."""
     cfg = TrainConfig.create(
-        "cut", ngf=4, ndf=4, netG="resnet_6blocks", netF_nc=16, num_patches=32, flip_equivariance=True,
-        batch_size=2, checkpoint_activations=world is not None,
+        name, ngf=4, ndf=4, netG="resnet_6blocks", batch_size=2, checkpoint_activations=world is not None,
+        **D_FIRST[name],
     )  # fmt: skip
     torch.manual_seed(0)
-    model = CUT(cfg.model)
-    trainer = CUTTrainer(model, cfg, 5, world)
+    model = build_model(cfg.model)
+    trainer = model.trainer(cfg, 5, world)
     losses, grads = [], {}
     for step, (a, b) in enumerate(_batches()):
         losses.append({k: v.item() for k, v in trainer.step(a[part], b[part]).items()})
@@ -105,8 +113,9 @@ def _worker(rank: int, ports: list[int], tmp: str, dataroot: str) -> None:
     os.environ.update(env, MASTER_PORT=str(ports[0]))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     world = World(rank, 2, torch.device("cpu"), distributed=True)
-    results = {pool: _trajectory(pool, world, slice(rank, rank + 1)) for pool in (0, 3)}
-    results["cut"] = _cut_trajectory(world, slice(rank, rank + 1))
+    results: dict[str | int, Any] = {pool: _trajectory(pool, world, slice(rank, rank + 1)) for pool in (0, 3)}
+    for name in D_FIRST:
+        results[name] = _d_first_trajectory(name, world, slice(rank, rank + 1))
     if rank == 0:
         torch.save(results, Path(tmp) / "ranks.pt")
     dist.destroy_process_group()
@@ -168,11 +177,12 @@ def test_two_processes_of_batch_one_equal_one_process_of_batch_two(
             assert got[name] == pytest.approx(value, rel=LOSS_DRIFT[step], abs=1e-7), (step, name)
 
 
-def test_two_processes_train_cut_as_one_process_of_batch_two(two_processes: Path) -> None:
-    ranks = torch.load(two_processes / "ranks.pt", weights_only=True)["cut"]
-    alone = _cut_trajectory(None, slice(0, 2))
+@pytest.mark.parametrize("name", sorted(D_FIRST))
+def test_d_first_models_train_on_two_processes_as_on_one(two_processes: Path, name: str) -> None:
+    ranks = torch.load(two_processes / "ranks.pt", weights_only=True)[name]
+    alone = _d_first_trajectory(name, None, slice(0, 2))
     assert ranks["grads"].keys() == alone["grads"].keys()
-    for net in ("G", "D", "F"):
+    for net in sorted({n.split(".")[0] for n in alone["grads"]}):  # D's from its update in G's objective
         names = [n for n in alone["grads"] if n.startswith(net + ".")]
         got, want = (torch.cat([g[n].flatten() for n in names]) for g in (ranks["grads"], alone["grads"]))
         assert ((got - want).norm() / want.norm()).item() < GRAD_ROUNDING, net

@@ -10,6 +10,7 @@ import os
 import re
 import socket
 import stat
+import tarfile
 import threading
 import zipfile
 from collections.abc import Callable, Iterator
@@ -668,3 +669,100 @@ def test_cli_deadline(server: LocalServer, tmp_path: Path, capsys: pytest.Captur
     with pytest.raises(SystemExit):
         cli.main(["download", "dataset", "--help"])
     assert "--deadline SECONDS" in capsys.readouterr().out
+
+
+# pix2pix: paired datasets (.tar.gz) and released generators
+
+
+def _tar_gz(entries: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for info, data in entries:
+            info.size = len(data) if info.isfile() else 0
+            tar.addfile(info, io.BytesIO(data) if info.isfile() else None)
+    return buf.getvalue()
+
+
+def _paired_tar(name: str, extra: list[tuple[tarfile.TarInfo, bytes]] = ()) -> bytes:  # type: ignore[assignment]
+    files = [
+        (tarfile.TarInfo(f"{name}/{split}/{i}.png"), _png((16, 8)))
+        for split in ("train", "val")
+        for i in range(2)
+    ]
+    return _tar_gz(files + list(extra))
+
+
+def test_paired_dataset_unpacks_a_tar_gz_beside_the_unpaired_names(
+    server: LocalServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.serve("/datasets/facades.tar.gz", _paired_tar("facades"))
+    server.serve("/datasets/edges2shoes.tar.gz", _paired_tar("edges2shoes"))
+    path = download_dataset("facades", tmp_path, base_url=server.base, paired=True, progress=False)
+    assert _files(path) == ["train", "train/0.png", "train/1.png", "val", "val/0.png", "val/1.png"]
+    assert download_dataset("edges2shoes", tmp_path, base_url=server.base, progress=False).is_dir()  # implied
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["edges2shoes", "facades"]  # nothing else left
+    download_dataset("facades", tmp_path, base_url=server.base, paired=True, progress=False)
+    assert "already present" in capsys.readouterr().err and len(server.requests) == 2
+    with _one_line_error(r"facades exists but has no images in trainA, trainB, testA, testB; use --force"):
+        download_dataset("facades", tmp_path, base_url=server.base, progress=False)  # the CycleGAN zip
+    assert re.search(r"^  edges2shoes\s+edge maps \(A\) \| shoe photos \(B\)", list_available(), re.MULTILINE)
+
+
+@pytest.mark.parametrize(
+    ("entry", "problem"),
+    [
+        (tarfile.TarInfo("facades/train/../../evil.png"), "points outside the target folder"),
+        (tarfile.TarInfo("/tmp/evil.png"), "has an absolute path"),
+        (tarfile.TarInfo("facades/train/link.png"), "is a link"),
+        (tarfile.TarInfo("facades/train/fifo"), "is neither a file nor a folder"),
+    ],
+    ids=["dotdot", "absolute", "symlink", "fifo"],
+)
+def test_a_hostile_tar_is_refused_and_leaves_nothing(
+    server: LocalServer, tmp_path: Path, entry: tarfile.TarInfo, problem: str
+) -> None:
+    if entry.name.endswith("link.png"):
+        entry.type, entry.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    elif entry.name.endswith("fifo"):
+        entry.type = tarfile.FIFOTYPE
+    server.serve("/datasets/maps.tar.gz", _paired_tar("maps", [(entry, b"x")]))
+    with _one_line_error(rf"refusing .*maps\.tar\.gz: its entry .* {problem}"):
+        download_dataset("maps", tmp_path / "d", base_url=server.base, paired=True, progress=False)
+    assert _files(tmp_path) == ["d"]
+    server.serve("/datasets/maps.tar.gz", _paired_tar("maps")[:-40])
+    with _one_line_error(r"maps\.tar\.gz is not a valid \.tar\.gz archive, truncated or corrupt"):
+        download_dataset("maps", tmp_path / "d", base_url=server.base, paired=True, progress=False)
+    assert _files(tmp_path) == ["d"]
+
+
+def test_pix2pix_generator_downloads_and_is_told_apart_from_cyclegans(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    from cyclegan.nets.unet import UnetGenerator
+
+    unet = UnetGenerator(3, 3, 8, 4, "batch", use_dropout=True)  # the released ones: unet_256, batch norm
+    old_style = {k: v for k, v in unet.state_dict().items() if not k.endswith("num_batches_tracked")}
+    server.serve("/models-pytorch/facades_label2photo.pth", _torch_bytes(old_style))
+    server.serve("/pretrained_models/facades_label2photo.pth", _generator_bytes())
+    path = download_model(
+        "facades_label2photo", tmp_path / "p2p", base_url=server.base, paired=True, progress=False
+    )
+    assert load_generator(path)[1].netG == "unet_256"
+    (tmp_path / "labels.png").write_bytes(_png((30, 22)))
+    written = translate_files([tmp_path / "labels.png"], path, tmp_path / "out", show_progress=False)
+    assert Image.open(written.written[0]).size == (30, 22)
+
+    cyclegan = download_model("facades_label2photo", tmp_path / "cg", base_url=server.base, progress=False)
+    assert load_generator(cyclegan)[1].netG == "resnet_9blocks"
+    with _one_line_error(
+        r"exists but is not a usable generator \(it is a resnet_9blocks generator, CycleGAN's"
+    ):
+        download_model(
+            "facades_label2photo", tmp_path / "cg", base_url=server.base, paired=True, progress=False
+        )
+    server.serve("/models-pytorch/sat2map.pth", _generator_bytes())
+    with _one_line_error(
+        r"sat2map\.pth is not a pix2pix generator, nothing was saved: it is a resnet_9blocks"
+    ):
+        download_model("sat2map", tmp_path / "p2p", base_url=server.base, paired=True, progress=False)
+    assert _files(tmp_path / "p2p") == ["facades_label2photo.pth"]

@@ -359,6 +359,11 @@ def _download_parser(sub: Any) -> None:
             "--root", type=Path, default=Path(default_root), help=f"where to put it (default: {default_root})"
         )
         k.add_argument("--force", action="store_true", help="download again even if a valid copy is present")
+        k.add_argument(
+            "--paired", action="store_true",
+            help="pix2pix's version of the name (implied for names only pix2pix has): a paired dataset of A|B"
+            " side-by-side images, or a released pix2pix generator",
+        )  # fmt: skip
         k.add_argument("--base_url", default=argparse.SUPPRESS, help="mirror to download from")
         k.add_argument(
             "--deadline",
@@ -377,7 +382,7 @@ def _run_download(args: argparse.Namespace) -> int:
         return 0
     fetch = download.download_dataset if args.kind == "dataset" else download.download_model
     limit = {} if args.deadline is None else {"deadline": args.deadline}
-    print(fetch(args.name, args.root, base_url=args.base_url, force=args.force, **limit))
+    print(fetch(args.name, args.root, base_url=args.base_url, force=args.force, paired=args.paired, **limit))
     return 0
 
 
@@ -503,8 +508,14 @@ def _eval_parser(sub: Any) -> None:
         "--paired",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="PSNR/SSIM of testA/X's translation against testB/X and back (default: for the demo dataset)",
+        help="PSNR/SSIM of testA/X's translation against testB/X and back (default: for the demo dataset,"
+        " aligned test/ images and models trained on pairs)",
     )
+    p.add_argument(
+        "--direction", choices=DIRECTIONS,
+        help="the --direction the model was trained with: BtoA swaps the test data's domains"
+        " (default: a run folder's, else AtoB)",
+    )  # fmt: skip
     p.add_argument("--kid_subsets", type=int, default=100, help="random subsets KID averages (default: 100)")
     p.set_defaults(handler=_run_eval)
 
@@ -521,6 +532,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         device=resolve_device(args.device),
         inception_weights=args.inception_weights,
         paired=args.paired,
+        direction=args.direction,
         kid_subsets=args.kid_subsets,
     )
     for result in results.values():

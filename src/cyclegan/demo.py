@@ -1,8 +1,10 @@
 """``cyclegan demo``: render the day/night street dataset, train a small model on it (CycleGAN unless
 ``--model`` names another), and score it.
 
-Every test scene exists by day (testA) and by night (testB), so G(day) and F(night) can be scored against
-the true answer with PSNR and SSIM, beside two baselines: the untranslated input, and a global colour
+CycleGAN and the other unpaired models train on disjoint day and night scenes; a paired model (pix2pix)
+trains on as many scenes rendered both ways (``data_paired``: the same day images and test scenes). Every
+test scene exists by day (testA) and by night (testB), so G(day) and F(night) can be scored against the
+true answer with PSNR and SSIM, beside two baselines: the untranslated input, and a global colour
 statistics transfer fitted on the training images of the target domain. The scores go to ``demo.json``
 in the run folder, which the report page shows with the sample grids and loss curves.
 """
@@ -26,7 +28,7 @@ from cyclegan.evaluate.metrics import PSNR_CAP, psnr, ssim
 from cyclegan.evaluate.report import write_report
 from cyclegan.evaluate.results import ResultRow, ResultTable
 from cyclegan.layout import CHECKPOINTS, CONFIG, DEMO_FILE, LATEST
-from cyclegan.models import build_model, checkpoints
+from cyclegan.models import build_model, checkpoints, model_type
 from cyclegan.nets import load_weights
 from cyclegan.train.loop import train
 from cyclegan.translate.translator import Translator
@@ -35,7 +37,13 @@ from cyclegan.translate.translator import Translator
 def run_demo(settings: DemoSettings, *, show_progress: bool = True) -> Path:
     """Render the data, train (or finish an interrupted demo run), score, and write the report page."""
     settings.validate()
-    dataroot = make_demo_dataset(settings.out / "data", seed=settings.seed, size=settings.size)
+    paired = model_type(settings.model).paired
+    dataroot = make_demo_dataset(
+        settings.out / ("data_paired" if paired else "data"),
+        seed=settings.seed,
+        size=settings.size,
+        paired=paired,
+    )
     cfg = settings.train_config(dataroot)
     run_dir = Path(cfg.checkpoints_dir) / cfg.name
     if run_dir.exists():

@@ -51,6 +51,10 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
 def write_failure(path: Path, err: OSError) -> str:
     """One line for a failed write, naming the disk-full case plainly (it is the common one)."""
     if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):

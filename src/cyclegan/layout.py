@@ -3,7 +3,8 @@
 ``config.json``, ``checkpoints/latest.safetensors`` (resumable; the one before it is kept as
 ``previous.safetensors``), ``checkpoints/epoch_NNN.safetensors`` and ``best.safetensors`` (weights only),
 ``log.jsonl``, ``eval_log.jsonl``, ``samples/step_NNNNNNN.png``, ``eval.json`` or ``demo.json`` (scores),
-``report.html``, ``intensity.json`` (the data's mapping to [-1, 1], for data that is not 8-bit). With
+``triplets.png`` (input | output | target of a paired evaluation), ``report.html``,
+``intensity.json`` (the data's mapping to [-1, 1], for data that is not 8-bit). With
 ``--log_to``: TensorBoard's ``events.out.tfevents.*`` (in the run folder itself, so
 that ``tensorboard --logdir CHECKPOINTS_DIR`` names each run by its folder), ``wandb/`` (W&B's run
 folders), ``trackers.json`` (the W&B and MLflow run ids a resumed run continues) and, beside the run
@@ -22,6 +23,7 @@ SAMPLES = "samples"
 REPORT = "report.html"
 EVAL_FILE = "eval.json"
 DEMO_FILE = "demo.json"
+TRIPLETS = "triplets.png"
 LOCK = ".lock"
 WANDB = "wandb"
 TRACKER_IDS = "trackers.json"

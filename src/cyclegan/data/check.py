@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
 from cyclegan.data import formats
 from cyclegan.data.datasets import SPLITS, is_image_file, visible_files
 from cyclegan.data.images import DECODE_ERRORS, load_image
+from cyclegan.data.paired import ALIGNED_SPLITS, Pair, aligned_pairs, matched_pairs
 from cyclegan.errors import CycleGANError, first_line
 
 _LISTED = 20  # longer lists of files are cut, with a count of the rest
@@ -40,15 +43,33 @@ class SplitReport:
 
 
 @dataclass
+class Pairing:
+    """What a paired model (pix2pix) finds in the training images: its pairs, and the files it skips (or,
+    with no pair at all, why)."""
+
+    pairs: int
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    why_none: str = ""
+
+    @property
+    def summary(self) -> str:
+        if not self.pairs:
+            return f"none ({self.why_none})"
+        skipped = f", {len(self.skipped)} {'file' if len(self.skipped) == 1 else 'files'} skipped"
+        return f"{self.pairs} {'pair' if self.pairs == 1 else 'pairs'}" + (skipped if self.skipped else "")
+
+
+@dataclass
 class DataReport:
     """``root`` is the dataset folder, or None when two domain folders were checked."""
 
     root: Path | None
     splits: list[SplitReport]
-    train_splits: tuple[str, str]
+    train_splits: tuple[str, ...]
     others: list[str]
     problems: list[str]
     warnings: list[str]
+    pairing: Pairing | None = None
 
     @property
     def will_train(self) -> bool:
@@ -56,16 +77,25 @@ class DataReport:
 
 
 def check_data(root: Path) -> DataReport:
-    """Report on a dataset folder in the reference layout: trainA/, trainB/, testA/, testB/."""
+    """Report on a dataset folder in the reference layout: trainA/, trainB/, testA/, testB/, or side-by-side
+    A|B images in train/, val/, test/ (the layout of the reference's paired datasets)."""
     root = Path(root)
     _require_folder(root)
+    aligned = (root / "train").is_dir()  # what pix2pix trains on when there is both
+    unpaired = not aligned or any((root / name).is_dir() for name in SPLITS)
+    names = (SPLITS if unpaired else ()) + (ALIGNED_SPLITS if aligned else ())
     others = sorted(
         p.name + ("/" if p.is_dir() else "")
         for p in root.iterdir()
-        if p.name not in SPLITS and not p.name.startswith(".")
+        if p.name not in names and not p.name.startswith(".")
     )
-    splits = [_check_split(name, root / name) for name in SPLITS]
-    return _report(root, splits, (SPLITS[0], SPLITS[1]), others)
+    splits = [_check_split(name, root / name) for name in names]
+    pairing = None
+    if aligned:
+        pairing = _pairing(aligned_pairs, root / "train", 0)
+    elif _has_both(splits):
+        pairing = _pairing(matched_pairs, root / "trainA", root / "trainB")
+    return _report(root, splits, (SPLITS[0], SPLITS[1]) if unpaired else ("train",), others, pairing)
 
 
 def check_domains(domain_a: Path, domain_b: Path) -> DataReport:
@@ -73,14 +103,33 @@ def check_domains(domain_a: Path, domain_b: Path) -> DataReport:
     for folder in (domain_a, domain_b):
         _require_folder(Path(folder))
     splits = [_check_split("domain A", Path(domain_a)), _check_split("domain B", Path(domain_b))]
-    return _report(None, splits, ("domain A", "domain B"), [])
+    pairing = _pairing(matched_pairs, Path(domain_a), Path(domain_b)) if _has_both(splits) else None
+    return _report(None, splits, ("domain A", "domain B"), [], pairing)
 
 
 def _report(
-    root: Path | None, splits: list[SplitReport], train_splits: tuple[str, str], others: list[str]
+    root: Path | None,
+    splits: list[SplitReport],
+    train_splits: tuple[str, ...],
+    others: list[str],
+    pairing: Pairing | None,
 ) -> DataReport:
     problems, warnings = _verdict(splits, train_splits)
-    return DataReport(root, splits, train_splits, others, problems, warnings)
+    if len(train_splits) == 1 and not problems and pairing is not None and not pairing.pairs:
+        problems.append(f"{_label(splits[0])} holds no usable pair")
+    return DataReport(root, splits, train_splits, others, problems, warnings, pairing)
+
+
+def _has_both(splits: list[SplitReport]) -> bool:
+    return all(split.images for split in splits[:2])
+
+
+def _pairing(find: Callable[..., tuple[list[Pair], list[tuple[Path, str]]]], *args: Any) -> Pairing:
+    try:
+        pairs, skipped = find(*args)
+    except CycleGANError as err:
+        return Pairing(0, why_none=str(err))
+    return Pairing(len(pairs), skipped)
 
 
 def _require_folder(path: Path) -> None:
@@ -131,7 +180,7 @@ def _header_mode(file: Path) -> str:
             return image.mode
 
 
-def _verdict(splits: list[SplitReport], train_splits: tuple[str, str]) -> tuple[list[str], list[str]]:
+def _verdict(splits: list[SplitReport], train_splits: tuple[str, ...]) -> tuple[list[str], list[str]]:
     """Problems stop training from starting; warnings are worth knowing but do not."""
     problems: list[str] = []
     warnings: list[str] = []
@@ -187,11 +236,15 @@ def format_report(report: DataReport) -> str:
     if report.others:
         lines.append(f"Not used by training: {', '.join(report.others)}")
     lines += [f"Warning: {w}" for w in report.warnings]
-    a, b = (next(s for s in report.splits if s.name == n) for n in report.train_splits)
+    if report.pairing is not None:
+        lines.append(f"Pairs for paired models (pix2pix): {report.pairing.summary}")
+        skipped = [f"{_relative(p, report)}: {why}" for p, why in report.pairing.skipped]
+        lines += _listing("Skipped by paired models", skipped)
+    trained = [next(s for s in report.splits if s.name == n) for n in report.train_splits]
     if report.will_train:
-        lines.append(
-            f"Verdict: will train ({_label(a)} {_images(a.images)}, {_label(b)} {_images(b.images)})"
-        )
+        counts = ", ".join(f"{_label(s)} {_images(s.images)}" for s in trained)
+        paired = " paired models only" if len(trained) == 1 else ""
+        lines.append(f"Verdict: will train{paired} ({counts})")
     else:
         lines.append("Verdict: will not train: " + "; ".join(report.problems))
     return "\n".join(lines)

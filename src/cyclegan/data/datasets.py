@@ -22,8 +22,8 @@ from torchvision.transforms import InterpolationMode, v2
 
 from cyclegan.config import TrainConfig
 from cyclegan.data import formats
-from cyclegan.data.formats import Header, Item
-from cyclegan.data.images import DECODE_ERRORS, DEFAULT_MAX_PIXELS, load_image
+from cyclegan.data.formats import Half, Header, Item
+from cyclegan.data.images import DECODE_ERRORS, DEFAULT_MAX_PIXELS
 from cyclegan.data.intensity import EIGHT_BIT, Intensities, Intensity
 from cyclegan.errors import CycleGANError
 from cyclegan.seeds import Stream, item_seed
@@ -189,10 +189,10 @@ class Domain:
     def read(self, item: Item) -> Image.Image | torch.Tensor:
         """One image as the transforms take it: an 8-bit Pillow image under the 8-bit rule, else a float
         tensor in [-1, 1] (an explicit window on 8-bit images maps their 0..255 values)."""
-        if isinstance(item, Path) and self.intensity.eight_bit:
-            return load_image(item, self.channels)
-        if isinstance(item, Path) and self.headers and self.headers[0][1].kind.eight_bit:
-            return self.intensity.forward(formats.pillow_values(load_image(item, self.channels)))
+        if isinstance(item, (Path, Half)) and self.intensity.eight_bit:
+            return formats.load_pillow(item, self.channels)
+        if isinstance(item, (Path, Half)) and self.headers and self.headers[0][1].kind.eight_bit:
+            return self.intensity.forward(formats.pillow_values(formats.load_pillow(item, self.channels)))
         return self.intensity.forward(formats.read(item, self.slice_axis))
 
 
@@ -344,7 +344,7 @@ def scan_domain(
                 (path, f"{size[0]}x{size[1]} is above the {DEFAULT_MAX_PIXELS / 1e6:.0f}-megapixel limit")
             )
         else:
-            _check_crop_fits(path, size, cfg)
+            check_crop_fits(path, size, cfg)
             sizes.add(training_size(size, cfg, multiple))
             good += formats.items(path, header)
             headers.append((path, header))
@@ -364,7 +364,7 @@ def training_size(size: tuple[int, int], cfg: TrainConfig, multiple: int) -> tup
     return -(-h // multiple) * multiple, -(-w // multiple) * multiple
 
 
-def _check_crop_fits(path: Path, size: tuple[int, int], cfg: TrainConfig) -> None:
+def check_crop_fits(path: Path, size: tuple[int, int], cfg: TrainConfig) -> None:
     w, h = size
     if (
         cfg.preprocess in ("resize_and_crop", "scale_width_and_crop", "scale_width")

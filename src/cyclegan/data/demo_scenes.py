@@ -1,4 +1,5 @@
-"""Procedural day/night street scenes: an unpaired dataset whose correct translation is known.
+"""Procedural day/night street scenes: an unpaired (or, for pix2pix, paired) dataset whose correct
+translation is known.
 
 `cyclegan demo` trains on these without a download and scores G(A) and F(B) against the paired test
 renders. Night differs from day by local structure (the windows that had clear glass by day light up,
@@ -321,7 +322,7 @@ def _file_names(n: int) -> list[str]:
     return [f"{i:0{width}d}.png" for i in range(n)]
 
 
-def _is_complete(root: Path, params: dict[str, int]) -> bool:
+def _is_complete(root: Path, params: dict[str, int | bool]) -> bool:
     try:
         if json.loads((root / DEMO_MARKER).read_text()) != params:
             return False
@@ -333,9 +334,9 @@ def _is_complete(root: Path, params: dict[str, int]) -> bool:
     return all((root / split / name).is_file() for split, n in counts.items() for name in _file_names(n))
 
 
-def _write_dataset(root: Path, params: dict[str, int]) -> None:
+def _write_dataset(root: Path, params: dict[str, int | bool]) -> None:
     """Write all images, then the manifest, so a manifest always vouches for a complete dataset."""
-    seed, n_train, n_test, size = params["seed"], params["n_train"], params["n_test"], params["size"]
+    seed, n_train, n_test, size = (int(params[k]) for k in ("seed", "n_train", "n_test", "size"))
     rng_a, rng_b, rng_test = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
     for split in SPLITS:
         (root / split).mkdir()
@@ -344,8 +345,10 @@ def _write_dataset(root: Path, params: dict[str, int]) -> None:
         Image.fromarray(image).save(root / split / name, format="PNG")
 
     for name in _file_names(n_train):
-        save("trainA", name, render(random_scene(rng_a), night=False, size=size))
-        save("trainB", name, render(random_scene(rng_b), night=True, size=size))
+        day = random_scene(rng_a)
+        save("trainA", name, render(day, night=False, size=size))
+        scene_b = day if params.get("paired") else random_scene(rng_b)
+        save("trainB", name, render(scene_b, night=True, size=size))
     for name in _file_names(n_test):
         scene = random_scene(rng_test)
         save("testA", name, render(scene, night=False, size=size))
@@ -354,22 +357,32 @@ def _write_dataset(root: Path, params: dict[str, int]) -> None:
 
 
 def make_demo_dataset(
-    root: Path, *, seed: int = 0, n_train: int = 400, n_test: int = 50, size: int = 64
+    root: Path, *, seed: int = 0, n_train: int = 400, n_test: int = 50, size: int = 64, paired: bool = False
 ) -> Path:
     """Write an unpaired day (A) / night (B) dataset in the trainA/trainB/testA/testB layout and return root.
 
     trainA and trainB render disjoint scenes, so training never sees a pair; testA/NNNN.png and
-    testB/NNNN.png are the same scene, each the ground truth for translating the other. Train and test
-    scenes come from separate seed streams. An existing complete dataset with the same parameters is
-    reused as is; any other non-empty `root` is refused rather than overwritten. Images are written to a
-    sibling temporary folder that is renamed into place, so an interrupted run leaves nothing at `root`.
+    testB/NNNN.png are the same scene, each the ground truth for translating the other. With ``paired``,
+    trainB/NNNN.png is trainA/NNNN.png's scene by night instead (the pairs pix2pix trains on); trainA and the
+    test split are the same as without. Train and test scenes come from separate seed streams. An existing
+    complete dataset with the same parameters is reused as is; any other non-empty `root` is refused rather
+    than overwritten. Images are written to a sibling temporary folder that is renamed into place, so an
+    interrupted run leaves nothing at `root`.
     """
     if n_train < 1 or n_test < 1 or size < 16:
         raise CycleGANError(
             f"demo dataset needs n_train, n_test >= 1 and size >= 16, got {n_train}, {n_test}, {size}"
         )
     root = Path(root)
-    params = {"renderer": _RENDERER_VERSION, "seed": seed, "n_train": n_train, "n_test": n_test, "size": size}
+    params: dict[str, int | bool] = {
+        "renderer": _RENDERER_VERSION,
+        "seed": seed,
+        "n_train": n_train,
+        "n_test": n_test,
+        "size": size,
+    }
+    if paired:  # only then: the manifests of unpaired datasets made before stay valid
+        params["paired"] = True
     if _is_complete(root, params):
         return root
     if root.exists() and (not root.is_dir() or any(root.iterdir())):

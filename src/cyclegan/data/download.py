@@ -1,13 +1,15 @@
 """Datasets and pretrained generators from the reference project's server: download, verify, put in place.
 
-Nothing that looks complete appears before it is verified. The bytes go to a hidden ``.NAME.*.part`` file
-beside the target, which a broken connection, a stall or the overall deadline leaves for the next run to
-resume (HTTP Range); once all bytes are there, any failure removes it, so the next run starts clean. A
-dataset is checked entry by entry (no absolute paths, no ``..``, no symlinks, no encryption, a size limit)
-before it is extracted into a hidden folder, every entry's CRC is checked while extracting, and only a
-complete layout is renamed to ``ROOT/NAME``. A generator is loaded into its network before it is renamed
-to ``ROOT/NAME.pth``. Symbolic links found at any of these paths are never followed: nothing outside
-``ROOT`` is written or deleted.
+The CycleGAN datasets are zip archives of trainA/, trainB/, testA/, testB/; the pix2pix ones (``--paired``)
+are ``.tar.gz`` archives of side-by-side A|B images in train/, val/ (and test/), unpacked by
+:mod:`cyclegan.data.archives` with the same checks. Nothing that looks complete appears before it is
+verified. The bytes go to a hidden ``.NAME.*.part`` file beside the target, which a broken connection, a
+stall or the overall deadline leaves for the next run to resume (HTTP Range); once all bytes are there, any
+failure removes it, so the next run starts clean. A dataset is checked entry by entry (no absolute paths, no
+``..``, no symlinks, no encryption, a size limit) before it is extracted into a hidden folder, every entry's
+CRC is checked while extracting, and only a complete layout is renamed to ``ROOT/NAME``. A generator is
+loaded into its network before it is renamed to ``ROOT/NAME.pth``. Symbolic links found at any of these
+paths are never followed: nothing outside ``ROOT`` is written or deleted.
 """
 
 from __future__ import annotations
@@ -35,11 +37,13 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from cyclegan.config import NetConfig
+from cyclegan.data.archives import unpack_tar
 from cyclegan.data.datasets import SPLITS, is_image_file, list_images
 from cyclegan.errors import CycleGANError, first_line
 from cyclegan.models.checkpoints import load_generator
 
 DEFAULT_BASE_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan"
+PIX2PIX_BASE_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix"  # the reference's pix2pix files
 BASE_URL_ENV = "CYCLEGAN_BASE_URL"
 DEFAULT_TIMEOUT = 30.0  # seconds without a byte before giving up
 DATASET_DEADLINE = 3600.0  # seconds for a whole dataset download, however the server trickles
@@ -88,6 +92,25 @@ MODEL_INFO = {
 }
 MODELS = tuple(MODEL_INFO)
 
+# The reference's pix2pix datasets (A left, B right) and released generators (U-Nets with batch norm), as its
+# download_pix2pix_dataset.sh and download_pix2pix_model.sh name them.
+PAIRED_DATASET_INFO = {
+    "facades": "facade photos (A) | label maps (B), CMP Facades",
+    "maps": "aerial photos (A) | Google Maps tiles (B)",
+    "edges2shoes": "edge maps (A) | shoe photos (B), UT Zappos50K; train/ and val/ only",
+    "edges2handbags": "edge maps (A) | handbag photos (B); train/ and val/ only",
+    "night2day": "night (A) | day (B) photos of the same outdoor scenes",
+}
+PAIRED_DATASETS = tuple(PAIRED_DATASET_INFO)
+PAIRED_MODEL_INFO = {
+    "edges2shoes": "edges -> shoe photo",
+    "sat2map": "aerial photo -> map",
+    "map2sat": "map -> aerial photo (trained --direction BtoA on maps)",
+    "facades_label2photo": "facade label map -> photo (trained --direction BtoA on facades)",
+    "day2night": "day -> night (trained --direction BtoA on night2day)",
+}
+PAIRED_MODELS = tuple(PAIRED_MODEL_INFO)
+
 CITYSCAPES_HELP = """\
 Cityscapes is not served: its license allows downloads only from cityscapes-dataset.com. To train on it:
   1. register at https://www.cityscapes-dataset.com and download leftImg8bit_trainvaltest.zip (photos)
@@ -109,9 +132,11 @@ def cityscapes_message(root: Path) -> str:
     )
 
 
-def resolve_base_url(explicit: str | None = None) -> str:
-    """``--base_url``, else $CYCLEGAN_BASE_URL (a mirror, or file:// for a local copy), else the reference."""
-    url = explicit or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+def resolve_base_url(explicit: str | None = None, default: str = DEFAULT_BASE_URL) -> str:
+    """``--base_url``, else $CYCLEGAN_BASE_URL (a mirror, or file:// for a local copy), else the reference's
+    ``default`` site. A mirror serves CycleGAN's and pix2pix's files side by side (``.zip`` and ``.tar.gz``
+    datasets, ``pretrained_models/`` and ``models-pytorch/`` generators)."""
+    url = explicit or os.environ.get(BASE_URL_ENV) or default
     problem = _url_problem(url)
     if problem:
         raise CycleGANError(f"the base URL {url!r} {problem}")
@@ -144,12 +169,21 @@ def _url_problem(url: str) -> str | None:
     return None
 
 
-def dataset_url(name: str, base_url: str | None = None) -> str:
+def dataset_url(name: str, base_url: str | None = None, paired: bool = False) -> str:
+    if paired:
+        return f"{resolve_base_url(base_url, PIX2PIX_BASE_URL)}/datasets/{name}.tar.gz"
     return f"{resolve_base_url(base_url)}/datasets/{name}.zip"
 
 
-def model_url(name: str, base_url: str | None = None) -> str:
+def model_url(name: str, base_url: str | None = None, paired: bool = False) -> str:
+    if paired:
+        return f"{resolve_base_url(base_url, PIX2PIX_BASE_URL)}/models-pytorch/{name}.pth"
     return f"{resolve_base_url(base_url)}/pretrained_models/{name}.pth"
+
+
+def _is_paired(name: str, paired: bool, names: tuple[str, ...], paired_names: tuple[str, ...]) -> bool:
+    """``--paired``, or a name only pix2pix has."""
+    return paired or (name in paired_names and name not in names)
 
 
 def list_available(base_url: str | None = None) -> str:
@@ -168,6 +202,19 @@ def list_available(base_url: str | None = None) -> str:
         " saved as checkpoints/pretrained/NAME.pth):",
     ]
     lines += [f"  {name.ljust(width)}  {info}" for name, info in MODEL_INFO.items()]
+    paired = resolve_base_url(base_url, PIX2PIX_BASE_URL)
+    lines += [
+        "",
+        f"Paired datasets for pix2pix (cyclegan download dataset NAME --paired:"
+        f" {paired}/datasets/NAME.tar.gz, A|B side by side in train/, val/, test/; --paired is implied for"
+        " names only pix2pix has):",
+    ]
+    lines += [f"  {name.ljust(width)}  {info}" for name, info in PAIRED_DATASET_INFO.items()]
+    lines += [
+        "",
+        f"pix2pix generators (cyclegan download model NAME --paired: {paired}/models-pytorch/NAME.pth):",
+    ]
+    lines += [f"  {name.ljust(width)}  {info}" for name, info in PAIRED_MODEL_INFO.items()]
     return "\n".join(lines)
 
 
@@ -177,36 +224,45 @@ def download_dataset(
     *,
     base_url: str | None = None,
     force: bool = False,
+    paired: bool = False,
     progress: bool = True,
     timeout: float = DEFAULT_TIMEOUT,
     deadline: float = DATASET_DEADLINE,
     max_bytes: int = MAX_EXTRACT_BYTES,
 ) -> Path:
-    """Download dataset ``name`` and unpack it to ``root/name`` (trainA/, trainB/, testA/, testB/).
+    """Download dataset ``name`` and unpack it to ``root/name`` (trainA/, trainB/, testA/, testB/; with
+    ``paired``, the pix2pix version: side-by-side A|B images in train/, val/, test/).
 
     ``timeout`` bounds each wait for the server, ``deadline`` the whole download (seconds).
     """
     root = Path(root)
     if name == "cityscapes":
         raise CycleGANError(cityscapes_message(root))
-    _check_name(name, DATASETS, "dataset", " (and cityscapes, prepared by hand)")
+    paired = _is_paired(name, paired, DATASETS, PAIRED_DATASETS)
+    if paired:
+        _check_name(name, PAIRED_DATASETS, "paired dataset")
+    else:
+        extra = f" (and cityscapes, prepared by hand); with --paired: {', '.join(PAIRED_DATASETS)}"
+        _check_name(name, DATASETS, "dataset", extra)
     limits = _limits(timeout, deadline)
     dest = root / name
-    url = dataset_url(name, base_url)
+    url = dataset_url(name, base_url, paired)
     _refuse_symlink(dest, force)
     if dest.exists() and not force:
-        problem = _layout_problem(dest, name)
+        problem = _layout_problem(dest, name, paired)
         if problem:
             raise CycleGANError(
                 f"{dest} exists but {problem}; use --force to download it again and replace it"
             )
         _note(f"{name} is already present at {dest} ({_summary(dest)}); use --force to download it again")
         return dest
-    part = root / f".{name}.zip.part"
-    hint = f"on a machine with internet access fetch {url} and unzip it into {root}/, which makes {dest}/"
+    suffix = "tar.gz" if paired else "zip"
+    part = root / f".{name}.{suffix}.part"
+    how = "untar" if paired else "unzip"
+    hint = f"on a machine with internet access fetch {url} and {how} it into {root}/, which makes {dest}/"
     _fetch(url, part, hint, limits, progress)
     with _removed_on_failure(part):
-        _install_dataset(part, url, dest, name, max_bytes, progress)
+        _install_dataset(part, url, dest, name, max_bytes, progress, paired)
     part.unlink()
     _note(f"{name} ready at {dest} ({_summary(dest)})")
     return dest
@@ -218,23 +274,29 @@ def download_model(
     *,
     base_url: str | None = None,
     force: bool = False,
+    paired: bool = False,
     progress: bool = True,
     timeout: float = DEFAULT_TIMEOUT,
     deadline: float = MODEL_DEADLINE,
 ) -> Path:
-    """Download pretrained generator ``name`` to ``root/name.pth``, a reference-format state dict.
+    """Download pretrained generator ``name`` to ``root/name.pth``, a reference-format state dict: a
+    CycleGAN ResNet, or with ``paired`` a released pix2pix U-Net.
 
     ``timeout`` bounds each wait for the server, ``deadline`` the whole download (seconds).
     """
-    _check_name(name, MODELS, "pretrained model")
+    paired = _is_paired(name, paired, MODELS, PAIRED_MODELS)
+    if paired:
+        _check_name(name, PAIRED_MODELS, "pix2pix model")
+    else:
+        _check_name(name, MODELS, "pretrained model", f"; with --paired: {', '.join(PAIRED_MODELS)}")
     limits = _limits(timeout, deadline)
     root = Path(root)
     dest = root / f"{name}.pth"
-    url = model_url(name, base_url)
+    url = model_url(name, base_url, paired)
     _refuse_symlink(dest, force)
     if dest.exists() and not force:
         try:
-            _verify_generator(dest)
+            _verify_generator(dest, paired)
         except CycleGANError as err:
             raise CycleGANError(
                 f"{dest} exists but is not a usable generator ({err}); use --force to download it again"
@@ -246,21 +308,29 @@ def download_model(
     _fetch(url, part, hint, limits, progress)
     with _removed_on_failure(part):
         try:
-            model_config = _verify_generator(part)
+            model_config = _verify_generator(part, paired)
         except CycleGANError as err:
-            raise CycleGANError(f"{url} is not a CycleGAN generator, nothing was saved: {err}") from None
+            what = "pix2pix" if paired else "CycleGAN"
+            raise CycleGANError(f"{url} is not a {what} generator, nothing was saved: {err}") from None
         _move_into_place(part, dest)
     _note(f"{name} ready at {dest} ({model_config.netG}, ngf {model_config.ngf})")
     return dest
 
 
-def _verify_generator(path: Path) -> NetConfig:
+def _verify_generator(path: Path, paired: bool) -> NetConfig:
     """Load ``path`` into its network; a failure is one line about "it" (checkpoints names LFS pointers and
-    never suggests unsafe loading)."""
+    never suggests unsafe loading). The reference released pix2pix's generators as U-Nets and CycleGAN's as
+    ResNets, so the kind tells the two versions of a name apart."""
     try:
-        return load_generator(path)[1]
+        net = load_generator(path)[1]
     except CycleGANError as err:
         raise CycleGANError(first_line(err).replace(str(path), "it")) from None
+    if net.netG.startswith("unet") != paired:
+        other = "CycleGAN" if paired else "pix2pix"
+        raise CycleGANError(
+            f"it is a {net.netG} generator, {other}'s release of this name, not the one asked for"
+        )
+    return net
 
 
 @dataclasses.dataclass(frozen=True)
@@ -498,29 +568,23 @@ def _broken_message(url: str, size: int, total: int | None, err: Exception | Non
 # Unpacking datasets
 
 
-def _install_dataset(part: Path, url: str, dest: Path, name: str, max_bytes: int, progress: bool) -> None:
+def _install_dataset(
+    part: Path, url: str, dest: Path, name: str, max_bytes: int, progress: bool, paired: bool
+) -> None:
     """Check and extract the archive in a hidden folder beside ``dest``, then rename it into place."""
     work = dest.parent / f".{name}.extracting"
     _fresh_folder(work)
     try:
-        try:
-            archive = zipfile.ZipFile(part)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
-            raise CycleGANError(
-                f"{url} is not a valid zip archive, truncated or corrupt ({err}); run again to refetch it"
-            ) from None
-        with archive:
-            total = _check_members(archive, url, max_bytes)
-            free = shutil.disk_usage(dest.parent).free
-            if total > free:
-                raise CycleGANError(
-                    f"not enough space in {dest.parent}: {name} unpacks to {_size(total)}, {_size(free)} free"
-                )
-            _extract(archive, work / "unpacked", url, total, progress)
+        if paired:
+            unpack_tar(
+                part, work / "unpacked", url, max_bytes=max_bytes, max_entries=MAX_ENTRIES, progress=progress
+            )
+        else:
+            _unpack_zip(part, work / "unpacked", url, name, max_bytes, progress)
         top = work / "unpacked" / name
         if not top.is_dir():  # tolerate an archive without the usual top folder NAME/
             top = work / "unpacked"
-        problem = _layout_problem(top, name)
+        problem = _layout_problem(top, name, paired)
         if problem:
             raise CycleGANError(f"{url} is not the {name} dataset: the archive {problem}")
         if dest.exists() or dest.is_symlink():  # --force: the old copy goes only once the new one is ready
@@ -528,6 +592,23 @@ def _install_dataset(part: Path, url: str, dest: Path, name: str, max_bytes: int
         _move_into_place(top, dest)
     finally:
         shutil.rmtree(work, ignore_errors=True)  # does not follow symlinks, nor delete what they point to
+
+
+def _unpack_zip(part: Path, target: Path, url: str, name: str, max_bytes: int, progress: bool) -> None:
+    try:
+        archive = zipfile.ZipFile(part)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+        raise CycleGANError(
+            f"{url} is not a valid zip archive, truncated or corrupt ({err}); run again to refetch it"
+        ) from None
+    with archive:
+        total = _check_members(archive, url, max_bytes)
+        free = shutil.disk_usage(target.parent).free
+        if total > free:
+            raise CycleGANError(
+                f"not enough space to unpack {name}: it needs {_size(total)}, {_size(free)} are free"
+            )
+        _extract(archive, target, url, total, progress)
 
 
 def _fresh_folder(work: Path) -> None:
@@ -610,11 +691,13 @@ def _split_order(path: Path) -> tuple[int, str]:
     return (SPLITS.index(path.name) if path.name in SPLITS else len(SPLITS), path.name)
 
 
-def _layout_problem(folder: Path, name: str) -> str | None:
-    """Why ``folder`` is not a usable copy of dataset ``name``, or None."""
+def _layout_problem(folder: Path, name: str, paired: bool = False) -> str | None:
+    """Why ``folder`` is not a usable copy of dataset ``name`` (of its pix2pix version if ``paired``)."""
     if not folder.is_dir():
         return "is not a folder"
     counts = _image_counts(folder)
+    if paired:
+        return None if "train" in counts else "has no images in train/ (the paired version's layout)"
     if name in _FREE_LAYOUT:
         return None if counts else "holds no images"
     missing = [split for split in SPLITS if split not in counts]

@@ -10,8 +10,9 @@ stored values through the rescale slope and intercept, so CT comes in Hounsfield
 A file is first *probed* from its header alone (:func:`probe`): its :class:`Kind` (sample type and
 channels), slice size, slice count and the full range of its sample type. Training checks that a domain's
 files agree before any pixel is decoded. A volume's slices are items of a domain like image files
-(:class:`Slice`). Translations are written back in the source's own kind (:func:`write`): 16-bit PNG,
-TIFF, DICOM with the source's header and a new SOP Instance UID, NIfTI with the source's header and affine.
+(:class:`Slice`), and so are the halves of a side-by-side A|B image (:class:`Half`). Translations are
+written back in the source's own kind (:func:`write`): 16-bit PNG, TIFF, DICOM with the source's header and
+a new SOP Instance UID, NIfTI with the source's header and affine.
 
 Decoding problems (a corrupt file, NaN or infinite values, a 4-D volume, DICOM without pixel data or
 whose compression no installed handler decodes) raise :class:`UnreadableImage`, one of the decode errors
@@ -31,7 +32,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image
 
-from cyclegan.data.images import IMAGE_EXTENSIONS, check_pixels, image_size
+from cyclegan.data.images import IMAGE_EXTENSIONS, check_pixels, image_size, load_image, to_mode
 from cyclegan.errors import CycleGANError, first_line
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -104,7 +105,33 @@ class Slice:
         return f"{self.path}[{self.index}]"
 
 
-Item = Path | Slice
+@dataclass(frozen=True)
+class Half:
+    """One half of a side-by-side A|B image (the paired layout of pix2pix): an item of a domain, like an
+    image file, named by its file."""
+
+    path: Path
+    side: int  # 0: the left half, 1: the right one
+
+    @property
+    def parent(self) -> Path:
+        return self.path.parent
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def cut(self, image: Image.Image) -> Image.Image:
+        """This half of the whole decoded image (of an odd width, the last column belongs to neither)."""
+        half = image.width // 2
+        return image.crop((self.side * half, 0, (self.side + 1) * half, image.height))
+
+    def cut_values(self, values: np.ndarray) -> np.ndarray:
+        """This half of the whole image's ``C×H×W`` values."""
+        half = values.shape[-1] // 2
+        return values[..., self.side * half : (self.side + 1) * half]
+
+
+Item = Path | Slice | Half
 
 
 def suffix(path: Path) -> str:
@@ -350,11 +377,22 @@ def items(path: Path, header: Header) -> list[Item]:
     return [Slice(path, i) for i in range(header.slices)] if is_volume(header) else [path]
 
 
-def read(item: Item | BinaryIO, axis: int = 2) -> np.ndarray:
-    """One image or slice as float32 C×H×W in the file's own values; NaN or infinite values are refused.
+def load_pillow(item: Path | Half, channels: int) -> Image.Image:
+    """An 8-bit image (or half of one) as Pillow decodes and converts it (:func:`load_image`); a half is
+    cut from the whole image in RGB, then converted."""
+    if isinstance(item, Half):
+        return to_mode(item.cut(load_image(item.path, 3)), channels)
+    return load_image(item, channels)
 
-    An 8-bit Pillow image is not read here (see :func:`cyclegan.data.images.load_image`).
+
+def read(item: Item | BinaryIO, axis: int = 2) -> np.ndarray:
+    """One image, slice or half as float32 C×H×W in the file's own values; NaN or infinite values are
+    refused.
+
+    An 8-bit Pillow image is not read here (see :func:`load_pillow`).
     """
+    if isinstance(item, Half):
+        return item.cut_values(read(item.path, axis))
     source: Source = item.path if isinstance(item, Slice) else item
     index = item.index if isinstance(item, Slice) else 0
     try:

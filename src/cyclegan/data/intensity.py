@@ -43,7 +43,7 @@ import torch
 
 from cyclegan.config import TrainConfig, parse_window
 from cyclegan.data import formats
-from cyclegan.data.formats import Header, Item, Kind
+from cyclegan.data.formats import Half, Header, Item, Kind, Slice
 from cyclegan.data.images import DECODE_ERRORS, load_image, to_tensor
 from cyclegan.errors import CycleGANError, first_line
 from cyclegan.files import atomic_write_text
@@ -327,8 +327,10 @@ def load_mapped(
 
 def _raw(item: Item, axis: int, channels: int) -> np.ndarray:
     """An item's raw values; an 8-bit image's 0..255 after Pillow's conversion to ``channels``."""
-    if isinstance(item, Path) and formats.probe(item, axis).kind.eight_bit:
-        return formats.pillow_values(load_image(item, channels))
+    if isinstance(item, Slice):
+        return formats.read(item, axis)
+    if formats.probe(item.path if isinstance(item, Half) else item, axis).kind.eight_bit:
+        return formats.pillow_values(formats.load_pillow(item, channels))
     return formats.read(item, axis)
 
 

@@ -8,6 +8,7 @@ scores computed in memory during training equal those ``cyclegan eval`` reports 
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -15,22 +16,28 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
 from cyclegan.config import NetConfig
+from cyclegan.data import formats
 from cyclegan.data.datasets import list_images
 from cyclegan.data.demo_scenes import DEMO_MARKER
+from cyclegan.data.formats import Half
 from cyclegan.data.images import open_image, to_unit_tensor
+from cyclegan.data.paired import by_stem
 from cyclegan.errors import CycleGANError
 from cyclegan.evaluate import metrics
 from cyclegan.evaluate.results import ResultRow, ResultTable
+from cyclegan.evaluate.runfiles import read_config
+from cyclegan.evaluate.triplets import ROWS, Triplet, save_triplets
 from cyclegan.evaluate.values import FID_NOTE, score_values
 from cyclegan.evaluate.values import protocol as value_protocol
-from cyclegan.files import atomic_write
-from cyclegan.layout import EVAL_FILE
+from cyclegan.files import atomic_write, atomic_write_bytes
+from cyclegan.layout import CONFIG, EVAL_FILE, TRIPLETS
 from cyclegan.models import Model, evaluating, model_type
 from cyclegan.models.checkpoints import read_options, resolve_checkpoint, translations
 from cyclegan.translate.translator import Translator
@@ -69,37 +76,48 @@ def _images(folder: Path) -> list[Path]:
     return files
 
 
-def _by_stem(folder: Path, files: Iterable[Path]) -> dict[Path, Path]:
-    """Files keyed by their path below ``folder`` without suffix: the name of the translation and the key
-    of the ground-truth partner. Two files differing only in suffix would overwrite each other's output."""
-    keyed: dict[Path, Path] = {}
-    for path in files:
-        relative = path.relative_to(folder)
-        key = relative.with_name(relative.stem)
-        if key in keyed:
-            raise CycleGANError(f"{keyed[key]} and {path} differ only in suffix; rename one of them")
-        keyed[key] = path
-    return keyed
-
-
-def _split_aligned(folder: Path, scratch: Path) -> tuple[Path, Path]:
-    """Write the left (A) and right (B) halves of each side-by-side A|B test image as PNG folders."""
-    halves = scratch / "testA", scratch / "testB"
+def split_aligned(folder: Path, scratch: Path) -> tuple[Path, Path]:
+    """Write the left (A) and right (B) halves of each side-by-side A|B test image into two folders: 8-bit
+    images as PNG, others without loss in their own sample type (16-bit PNG, else TIFF)."""
+    folders = scratch / "testA", scratch / "testB"
     for path in _images(folder):
-        image = open_image(path)
-        half, height = image.width // 2, image.height
-        name = path.relative_to(folder).with_suffix(".png")
-        for box, root in zip(((0, 0, half, height), (half, 0, 2 * half, height)), halves, strict=True):
-            part = image.crop(box)
-            atomic_write(root / name, partial(part.save, format="PNG"))
-    return halves
+        header = _probe(path)
+        if header.size[0] % 2:
+            raise CycleGANError(
+                f"{path} is {header.size[0]} pixels wide: side-by-side A|B halves need an even width"
+            )
+        if formats.is_volume(header):
+            raise CycleGANError(f"{path} is a volume: side-by-side A|B test images must be 2-D images")
+        relative = path.relative_to(folder)
+        if header.kind.eight_bit:
+            image = open_image(path)
+            for side, root in enumerate(folders):
+                part = Half(path, side).cut(image)
+                atomic_write(root / relative.with_suffix(".png"), partial(part.save, format="PNG"))
+            continue
+        suffix = ".png" if header.format == "png16" else ".tif"
+        values = formats.read(path)
+        for side, root in enumerate(folders):
+            half = Half(path, side).cut_values(values)[None].astype(np.float64)
+            data = formats.encode(half, path, header.kind.dtype, dst_suffix=suffix)
+            atomic_write_bytes(root / relative.with_name(formats.stem(relative) + suffix), data)
+    return folders
+
+
+def _probe(path: Path) -> formats.Header:
+    try:
+        return formats.probe(path)
+    except formats.UnreadableImage as err:
+        raise CycleGANError(f"cannot read image {err}") from None
 
 
 def _test_folders(dataroot: Path, scratch: Path) -> tuple[Path, Path, bool]:
-    """testA/ and testB/, or the halves of an aligned test/ folder; the flag says it was aligned."""
-    folder_a, folder_b, aligned = dataroot / "testA", dataroot / "testB", dataroot / "test"
-    if not folder_a.is_dir() and not folder_b.is_dir() and aligned.is_dir():
-        return *_split_aligned(aligned, scratch), True
+    """testA/ and testB/, or the halves of an aligned test/ folder (val/ where there is no test/, as in the
+    reference's edges2shoes); the flag says it was aligned."""
+    folder_a, folder_b = dataroot / "testA", dataroot / "testB"
+    aligned = next((dataroot / s for s in ("test", "val") if (dataroot / s).is_dir()), None)
+    if not folder_a.is_dir() and not folder_b.is_dir() and aligned is not None:
+        return *split_aligned(aligned, scratch), True
     for folder in (folder_a, folder_b):
         if not folder.is_dir():
             raise CycleGANError(f"{dataroot} has no {folder.name}/ folder of test images")
@@ -130,8 +148,10 @@ def _score_split(
     scores: Scores,
     method: str,
     show_progress: bool,
+    triplets: list[Triplet],
 ) -> list[Path]:
-    """Translate one test split into ``out_dir/direction``, scoring each image; returns the written files.
+    """Translate one test split into ``out_dir/direction``, scoring each image; returns the written files
+    (and adds the first few (input, output, target) to ``triplets`` where the target is known).
 
     A split feeds both generators: the forward one translates it (and its cycle returns through the other),
     and the other generator's identity term maps it to itself.
@@ -166,6 +186,8 @@ def _score_split(
                 )
             _add_paired(row, fake, truth)
             _add_paired(scores[(BASELINE, direction)], source.convert(truth.mode), truth)
+            if len(row["PSNR"]) <= ROWS:
+                triplets.append((source, fake, truth))
     return written
 
 
@@ -217,7 +239,17 @@ def _protocol(
     }
 
 
-def _notes(single: bool, paired: bool, aligned: bool, supplied: bool, n: int, net: NetConfig) -> list[str]:
+def _notes(
+    n: int,
+    net: NetConfig,
+    *,
+    single: bool,
+    paired: bool,
+    aligned: bool,
+    supplied: bool,
+    one_way: bool,
+    swapped: bool,
+) -> list[str]:
     notes = [f"FID and KID of {n}-image sets are biased by set size: compare only numbers on the same sets"]
     identity = _has_identity(net)
     if single:
@@ -232,8 +264,14 @@ def _notes(single: bool, paired: bool, aligned: bool, supplied: bool, n: int, ne
         )
     if aligned:
         notes.append("aligned test/ images split down the middle: left half is A, right half is B")
+    if swapped:
+        notes.append(
+            "--direction BtoA: the model's A is the data's B and the other way round, as in training"
+        )
     if paired:
-        notes.append("PSNR/SSIM: the translation of testA/X against testB/X as ground truth, and vice versa")
+        both = "" if one_way else ", and vice versa"
+        notes.append(f"PSNR/SSIM: the translation of testA/X against testB/X as ground truth{both}")
+        notes.append(f"{TRIPLETS}: input | output | target of the first {ROWS} test images per direction")
     else:
         notes.append("no ground-truth pairs: PSNR/SSIM omitted (pass --paired if testA/X and testB/X match)")
     if supplied:
@@ -250,6 +288,7 @@ def evaluate(
     inception_weights: Path | None = None,
     inception: nn.Module | None = None,
     paired: bool | None = None,
+    direction: str | None = None,
     kid_subsets: int = 100,
     batch_size: int = 50,
     show_progress: bool = True,
@@ -259,38 +298,60 @@ def evaluate(
     return it.
 
     ``checkpoint`` is a run folder, one of our checkpoints, or a reference single-generator ``.pth``
-    (A→B only). ``paired=None`` scores PSNR/SSIM only where ground truth is known to exist: the demo dataset
-    and aligned ``test/`` folders. ``inception`` replaces the verified FID network (tests pass a stand-in).
-    A model trained on data that is not 8-bit is scored in the data's own range, without FID/KID
-    (:mod:`cyclegan.evaluate.values`).
-    Existing files in ``out_dir`` are overwritten; only this run's translations are scored.
+    (A→B only). ``paired=None`` scores PSNR/SSIM only where ground truth is known to exist: the demo dataset,
+    aligned ``test/`` folders and models trained on pairs; with them, ``out_dir/triplets.png`` shows inputs,
+    outputs and targets. ``direction`` is the run's ``--direction`` (default: a run folder's, else AtoB):
+    BtoA swaps the data's domains, as training did. ``inception`` replaces the verified FID network (tests
+    pass a stand-in). A model trained on data that is not 8-bit is scored in the data's own range, without
+    FID/KID (:mod:`cyclegan.evaluate.values`), its triplets shown through the domains' windows. Existing
+    files in ``out_dir`` are overwritten; only this run's translations are scored.
     """
     if kid_subsets < 1:
         raise CycleGANError(f"--kid_subsets must be at least 1, got {kid_subsets}")
     name = Path(checkpoint).name
+    swapped = (direction or _run_direction(Path(checkpoint))) == "BtoA"
     checkpoint, dataroot, out_dir = resolve_checkpoint(checkpoint), Path(dataroot), Path(out_dir)
     with tempfile.TemporaryDirectory(prefix="cyclegan-eval-") as scratch:
         folder_a, folder_b, aligned = _test_folders(dataroot, Path(scratch))
-        sources = {"A": _by_stem(folder_a, _images(folder_a)), "B": _by_stem(folder_b, _images(folder_b))}
+        if swapped:
+            folder_a, folder_b = folder_b, folder_a
+        sources = {"A": by_stem(folder_a, _images(folder_a)), "B": by_stem(folder_b, _images(folder_b))}
+        is_ours = checkpoint.suffix == ".safetensors"
+        model = model_type(read_options(checkpoint).name) if is_ours else None
         if paired is None:
-            paired = aligned or (dataroot / DEMO_MARKER).is_file()
+            paired = aligned or (dataroot / DEMO_MARKER).is_file() or (model is not None and model.paired)
         if paired:
             _check_pairs(sources)
         directions = translations(checkpoint)
-        is_ours = checkpoint.suffix == ".safetensors"
-        method = model_type(read_options(checkpoint).name).title if is_ours else "reference generator"
+        method = model.title if model is not None else "reference generator"
         translators = {d: Translator.load(checkpoint, d, device) for d in directions}
-        if not all(t.conversion.eight_bit for t in translators.values()):
-            result = _value_scores(translators, sources, paired, aligned, out_dir, method, name, dataroot)
-            result.save(out_dir / EVAL_FILE)
-            return result
+        eight_bit = all(t.conversion.eight_bit for t in translators.values())
+        n_a, n_b = len(sources["A"]), len(sources["B"])
+        title = f"{method} evaluation of {name} on {dataroot.resolve().name}"
+        notes = _notes(
+            min(n_a, n_b),
+            next(iter(translators.values())).config,
+            single=model is None,
+            paired=paired,
+            aligned=aligned,
+            supplied=eight_bit and inception is not None,
+            one_way=len(directions) == 1,
+            swapped=swapped,
+        )
+        triplets: list[Triplet] = []
+        if not eight_bit:
+            columns, protocol, rows = _value_scores(
+                translators, sources, paired, out_dir, method, show_progress, triplets
+            )
+            result = ResultTable(title, protocol, columns, rows, notes=[FID_NOTE, *notes[1:]])
+            return _save(result, out_dir, triplets)
         network = inception if inception is not None else metrics.load_inception(inception_weights, device)
         scores: Scores = defaultdict(lambda: defaultdict(list))
-        written = {}
+        written: dict[str, list[Path]] = {}
         for d in ("AtoB", "BtoA"):
             truths = sources[TARGET[d]] if paired else None
             written[d] = _score_split(
-                d, sources[SOURCE[d]], truths, translators, out_dir, scores, method, show_progress
+                d, sources[SOURCE[d]], truths, translators, out_dir, scores, method, show_progress, triplets
             )
         real = real_features(
             network, [*sources["A"].values()], [*sources["B"].values()], device=device, batch_size=batch_size
@@ -303,10 +364,9 @@ def evaluate(
         values.setdefault((BASELINE, d), {}).update(
             _distribution_scores(real[SOURCE[d]], target, kid_subsets)
         )
-    n_a, n_b = len(sources["A"]), len(sources["B"])
     columns = [*COLUMNS, *(PAIRED_COLUMNS if paired else ())]
     result = ResultTable(
-        title=f"{method} evaluation of {name} on {dataroot.resolve().name}",
+        title=title,
         protocol=_protocol(n_a, n_b, kid_subsets, inception_weights, inception is not None),
         columns=columns,
         rows=[
@@ -314,47 +374,50 @@ def evaluate(
             for row_method in (method, BASELINE)
             for d in directions
         ],
-        notes=_notes(
-            method == "reference generator",
-            paired,
-            aligned,
-            inception is not None,
-            min(n_a, n_b),
-            next(iter(translators.values())).config,
-        ),
+        notes=notes,
     )
+    return _save(result, out_dir, triplets)
+
+
+def _save(result: ResultTable, out_dir: Path, triplets: list[Triplet]) -> ResultTable:
+    """Write ``eval.json`` (and ``triplets.png`` when there are any) to ``out_dir``."""
+    if triplets:
+        save_triplets(out_dir / TRIPLETS, triplets)
     result.save(out_dir / EVAL_FILE)
     return result
+
+
+def _run_direction(checkpoint: Path) -> str:
+    """The ``--direction`` a run folder trained with; AtoB for a checkpoint file, which does not record it."""
+    if not (checkpoint / CONFIG).is_file():
+        return "AtoB"
+    direction = read_config(checkpoint).get("direction", "AtoB")
+    return direction if direction in ARROWS else "AtoB"
 
 
 def _value_scores(
     translators: dict[str, Translator],
     sources: dict[str, dict[Path, Path]],
     paired: bool,
-    aligned: bool,
     out_dir: Path,
     method: str,
-    name: str,
-    dataroot: Path,
-) -> ResultTable:
-    """The scores of a model trained on data that is not 8-bit, in the data's own range (no FID/KID)."""
-    values = score_values(translators, sources, paired, out_dir, method, BASELINE)
+    show_progress: bool,
+    triplets: list[Triplet],
+) -> tuple[list[str], dict[str, str | float], list[ResultRow]]:
+    """The columns, protocol and rows of a model trained on data that is not 8-bit, scored in the data's
+    own range (no FID/KID); adds the first (input, output, target) per direction to ``triplets``."""
+    values = score_values(translators, sources, paired, out_dir, method, BASELINE, show_progress, triplets)
     columns = [c for c in COLUMNS if c not in ("FID", "KID", "KID std")] + list(
         PAIRED_COLUMNS if paired else ()
     )
-    net = next(iter(translators.values())).config
-    notes = _notes(False, paired, aligned, False, min(len(sources["A"]), len(sources["B"])), net)[1:]
-    return ResultTable(
-        title=f"{method} evaluation of {name} on {dataroot.resolve().name}",
-        protocol={**value_protocol(translators), "N testA": len(sources["A"]), "N testB": len(sources["B"])},
-        columns=columns,
-        rows=[
-            ResultRow(row_method, ARROWS[d], {c: values.get((row_method, d), {}).get(c) for c in columns})
-            for row_method in (method, BASELINE)
-            for d in translators
-        ],
-        notes=[FID_NOTE, *notes],
-    )
+    protocol: dict[str, str | float] = {**value_protocol(translators)}
+    protocol |= {"N testA": len(sources["A"]), "N testB": len(sources["B"])}
+    rows = [
+        ResultRow(row_method, ARROWS[d], {c: values.get((row_method, d), {}).get(c) for c in columns})
+        for row_method in (method, BASELINE)
+        for d in translators
+    ]
+    return columns, protocol, rows
 
 
 def evaluate_model(
@@ -419,6 +482,8 @@ def evaluate_checkpoints(
         ranking.save(out / "ranking.json")
     if run_dir is not None:
         results[names[0]].save(run_dir / EVAL_FILE)
+        if (out / TRIPLETS).is_file():  # where the run's report finds it
+            atomic_write(run_dir / TRIPLETS, partial(shutil.copyfile, out / TRIPLETS))
     return results, ranking, out
 
 

@@ -230,10 +230,22 @@ def status_line(status: RunStatus, folder: Path) -> str:
 def evaluation_section(run: Run) -> str:
     parts = [
         results_table(run.evaluation, EVAL_FILE, "Latest evaluation"),
+        triplets_figure(run.triplets) if run.triplets else "",
         metric_charts(run.metrics) if run.metrics else "",
         results_table(run.demo, DEMO_FILE, "Demo: scores against known answers"),
     ]
     return "".join(parts) or absent("No evaluation recorded (no eval.json, eval_log.jsonl or demo.json).")
+
+
+def triplets_figure(path: Path) -> str:
+    """The test images of a paired evaluation beside their translations and true targets."""
+    caption = "Test images: input | output | target"
+    image = image_data_uri(path, LATEST_WIDTH, lossless=True)
+    if image is None:
+        caption += f": {esc(path.name)} could not be read"
+        return f"<figure class='sample'><figcaption>{caption}</figcaption></figure>"
+    body = f"<figcaption>{caption}</figcaption><img src='{image[0]}' alt='{caption}'>"
+    return f"<figure class='sample latest'>{body}</figure>"
 
 
 def model_of(run: Run) -> type[Model] | None:
@@ -428,7 +440,8 @@ def sample_figure(step: int, path: Path, columns: Sequence[str], latest: bool) -
     # The latest grid is shown at up to twice its size (small grids stay legible), never wider than the page.
     size = f" width='{2 * width}'" if latest else ""
     return (
-        f"<figure class='{kind}'><figcaption>{caption}</figcaption><div class='cols'>{labels}</div>"
+        f"<figure class='{kind}'><figcaption>{caption}</figcaption>"
+        f"<div class='cols' style='grid-template-columns: repeat({max(len(columns), 1)}, 1fr)'>{labels}</div>"
         f"<img src='{uri}'{size} alt='sample grid at step {step}'></figure>"
     )
 
@@ -554,7 +567,7 @@ svg.chart { width: 100%; height: auto; display: block; }
 .chart text.mark { font-weight: 600; fill: #222; paint-order: stroke; stroke: #fff; stroke-width: 3px; }
 .sample img { max-width: 100%; height: auto; display: block; }
 .samples .sample img { width: 100%; }
-.sample .cols { display: grid; grid-template-columns: repeat(6, 1fr); font-size: 11px; color: var(--muted);
+.sample .cols { display: grid; font-size: 11px; color: var(--muted);
   text-align: center; white-space: nowrap; overflow: hidden; }
 .sample.latest { margin-bottom: 16px; width: fit-content; max-width: 100%; }
 .sample.latest figcaption { font-size: 15px; font-weight: 600; color: #1d1d1f; margin-bottom: 4px; }

@@ -18,7 +18,7 @@ from typing import Any
 from cyclegan.errors import CycleGANError
 from cyclegan.evaluate.results import ResultTable
 from cyclegan.files import read_jsonl
-from cyclegan.layout import CONFIG, DEMO_FILE, EVAL_FILE, EVAL_LOG, LOG, SAMPLES
+from cyclegan.layout import CONFIG, DEMO_FILE, EVAL_FILE, EVAL_LOG, LOG, SAMPLES, TRIPLETS
 
 SAMPLE_NAME = re.compile(r"step_(\d+)\.png")
 
@@ -44,6 +44,7 @@ class Run:
     evaluation: ResultTable | Unreadable | None  # eval.json, None when absent
     demo: ResultTable | Unreadable | None  # demo.json, None when absent
     samples: list[tuple[int, Path]]  # samples/step_*.png by step
+    triplets: Path | None = None  # triplets.png of a paired evaluation: input | output | target
 
     @property
     def name(self) -> str:
@@ -65,6 +66,7 @@ def read_run(run_dir: Path) -> Run:
         evaluation=read_results(run_dir / EVAL_FILE),
         demo=read_results(run_dir / DEMO_FILE),
         samples=sample_grids(run_dir / SAMPLES),
+        triplets=run_dir / TRIPLETS if (run_dir / TRIPLETS).is_file() else None,
     )
 
 

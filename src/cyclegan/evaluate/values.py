@@ -12,19 +12,20 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from cyclegan.data import formats
-from cyclegan.data.images import DEFAULT_MAX_PIXELS, open_image
+from cyclegan.data.images import DEFAULT_MAX_PIXELS, open_image, to_image
 from cyclegan.data.intensity import Conversion, Intensity
 from cyclegan.errors import CycleGANError
 from cyclegan.evaluate import metrics
-from cyclegan.files import atomic_write
+from cyclegan.evaluate.triplets import ROWS, Triplet
+from cyclegan.files import atomic_write_bytes
 from cyclegan.translate.translator import Translator, translate_values
 
 OTHER = {"AtoB": "BtoA", "BtoA": "AtoB"}
@@ -55,8 +56,9 @@ def _unit(values: np.ndarray, intensity: Intensity) -> torch.Tensor:
     return torch.from_numpy((np.asarray(values, np.float64) - low) / (high - low))
 
 
-def _write(data: bytes, path: Path) -> None:
-    path.write_bytes(data)
+def _preview(values: np.ndarray, intensity: Intensity) -> Image.Image:
+    """N×C×H×W values as an 8-bit picture through the domain's window (a volume's middle slice)."""
+    return to_image(intensity.forward(values[len(values) // 2]))
 
 
 def _paired(row: defaultdict[str, list[float]], x: torch.Tensor, truth: torch.Tensor) -> None:
@@ -74,10 +76,13 @@ def score_values(
     method: str,
     baseline: str,
     show_progress: bool = True,
+    triplets: list[Triplet] | None = None,
 ) -> dict[tuple[str, str], dict[str, float]]:
     """Translate each split with its forward generator into ``out_dir/DIRECTION`` and score it: cycle L1
     and PSNR, identity L1, and with ``paired`` PSNR/SSIM against testB/X (and the untranslated baseline).
-    ``sources`` maps "A"/"B" to {name without suffix: file}. Returns {(method, direction): {score: mean}}."""
+    ``sources`` maps "A"/"B" to {name without suffix: file}. Returns {(method, direction): {score: mean}};
+    with ``paired``, the first (input, output, target) of each direction, as seen through the domains'
+    windows, are added to ``triplets``."""
     scores: defaultdict[tuple[str, str], defaultdict[str, list[float]]] = defaultdict(
         lambda: defaultdict(list)
     )
@@ -91,6 +96,7 @@ def score_values(
         )
         source, target, axis = conversion.source, conversion.target, conversion.slice_axis
         row, back_row = scores[(method, direction)], scores[(method, OTHER[direction])]
+        shown = 0
         items = tqdm(sources[side].items(), desc=direction, disable=not show_progress, unit="image")
         for key, path in items:
             x = read_values(path, source, either.in_channels, axis)
@@ -105,7 +111,7 @@ def score_values(
             suffix = formats.output_suffix(path, target.dtype)
             dst = out_dir / direction / key.with_name(key.name + suffix)
             data = formats.encode(fake, path, target.dtype, axis, suffix)
-            atomic_write(dst, partial(_write, data))
+            atomic_write_bytes(dst, data)
             if backward is not None:
                 cycled = _unit(translate_values(backward, fake), source)
                 row["cycle L1"].append(float((cycled - _unit(x, source)).abs().mean()))
@@ -113,10 +119,15 @@ def score_values(
                     metrics.psnr(cycled, _unit(x, source)).clamp(max=metrics.PSNR_CAP).tolist()
                 )
             if paired:
-                truth_path = sources[target_side][key]
-                truth = _unit(read_values(truth_path, target, fake.shape[1], axis), target)
+                truth_values = read_values(sources[target_side][key], target, fake.shape[1], axis)
+                truth = _unit(truth_values, target)
                 _paired(row, _unit(fake, target), truth)
                 _paired(scores[(baseline, direction)], _unit(x, source), truth)
+                if triplets is not None and shown < ROWS:
+                    triplets.append(
+                        (_preview(x, source), _preview(fake, target), _preview(truth_values, target))
+                    )
+                    shown += 1
     return {key: {c: float(np.mean(v)) for c, v in row.items()} for key, row in scores.items()}
 
 

@@ -3,7 +3,7 @@
 Importing the package registers every built-in model.
 """
 
-from cyclegan.models import cut, cycle_gan  # noqa: F401  (registration)
+from cyclegan.models import cut, cycle_gan, pix2pix  # noqa: F401  (registration)
 from cyclegan.models.base import (
     Direction,
     Model,

@@ -17,7 +17,8 @@ from cyclegan.nets.registry import GENERATORS
 def clean_state_dict(
     state: Mapping[str, torch.Tensor], net: nn.Module | None = None
 ) -> dict[str, torch.Tensor]:
-    """Strip a DataParallel ``module.`` prefix and the InstanceNorm running-stat keys old PyTorch saved."""
+    """Strip a DataParallel ``module.`` prefix and the InstanceNorm running-stat keys old PyTorch saved, and
+    give batch norms the step counter PyTorch before 0.4.1 did not save (as PyTorch's own loading does)."""
     stripped = {key.removeprefix("module."): value for key, value in state.items()}
     modules = dict(net.named_modules()) if net is not None else {}
     out: dict[str, torch.Tensor] = {}
@@ -28,6 +29,10 @@ def clean_state_dict(
             if (net is None and f"{owner}.weight" not in stripped) or isinstance(module, nn.InstanceNorm2d):
                 continue
         out[key] = value
+    for name, module in modules.items():
+        counter = f"{name}.num_batches_tracked"
+        if isinstance(module, nn.BatchNorm2d) and f"{name}.running_mean" in out and counter not in out:
+            out[counter] = torch.tensor(0, dtype=torch.long)
     return out
 
 

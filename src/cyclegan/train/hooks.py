@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,10 +29,11 @@ from tqdm import tqdm
 
 from cyclegan.config import TrainConfig
 from cyclegan.data.datasets import domain_folders, list_images
+from cyclegan.data.paired import aligned_folder
 from cyclegan.distributed import World, is_main_process
 from cyclegan.errors import CycleGANError
 from cyclegan.evaluate import metrics
-from cyclegan.evaluate.evaluation import evaluate_model, real_features
+from cyclegan.evaluate.evaluation import evaluate_model, real_features, split_aligned
 from cyclegan.layout import BEST, CHECKPOINTS, EVAL_LOG, LOG, epoch_checkpoint
 from cyclegan.models import Model, Trainer, checkpoints
 from cyclegan.train import runs
@@ -186,18 +188,27 @@ class EpochSnapshots(Hook):
 
 
 class TestSetEvaluator(Hook):
-    """FID/KID of the model's generators on the test split every ``eval_every`` epochs, logged to
-    ``eval_log.jsonl``. The checkpoint with the lowest mean KID over its directions is kept as
-    ``checkpoints/best``.
+    """FID/KID of the model's generators on the test split (testA/ and testB/, or the halves of side-by-side
+    test/ images) every ``eval_every`` epochs, logged to ``eval_log.jsonl``. The checkpoint with the lowest
+    mean KID over its directions is kept as ``checkpoints/best``.
     """
 
     name = "evaluation"
+    halves: tempfile.TemporaryDirectory[str] | None = (
+        None  # the test images' A and B halves, when side by side
+    )
 
     def start(self, run: RunState) -> None:
         cfg = run.cfg
         if cfg.dataroot is None:
             raise CycleGANError("--eval_every needs --dataroot with testA/ and testB/")
-        self.test_a, self.test_b = (list_images(folder) for folder in domain_folders(cfg, "test"))
+        folders = domain_folders(cfg, "test")
+        aligned = aligned_folder(cfg, "test")
+        if aligned is not None and not all(folder.is_dir() for folder in folders):  # side-by-side A|B images
+            self.halves = tempfile.TemporaryDirectory(prefix="cyclegan-test-")
+            a, b = split_aligned(aligned, Path(self.halves.name))
+            folders = (b, a) if cfg.direction == "BtoA" else (a, b)
+        self.test_a, self.test_b = (list_images(folder) for folder in folders)
         weights = Path(cfg.inception_weights) if cfg.inception_weights else None
         self.inception = metrics.load_inception(weights, run.device)
         self.real = real_features(self.inception, self.test_a, self.test_b, device=run.device)
@@ -221,6 +232,10 @@ class TestSetEvaluator(Hook):
             checkpoints.save_weights(
                 path, run.model.networks(), run.model.options, info, intensity=run.intensity
             )
+
+    def end(self, run: RunState) -> None:
+        if self.halves is not None:
+            self.halves.cleanup()
 
 
 LIVE_SHARE = 0.005  # of a run's time, at most, for rewriting its live report at new sample grids

@@ -34,11 +34,12 @@ from cyclegan.data.datasets import (
     ignore_interrupts,
     scan_domain,
 )
+from cyclegan.data.paired import PairedDataset, scan_pairs
 from cyclegan.devices import is_out_of_memory
 from cyclegan.distributed import World
 from cyclegan.errors import CycleGANError
 from cyclegan.layout import CHECKPOINTS, EVAL_LOG, INTENSITY, LATEST, LOG, PREVIOUS, STAGED
-from cyclegan.models import Trainer, build_model, check_training_size
+from cyclegan.models import Trainer, build_model, check_training_size, model_type
 from cyclegan.nets import size_multiple
 from cyclegan.precision import Precision, check_compiler, pick_conv_algorithms
 from cyclegan.seeds import Stream, item_seed
@@ -58,6 +59,8 @@ from cyclegan.train.interrupts import Interrupts, catch_interrupts
 from cyclegan.train.runs import Progress
 from cyclegan.train.samples import SampleGrids
 from cyclegan.train.tracking import Tracker, check_installed
+
+TrainingData = UnpairedDataset | PairedDataset
 
 
 @dataclass
@@ -155,9 +158,12 @@ def _train(
     total = _total_steps(cfg, len(dataset))
     bar, status = _progress_bar(progress, total, show_progress and world.is_main)
     run = RunState(cfg, run_dir, model, trainer, progress, device, total, status, world, intensity=mapping)
-    for hook in hooks:
-        hook.load_state_dict(hook_states.get(hook.name, {}))
-        hook.start(run)
+    # Hooks start afresh on every resume: what they draw (say, building the FID network) must not move the
+    # random numbers training draws its dropout masks from, or a resumed run would differ from a straight one.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for hook in hooks:
+            hook.load_state_dict(hook_states.get(hook.name, {}))
+            hook.start(run)
 
     interrupted, committed, began = False, progress.step, time.time() - progress.seconds
     first, per_epoch = progress.step, math.ceil(len(dataset) / cfg.batch_size)
@@ -246,7 +252,7 @@ def _total_steps(cfg: TrainConfig, images: int) -> int:
 
 
 def _batches(
-    dataset: UnpairedDataset, cfg: TrainConfig, progress: Progress, world: World, total: int
+    dataset: TrainingData, cfg: TrainConfig, progress: Progress, world: World, total: int
 ) -> Iterator[dict[str, Any] | None]:
     """This process's batches from where ``progress`` stands to the run's last step; ``None`` after each
     complete epoch. A run that reaches its last step mid-epoch ends there, the epoch left open."""
@@ -287,17 +293,21 @@ def _commit(run: RunState, hooks: Sequence[Hook], interrupts: Interrupts) -> int
 
 def training_data(
     cfg: TrainConfig, cached: intensity.Intensities | None = None
-) -> tuple[UnpairedDataset, set[str]]:
-    """The two domains' images, with the unreadable ones named once, every training size checked, and
-    each domain's mapping to [-1, 1] resolved (or ``cached``, a resumed run's)."""
+) -> tuple[TrainingData, set[str]]:
+    """The two domains' images (true pairs for a paired model), with the unusable files named once, every
+    training size checked, and each domain's mapping to [-1, 1] resolved (or ``cached``, a resumed run's)."""
     net = cfg.model.net
     multiple = size_multiple(net)
-    a_folder, b_folder = domain_folders(cfg)
-    domain_a, bad_a, sizes_a = scan_domain(a_folder, cfg, net.input_nc, multiple)
-    domain_b, bad_b, sizes_b = scan_domain(b_folder, cfg, net.output_nc, multiple)
-    for path, why in bad_a + bad_b:
+    paired = model_type(cfg.model.name).paired
+    if paired:
+        domain_a, domain_b, bad, sizes = scan_pairs(cfg, multiple)
+    else:
+        a_folder, b_folder = domain_folders(cfg)
+        domain_a, bad_a, sizes_a = scan_domain(a_folder, cfg, net.input_nc, multiple)
+        domain_b, bad_b, sizes_b = scan_domain(b_folder, cfg, net.output_nc, multiple)
+        bad, sizes = bad_a + bad_b, sizes_a | sizes_b
+    for path, why in bad:
         note(f"warning: skipping {path}: {why}")
-    sizes = sizes_a | sizes_b
     if cfg.batch_size > 1 and len(sizes) > 1:
         raise CycleGANError(
             f"--preprocess {cfg.preprocess} gives images of {len(sizes)} different sizes, which cannot"
@@ -314,8 +324,8 @@ def training_data(
             " 8-bit; leave it out and score with cyclegan eval (PSNR/SSIM in the data's own range)"
         )
     assert cfg.seed is not None
-    dataset = UnpairedDataset(domain_a, domain_b, cfg, cfg.seed, multiple)
-    return dataset, {str(path) for path, _ in bad_a + bad_b}
+    kind = PairedDataset if paired else UnpairedDataset
+    return kind(domain_a, domain_b, cfg, cfg.seed, multiple), {str(path) for path, _ in bad}
 
 
 def _step(
@@ -355,7 +365,7 @@ def _warn_skipped(paths: list[str], skipped: set[str], world: World) -> None:
         tqdm.write(f"warning{where}: skipping {path}: the image could not be decoded", file=sys.stderr)
 
 
-def epoch_loader(dataset: UnpairedDataset, cfg: TrainConfig, progress: Progress, world: World) -> DataLoader:
+def epoch_loader(dataset: TrainingData, cfg: TrainConfig, progress: Progress, world: World) -> DataLoader:
     """This process's batches of the current epoch from ``progress.batch`` on, in the epoch's seeded order.
 
     Pinned host memory on CUDA lets the copies to the GPU run asynchronously (``non_blocking``).

@@ -16,10 +16,11 @@ from cyclegan.config import TrainConfig
 from cyclegan.data.datasets import domain_folders, eval_transform, list_images
 from cyclegan.data.images import DECODE_ERRORS, DEFAULT_MAX_PIXELS, load_image
 from cyclegan.data.intensity import Intensities, Intensity, load_mapped
+from cyclegan.data.paired import sample_pairs
 from cyclegan.errors import CycleGANError
 from cyclegan.files import atomic_write
 from cyclegan.layout import SAMPLES, sample_grid
-from cyclegan.models import Model, evaluating
+from cyclegan.models import Model, evaluating, model_type
 from cyclegan.train.hooks import Hook, ImageFile, RunState
 
 
@@ -80,7 +81,9 @@ def sample_images(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed handful of A and B images (test split when there is one) for sample grids, through the
     domains' mappings (``intensities``; the 8-bit rule by default): grids show the windows. A volume
-    shows its middle slice."""
+    shows its middle slice; a paired model shows true pairs."""
+    if model_type(cfg.model.name).paired:
+        return sample_pairs(cfg, count, intensities)
     out = []
     a_train, b_train = domain_folders(cfg)
     channels = (cfg.model.net.input_nc, cfg.model.net.output_nc)
