@@ -18,12 +18,13 @@ from conftest import tiny_config, write_images
 
 from cyclegan.cli import main
 from cyclegan.config import TrainConfig, replace_options
+from cyclegan.data.datasets import ignore_interrupts
 from cyclegan.errors import CycleGANError
 from cyclegan.layout import LATEST, PREVIOUS
 from cyclegan.models import checkpoints
 from cyclegan.models.cycle_gan import CycleGAN, CycleGANTrainer
 from cyclegan.train import runs
-from cyclegan.train.interrupts import Interrupts
+from cyclegan.train.interrupts import SIGNALS, Interrupts
 from cyclegan.train.loop import train
 
 HERE = Path(__file__).parent
@@ -98,12 +99,22 @@ def test_a_second_interrupt_waits_for_the_checkpoint_commit() -> None:
         interrupts.handle(signal.SIGINT, None)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_ctrl_c_or_sigterm_with_loader_workers_stops_once_saves_and_says_how_to_resume(
-    dataroot: Path, tmp_path: Path, signum: int
+def test_loader_workers_leave_ctrl_c_and_sigterm_to_the_main_process() -> None:
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    try:
+        ignore_interrupts(0)
+        assert {s: signal.getsignal(s) for s in SIGNALS} == dict.fromkeys(SIGNALS, signal.SIG_IGN)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def test_sigterm_to_the_process_group_with_loader_workers_stops_once_saves_and_says_how_to_resume(
+    dataroot: Path, tmp_path: Path
 ) -> None:
-    """Sent to the whole process group, as a terminal sends Ctrl-C and SLURM, systemd or docker stop send
-    SIGTERM: the loader workers get it too, and must leave it to the main process."""
+    """Sent to the whole process group, as SLURM, systemd or docker stop send SIGTERM (and a terminal sends
+    Ctrl-C, whose SIGINT takes the same path, above): the loader workers get it too, and must leave it to
+    the main process."""
     cmd = [
         sys.executable, "-m", "cyclegan.cli", "train", "--dataroot", str(dataroot),
         "--checkpoints_dir", str(tmp_path), "--name", "run", "--ngf", "4", "--ndf", "4",
@@ -117,7 +128,7 @@ def test_ctrl_c_or_sigterm_with_loader_workers_stops_once_saves_and_says_how_to_
     deadline = time.time() + 60
     while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 2):
         time.sleep(0.05)
-    os.killpg(proc.pid, signum)
+    os.killpg(proc.pid, signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert err.count("Stopping after this step") == 1
