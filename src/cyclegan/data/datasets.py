@@ -12,6 +12,7 @@ import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -88,22 +89,9 @@ def train_transform(
     Takes what :meth:`Domain.read` gives: an 8-bit Pillow image, or a float tensor already in [-1, 1]
     (:func:`tensor_transform`).
     """
-    ops: list[Callable] = []
-    bicubic = InterpolationMode.BICUBIC
-    if cfg.preprocess == "resize_and_crop":
-        ops += [
-            transforms.Resize([cfg.load_size, cfg.load_size], bicubic),
-            transforms.RandomCrop(cfg.crop_size),
-        ]
-    elif cfg.preprocess == "crop":
-        ops.append(transforms.RandomCrop(cfg.crop_size))
-    elif cfg.preprocess in ("scale_width", "scale_width_and_crop"):
-        ops.append(transforms.Lambda(lambda im: _scale_width(im, cfg.load_size, cfg.crop_size, multiple)))
-        if cfg.preprocess == "scale_width_and_crop":
-            ops.append(transforms.RandomCrop(cfg.crop_size))
-    if not cfg.no_flip:
-        ops.append(transforms.RandomHorizontalFlip())
-    ops += [transforms.ToTensor(), transforms.Normalize([0.5] * channels, [0.5] * channels)]
+    scale_width = transforms.Lambda(lambda im: _scale_width(im, cfg.load_size, cfg.crop_size, multiple))
+    ops = [*_geometry(cfg, transforms, scale_width), transforms.ToTensor()]
+    ops.append(transforms.Normalize([0.5] * channels, [0.5] * channels))
     if cfg.preprocess == "none":
         ops.append(lambda x: pad_to_multiple(x, multiple)[0])
     return _by_type(transforms.Compose(ops), tensor_transform(cfg, multiple))
@@ -112,25 +100,29 @@ def train_transform(
 def tensor_transform(cfg: TrainConfig, multiple: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """The same preprocessing for C×H×W float tensors in [-1, 1] (16-bit, float and medical images), with
     torchvision's tensor transforms; a bicubic resize's overshoot is clipped back to [-1, 1]."""
-    ops: list[Callable] = []
-    bicubic = InterpolationMode.BICUBIC
-    if cfg.preprocess == "resize_and_crop":
-        ops += [
-            v2.Resize([cfg.load_size, cfg.load_size], bicubic, antialias=True),
-            v2.RandomCrop(cfg.crop_size),
-        ]
-    elif cfg.preprocess == "crop":
-        ops.append(v2.RandomCrop(cfg.crop_size))
-    elif cfg.preprocess in ("scale_width", "scale_width_and_crop"):
-        ops.append(v2.Lambda(lambda x: _scale_width_tensor(x, cfg.load_size, cfg.crop_size, multiple)))
-        if cfg.preprocess == "scale_width_and_crop":
-            ops.append(v2.RandomCrop(cfg.crop_size))
-    if not cfg.no_flip:
-        ops.append(v2.RandomHorizontalFlip())
-    ops.append(v2.Lambda(lambda x: x.clamp(-1.0, 1.0)))
+    scale_width = v2.Lambda(lambda x: _scale_width_tensor(x, cfg.load_size, cfg.crop_size, multiple))
+    ops = [*_geometry(cfg, v2, scale_width), v2.Lambda(lambda x: x.clamp(-1.0, 1.0))]
     if cfg.preprocess == "none":
         ops.append(v2.Lambda(lambda x: pad_to_multiple(x, multiple)[0]))
     return v2.Compose(ops)
+
+
+def _geometry(cfg: TrainConfig, library: ModuleType, scale_width: Callable) -> list[Callable]:
+    """``cfg.preprocess``'s resize and crop, and the flip, from torchvision's ``transforms`` (Pillow images)
+    or ``transforms.v2`` (tensors): the one place the reference's preprocess modes are spelled out."""
+    ops: list[Callable] = []
+    if cfg.preprocess == "resize_and_crop":
+        resize = library.Resize([cfg.load_size, cfg.load_size], InterpolationMode.BICUBIC, antialias=True)
+        ops += [resize, library.RandomCrop(cfg.crop_size)]
+    elif cfg.preprocess == "crop":
+        ops.append(library.RandomCrop(cfg.crop_size))
+    elif cfg.preprocess in ("scale_width", "scale_width_and_crop"):
+        ops.append(scale_width)
+        if cfg.preprocess == "scale_width_and_crop":
+            ops.append(library.RandomCrop(cfg.crop_size))
+    if not cfg.no_flip:
+        ops.append(library.RandomHorizontalFlip())
+    return ops
 
 
 def _scale_width_tensor(x: torch.Tensor, width: int, min_height: int, multiple: int) -> torch.Tensor:
