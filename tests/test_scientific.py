@@ -17,7 +17,7 @@ import png
 import pytest
 import tifffile
 import torch
-from conftest import tiny_config, write_images
+from conftest import StandInInception, tiny_config, write_images
 from PIL import Image
 from torch import nn
 
@@ -28,8 +28,10 @@ from cyclegan.data.check import check_data
 from cyclegan.data.datasets import scan_domain
 from cyclegan.data.intensity import Intensities, Intensity, resolve
 from cyclegan.errors import CycleGANError
+from cyclegan.evaluate import metrics
 from cyclegan.evaluate.evaluation import evaluate
-from cyclegan.evaluate.values import FID_NOTE
+from cyclegan.evaluate.results import ResultTable
+from cyclegan.evaluate.values import FID_NOTE, WINDOWED_FID_NOTE
 from cyclegan.layout import INTENSITY
 from cyclegan.models import checkpoints
 from cyclegan.train import resume_config, train
@@ -272,3 +274,46 @@ def test_windows_on_eight_bit_images_and_the_rule_for_mixed_bit_depths(tmp_path:
     assert (mapping.low, mapping.high, mapping.dtype) == (pixels.min(), pixels.max(), "uint8")
     x = dataclasses.replace(domain, intensity=mapping).read(domain.paths[0])
     assert isinstance(x, torch.Tensor) and x.shape == (3, 6, 8) and x.min() >= -1 and x.max() <= 1
+
+
+def test_eval_fid_on_sixteen_bit_data_scores_the_windowed_slices(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(3)
+    levels: dict[str, list[np.ndarray]] = {}
+    for split in ("trainA", "trainB", "testA", "testB"):
+        (tmp_path / "data" / split).mkdir(parents=True)
+        levels[split] = [rng.integers(0, 256, (40, 40)) for _ in range(3)]
+        for i, grey in enumerate(levels[split]):  # 257 × an 8-bit level: the window shows that level exactly
+            _write_png16(tmp_path / "data" / split / f"{i}.png", (grey * 257).astype(np.uint16))
+    cfg = tiny_config(tmp_path / "data", tmp_path / "runs", input_nc=1, output_nc=1, max_steps=1)
+    run = train(cfg, show_progress=False).run_dir
+    plain = evaluate(run, tmp_path / "data", out_dir=tmp_path / "plain", kid_subsets=2, show_progress=False)
+    stand_in = StandInInception()
+    monkeypatch.setattr(metrics, "load_inception", lambda *args, **kwargs: stand_in)
+    data, out = str(tmp_path / "data"), str(tmp_path / "fid")
+    latest = str(run / "checkpoints" / "latest.safetensors")
+    assert (
+        main(["eval", str(run), latest, "--dataroot", data, "--out", out, "--kid_subsets", "2", "--fid"]) == 0
+    )
+    scored = ResultTable.load(tmp_path / "fid" / "run" / "eval.json")
+    ranking = ResultTable.load(tmp_path / "fid" / "ranking.json")
+    assert {row.method for row in ranking.rows} == {"run", "latest"}
+    assert all(np.isfinite(row.scores["mean KID"]) for row in ranking.rows)
+
+    assert scored.notes[0] == WINDOWED_FID_NOTE and plain.notes[0] == FID_NOTE
+    assert scored.columns == ["FID", "KID", "KID std", *plain.columns]
+    fed = [batch.shape for batch in stand_in.inputs]  # twice: 3 real A, 3 real B, 3 G(A), 3 F(B)
+    assert sum(shape[0] for shape in fed) == 24 and {shape[1:] for shape in fed} == {(3, 299, 299)}
+    for with_fid, without in zip(scored.rows, plain.rows, strict=True):
+        assert {c: with_fid.scores[c] for c in plain.columns} == without.scores
+        assert all(np.isfinite(with_fid.scores[c]) for c in ("FID", "KID"))
+
+    def features(split: str) -> torch.Tensor:
+        pictures = [torch.from_numpy(grey / 255.0).float().expand(3, -1, -1) for grey in levels[split]]
+        return metrics.inception_features(StandInInception(), pictures)
+
+    baseline = next(r for r in scored.rows if r.method == "untranslated input" and r.direction == "A→B")
+    assert baseline.scores["FID"] == pytest.approx(
+        metrics.fid(features("testA"), features("testB")), rel=1e-9
+    )

@@ -517,6 +517,13 @@ def _eval_parser(sub: Any) -> None:
         " (default: a run folder's, else AtoB)",
     )  # fmt: skip
     p.add_argument("--kid_subsets", type=int, default=100, help="random subsets KID averages (default: 100)")
+    p.add_argument(
+        "--fid",
+        action="store_true",
+        help="for data that is not 8-bit (16-bit, float, DICOM, NIfTI), compute FID/KID anyway, on every"
+        " slice seen through its domain's window as an 8-bit picture: comparable between runs on the same"
+        " data only (8-bit data always gets them)",
+    )
     p.set_defaults(handler=_run_eval)
 
 
@@ -534,6 +541,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         paired=args.paired,
         direction=args.direction,
         kid_subsets=args.kid_subsets,
+        windowed_fid=args.fid,
     )
     for result in results.values():
         print(format_table(result) + "\n")

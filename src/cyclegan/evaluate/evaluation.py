@@ -34,7 +34,7 @@ from cyclegan.evaluate import metrics
 from cyclegan.evaluate.results import ResultRow, ResultTable
 from cyclegan.evaluate.runfiles import read_config
 from cyclegan.evaluate.triplets import ROWS, Triplet, save_triplets
-from cyclegan.evaluate.values import FID_NOTE, score_values
+from cyclegan.evaluate.values import FID_NOTE, WINDOWED_FID_NOTE, score_values
 from cyclegan.evaluate.values import protocol as value_protocol
 from cyclegan.files import atomic_write, atomic_write_bytes
 from cyclegan.layout import CONFIG, EVAL_FILE, TRIPLETS
@@ -51,6 +51,7 @@ COLUMNS = ("FID", "KID", "KID std", "cycle L1", "cycle PSNR", "identity L1")
 PAIRED_COLUMNS = ("PSNR", "SSIM")
 FORMATS = {"FID": "{:.2f}", "cycle PSNR": "{:.2f}", "PSNR": "{:.2f}"}
 KID_SUBSET_SIZE = 1000
+WINDOWED_FORMAT = "FID/KID on every slice through its domain's window as an 8-bit PNG; the rest on values"
 
 Scores = defaultdict[tuple[str, str], defaultdict[str, list[float]]]
 
@@ -292,6 +293,7 @@ def evaluate(
     kid_subsets: int = 100,
     batch_size: int = 50,
     show_progress: bool = True,
+    windowed_fid: bool = False,
 ) -> ResultTable:
     """Translate testA with G and testB with F into ``out_dir/AtoB`` and ``out_dir/BtoA`` (PNG, same names,
     each image at its own size), score them and the untranslated inputs, write ``out_dir/eval.json`` and
@@ -303,8 +305,8 @@ def evaluate(
     outputs and targets. ``direction`` is the run's ``--direction`` (default: a run folder's, else AtoB):
     BtoA swaps the data's domains, as training did. ``inception`` replaces the verified FID network (tests
     pass a stand-in). A model trained on data that is not 8-bit is scored in the data's own range, without
-    FID/KID (:mod:`cyclegan.evaluate.values`), its triplets shown through the domains' windows. Existing
-    files in ``out_dir`` are overwritten; only this run's translations are scored.
+    FID/KID unless ``windowed_fid`` (:mod:`cyclegan.evaluate.values`), its triplets shown through the
+    domains' windows. Existing files in ``out_dir`` are overwritten; only this run's translations are scored.
     """
     if kid_subsets < 1:
         raise CycleGANError(f"--kid_subsets must be at least 1, got {kid_subsets}")
@@ -334,48 +336,59 @@ def evaluate(
             single=model is None,
             paired=paired,
             aligned=aligned,
-            supplied=eight_bit and inception is not None,
+            supplied=(eight_bit or windowed_fid) and inception is not None,
             one_way=len(directions) == 1,
             swapped=swapped,
         )
         triplets: list[Triplet] = []
-        if not eight_bit:
-            columns, protocol, rows = _value_scores(
+        network: nn.Module | None = None
+        if eight_bit:
+            network = _inception(inception, inception_weights, device)
+            values, written = _image_scores(
                 translators, sources, paired, out_dir, method, show_progress, triplets
             )
-            result = ResultTable(title, protocol, columns, rows, notes=[FID_NOTE, *notes[1:]])
-            return _save(result, out_dir, triplets)
-        network = inception if inception is not None else metrics.load_inception(inception_weights, device)
-        scores: Scores = defaultdict(lambda: defaultdict(list))
-        written: dict[str, list[Path]] = {}
-        for d in ("AtoB", "BtoA"):
-            truths = sources[TARGET[d]] if paired else None
-            written[d] = _score_split(
-                d, sources[SOURCE[d]], truths, translators, out_dir, scores, method, show_progress, triplets
+            real = real_features(
+                network,
+                [*sources["A"].values()],
+                [*sources["B"].values()],
+                device=device,
+                batch_size=batch_size,
             )
-        real = real_features(
-            network, [*sources["A"].values()], [*sources["B"].values()], device=device, batch_size=batch_size
-        )
-    values = {key: {c: sum(v) / len(v) for c, v in row.items()} for key, row in scores.items()}
-    for d in directions:
-        fake = metrics.file_features(network, written[d], batch_size, device)
-        target = real[TARGET[d]]
-        values.setdefault((method, d), {}).update(_distribution_scores(fake, target, kid_subsets))
-        values.setdefault((BASELINE, d), {}).update(
-            _distribution_scores(real[SOURCE[d]], target, kid_subsets)
-        )
-    columns = [*COLUMNS, *(PAIRED_COLUMNS if paired else ())]
-    result = ResultTable(
-        title=title,
-        protocol=_protocol(n_a, n_b, kid_subsets, inception_weights, inception is not None),
-        columns=columns,
-        rows=[
-            ResultRow(row_method, ARROWS[d], {c: values[(row_method, d)].get(c) for c in columns})
-            for row_method in (method, BASELINE)
-            for d in directions
-        ],
-        notes=notes,
-    )
+            columns = [*COLUMNS, *(PAIRED_COLUMNS if paired else ())]
+            protocol = _protocol(n_a, n_b, kid_subsets, inception_weights, inception is not None)
+        else:
+            previews = Path(scratch) / "previews" if windowed_fid else None
+            columns, protocol, values = _value_scores(
+                translators, sources, paired, out_dir, method, show_progress, triplets, previews
+            )
+            notes[0] = FID_NOTE if previews is None else WINDOWED_FID_NOTE
+            if previews is not None:
+                network = _inception(inception, inception_weights, device)
+                written = {d: sorted((previews / d).rglob("*.png")) for d in directions}
+                real = {
+                    side: _folder_features(network, previews / f"real_{side}", batch_size, device)
+                    for side in "AB"
+                }
+                columns = [*COLUMNS[:3], *columns]
+                slices = (len(real["A"]), len(real["B"]))
+                protocol = (
+                    _protocol(*slices, kid_subsets, inception_weights, inception is not None) | protocol
+                )
+                protocol["image format"] = WINDOWED_FORMAT
+        if network is not None:
+            for d in directions:
+                fake = metrics.file_features(network, written[d], batch_size, device)
+                target = real[TARGET[d]]
+                values.setdefault((method, d), {}).update(_distribution_scores(fake, target, kid_subsets))
+                values.setdefault((BASELINE, d), {}).update(
+                    _distribution_scores(real[SOURCE[d]], target, kid_subsets)
+                )
+    rows = [
+        ResultRow(row_method, ARROWS[d], {c: values.get((row_method, d), {}).get(c) for c in columns})
+        for row_method in (method, BASELINE)
+        for d in directions
+    ]
+    result = ResultTable(title=title, protocol=protocol, columns=columns, rows=rows, notes=notes)
     return _save(result, out_dir, triplets)
 
 
@@ -403,21 +416,52 @@ def _value_scores(
     method: str,
     show_progress: bool,
     triplets: list[Triplet],
-) -> tuple[list[str], dict[str, str | float], list[ResultRow]]:
-    """The columns, protocol and rows of a model trained on data that is not 8-bit, scored in the data's
-    own range (no FID/KID); adds the first (input, output, target) per direction to ``triplets``."""
-    values = score_values(translators, sources, paired, out_dir, method, BASELINE, show_progress, triplets)
+    previews: Path | None,
+) -> tuple[list[str], dict[str, str | float], dict[tuple[str, str], dict[str, float]]]:
+    """The columns, protocol and scores of a model trained on data that is not 8-bit, scored in the data's
+    own range; adds the first (input, output, target) per direction to ``triplets``, and with ``previews``
+    writes every slice there through its window for FID/KID."""
+    values = score_values(
+        translators, sources, paired, out_dir, method, BASELINE, show_progress, triplets, previews
+    )
     columns = [c for c in COLUMNS if c not in ("FID", "KID", "KID std")] + list(
         PAIRED_COLUMNS if paired else ()
     )
     protocol: dict[str, str | float] = {**value_protocol(translators)}
     protocol |= {"N testA": len(sources["A"]), "N testB": len(sources["B"])}
-    rows = [
-        ResultRow(row_method, ARROWS[d], {c: values.get((row_method, d), {}).get(c) for c in columns})
-        for row_method in (method, BASELINE)
-        for d in translators
-    ]
-    return columns, protocol, rows
+    return columns, protocol, values
+
+
+def _inception(supplied: nn.Module | None, weights: Path | None, device: torch.device | str) -> nn.Module:
+    return supplied if supplied is not None else metrics.load_inception(weights, device)
+
+
+def _folder_features(
+    network: nn.Module, folder: Path, batch_size: int, device: torch.device | str
+) -> torch.Tensor:
+    return metrics.file_features(network, sorted(folder.rglob("*.png")), batch_size, device)
+
+
+def _image_scores(
+    translators: dict[str, Translator],
+    sources: dict[str, dict[Path, Path]],
+    paired: bool,
+    out_dir: Path,
+    method: str,
+    show_progress: bool,
+    triplets: list[Triplet],
+) -> tuple[dict[tuple[str, str], dict[str, float]], dict[str, list[Path]]]:
+    """8-bit data: translate each split to PNG and score it; returns the mean scores and the files written
+    per direction."""
+    scores: Scores = defaultdict(lambda: defaultdict(list))
+    written = {}
+    for d in ("AtoB", "BtoA"):
+        truths = sources[TARGET[d]] if paired else None
+        written[d] = _score_split(
+            d, sources[SOURCE[d]], truths, translators, out_dir, scores, method, show_progress, triplets
+        )
+    values = {key: {c: sum(v) / len(v) for c, v in row.items()} for key, row in scores.items()}
+    return values, written
 
 
 def evaluate_model(
