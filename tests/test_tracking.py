@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -34,6 +35,7 @@ from cyclegan.models.cycle_gan import CycleGAN
 from cyclegan.train import runs
 from cyclegan.train.hooks import Hook, RunState
 from cyclegan.train.loop import train
+from cyclegan.train.tracking import wait_past_event_files
 
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy")  # MLflow's, not ours
 HERE = Path(__file__).parent
@@ -126,6 +128,18 @@ def test_tensorboard_shows_each_step_once_after_a_kill_and_resume(dataroot: Path
     assert hparams["ngf"].number_value == 4 and hparams["model"].string_value == "cycle_gan"
     final = (run_dir / "report.html").read_text()
     assert "<strong>Finished</strong>" in final and "step 10 of 10 (100%)" in final
+
+
+def test_a_resumed_sessions_event_file_sorts_after_one_made_in_the_same_second(tmp_path: Path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    killed = (
+        tmp_path / f"events.out.tfevents.{int(time.time()):010d}.~host.99999999.0"
+    )  # sorts after any host
+    killed.write_bytes(b"")
+    wait_past_event_files(tmp_path)
+    SummaryWriter(str(tmp_path)).close()
+    assert sorted(p.name for p in tmp_path.iterdir())[0] == killed.name
 
 
 def wandb_history(run_folder: Path) -> list[dict[str, Any]]:

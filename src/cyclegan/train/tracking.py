@@ -100,6 +100,22 @@ class Backend:
         """``outcome``: finished, interrupted or stopped."""
 
 
+def wait_past_event_files(folder: Path) -> None:
+    """Wait (a second at most) until a new event file in ``folder`` sorts after the ones there.
+
+    TensorBoard reads a run's event files in name order, and a name starts with the second its file was
+    made, then host and process id. A session resumed within the second its killed predecessor started
+    could sort first; TensorBoard would then take the older steps that follow for a restart and drop the
+    resumed session's steps.
+    """
+    made = [
+        int(stamp) for p in folder.glob("events.out.tfevents.*") if (stamp := p.name.split(".")[3]).isdigit()
+    ]
+    deadline = time.monotonic() + 1.0
+    while made and time.time() < max(made) + 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 class TensorBoard(Backend):
     """Event files in the run folder through ``torch.utils.tensorboard``."""
 
@@ -110,6 +126,7 @@ class TensorBoard(Backend):
         from torch.utils.tensorboard.summary import hparams
 
         # steps after the checkpoint were logged by a killed session: TensorBoard hides them
+        wait_past_event_files(run.run_dir)
         self.writer = SummaryWriter(str(run.run_dir), purge_step=run.progress.step + 1)
         events = self.writer.file_writer  # for what SummaryWriter has no method for
         assert events is not None
