@@ -92,7 +92,7 @@ def one_run(args: argparse.Namespace, model: str, seed: int) -> dict[str, Any]:
         "planned_steps": settings.steps,
         "steps": result.progress.step,
         "seconds": round(time.monotonic() - began, 1),
-        "stopped": result.stopped,
+        "stopped": result.stopped or ("at the deadline" if result.interrupted else None),
         "rows": [{"method": r.method, "direction": r.direction, **r.scores} for r in table.rows],
     }
     atomic_write_text(kept, json.dumps(record, indent=2) + "\n")
@@ -118,7 +118,7 @@ def summary(records: list[dict[str, Any]], args: argparse.Namespace) -> ResultTa
     ]
     per_seed = [
         f"{r['model']} seed {r['seed']}: {r['steps']} steps in {r['seconds']} s"
-        + (f" (stopped: {r['stopped']})" if r["stopped"] else "")
+        + (f" (stopped {r['stopped']}: {r['planned_steps']} planned)" if r["stopped"] else "")
         for r in records
     ]
     return ResultTable(
