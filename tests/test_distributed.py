@@ -123,7 +123,10 @@ def _worker(rank: int, ports: list[int], tmp: str, dataroot: str) -> None:
     # train() joins its own process group from the environment, as under torchrun.
     for name, steps, port in (("whole", 6, ports[1]), ("split", 3, ports[2])):
         os.environ["MASTER_PORT"] = str(port)
-        cfg = tiny_config(Path(dataroot), Path(tmp) / name, max_steps=steps, batch_size=2, save_latest_freq=2)
+        log_to = "tensorboard" if name == "whole" else "none"
+        cfg = tiny_config(
+            Path(dataroot), Path(tmp) / name, max_steps=steps, batch_size=2, save_latest_freq=2, log_to=log_to
+        )
         train(cfg, show_progress=False, report=False)
     run = Path(tmp) / "split" / "run"
     if rank == 0:
@@ -216,6 +219,7 @@ def test_stopped_and_resumed_two_process_run_equals_an_uninterrupted_one(two_pro
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
     log = (two_processes / "split" / "run" / "log.jsonl").read_text().splitlines()
     assert len(log) == 3  # rank 0 alone writes: steps 2, 4, 6
+    assert len(list((two_processes / "whole" / "run").glob("events.out.tfevents.*"))) == 1  # and tracks
 
 
 def test_rank_zeros_refusal_reaches_every_process(two_processes: Path) -> None:
