@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import numpy as np
@@ -20,7 +21,7 @@ from cyclegan.errors import CycleGANError
 from cyclegan.evaluate.report import render_report
 from cyclegan.evaluate.runfiles import read_run
 from cyclegan.layout import LOG
-from cyclegan.models import checkpoints
+from cyclegan.models import checkpoints, model_type
 from cyclegan.models.cycle_gan import CycleGAN
 from cyclegan.train import health, runs
 from cyclegan.train.hooks import Hook, RunState
@@ -57,6 +58,22 @@ def test_each_signal_fires_on_its_own_symptom_only(
         CycleGAN.directions, HEALTHY_LOSSES | losses, HEALTHY_PROBE | probe, FIRST_CYCLE
     )
     assert set(found) == expected
+
+
+def test_the_idle_generator_advice_names_the_loss_that_rewards_doing_nothing() -> None:
+    stats = {"change_A": 0.01, "gap_A": 0.3}
+    for model, options, network, fix in (
+        ("cycle_gan", {}, "G_A", "a smaller --lambda_identity (now 0.5)"),
+        ("cycle_gan", {"lambda_identity": 0.0}, "G_A", "a smaller --lambda_A (now 10)"),
+        ("cut", {}, "G", "a smaller --lambda_NCE (now 1)"),
+        ("fastcut", {}, "G", "a smaller --lambda_NCE (now 10)"),
+        ("pix2pix", {}, "G", "--lr 0.0004"),  # its L1 ties outputs to the targets, not to the inputs
+    ):
+        run = cast(
+            RunState, SimpleNamespace(cfg=TrainConfig.create(model, **options), model=model_type(model))
+        )
+        message = health.warning_message(run, "generator_idle", network, 0.01, stats)
+        assert f"try {fix}, or check" in message, (model, message)
 
 
 def test_divergence_is_a_non_finite_or_exploded_adversarial_loss() -> None:

@@ -296,7 +296,12 @@ def warning_message(run: RunState, signal: str, network: str, value: float, stat
             f" the generator {gen} gets no signal; try --lr {cfg.lr / 2:g}, a smaller {smaller}, or more data"
         )
     if signal == "generator_idle":
-        fix = f"a smaller --lambda_identity (now {identity:g})" if identity else f"--lr {cfg.lr * 2:g}"
+        if identity:
+            fix = f"a smaller --lambda_identity (now {identity:g})"
+        elif d.anchor and not run.model.paired:  # the loss tying outputs to inputs rewards doing nothing
+            fix = f"a smaller --{d.anchor} (now {getattr(options, d.anchor):g})"
+        else:
+            fix = f"--lr {cfg.lr * 2:g}"
         return (
             f"{gen} has been returning its input nearly unchanged for {steps} (it changes pixels by"
             f" {stats[f'change_{source}']:.3f} on average, while the mean colours of {source} and {target}"
