@@ -213,6 +213,28 @@ def test_eval_every_logs_fid_kid_and_keeps_the_best_checkpoint(
         train(cfg, show_progress=False)
 
 
+def test_an_evaluation_after_the_checkpoint_at_an_epochs_last_step_is_not_logged_twice(
+    dataroot: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conftest import StandInInception
+
+    from cyclegan.evaluate import metrics
+
+    monkeypatch.setattr(metrics, "load_inception", lambda path=None, device="cpu": StandInInception())
+    steps = itertools.count(1)  # stopped at step 6, the first epoch's last: saved before the epoch closes
+    cfg = tiny_config(dataroot, tmp_path, max_steps=12, eval_every=1)
+    stopped = train(cfg, show_progress=False, should_stop=lambda: next(steps) >= 6)
+    assert (stopped.progress.step, stopped.progress.epoch) == (6, 0)
+    eval_log = stopped.run_dir / "eval_log.jsonl"
+    assert not eval_log.exists() or eval_log.read_text() == ""
+    # what a resumed session killed between the epoch's evaluation and its commit leaves behind
+    runs.append_row(eval_log, {"epoch": 1, "step": 6, "metrics": {"KID A→B": 9.0}})
+    train(runs.resume_config(stopped.run_dir), stopped.run_dir, show_progress=False)
+    rows = runs.read_rows(eval_log)
+    assert [(row["epoch"], row["step"]) for row in rows] == [(1, 6), (2, 12)]
+    assert rows[0]["metrics"]["KID A→B"] != 9.0
+
+
 def test_a_batch_normalises_each_image_alone() -> None:
     from cyclegan.config import NetConfig
     from cyclegan.models.cycle_gan import CycleGAN

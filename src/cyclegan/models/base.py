@@ -8,6 +8,7 @@ these declarations, so a new model plugs in without touching them.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -257,8 +258,14 @@ class Trainer:
         return dict(zip(names, values.unbind(), strict=True))
 
     def end_epoch(self) -> None:
-        for scheduler in self.schedulers:
-            scheduler.step()
+        with warnings.catch_warnings():
+            # A run resumed at an epoch's last step closes that epoch before this process's first optimizer
+            # step. The restored schedule steps right; PyTorch's check of the call order would warn anyway.
+            warnings.filterwarnings(
+                "ignore", r"Detected call of `lr_scheduler\.step\(\)` before", UserWarning
+            )
+            for scheduler in self.schedulers:
+                scheduler.step()
 
     @property
     def lr(self) -> float:

@@ -150,8 +150,8 @@ def _train(
     trainer = model.trainer(cfg, cfg.seed, world)
     progress, hook_states = _restore(run_dir, resuming, model, trainer, device)
     if world.is_main:
-        for name in (LOG, EVAL_LOG):
-            runs.drop_rows_after(run_dir / name, progress.step)
+        runs.drop_rows_after(run_dir / LOG, progress.step)
+        runs.drop_rows_after(run_dir / EVAL_LOG, progress.step, progress.epoch)
         runs.save_config(run_dir, cfg)  # only now: every option has been validated and the data checked
         if mapping is not None:
             intensity.save(run_dir / INTENSITY, dataset.intensities)

@@ -204,10 +204,18 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return read_jsonl(path)[0]
 
 
-def drop_rows_after(path: Path, step: int) -> None:
-    """On resume, forget log rows written after the checkpoint (they will be written again)."""
+def drop_rows_after(path: Path, step: int, epochs: int | None = None) -> None:
+    """On resume, forget log rows written after the checkpoint (they will be written again): those of later
+    steps and, with ``epochs`` (the epochs the checkpoint had completed), rows of later epoch closes. A
+    checkpoint taken at an epoch's last step precedes the epoch's close, whose evaluation has that step."""
     if path.exists():
-        rows = [r for r in read_rows(path) if isinstance(r.get("step"), int) and r["step"] <= step]
+        rows = [
+            r
+            for r in read_rows(path)
+            if isinstance(r.get("step"), int)
+            and r["step"] <= step
+            and (epochs is None or not isinstance(r.get("epoch"), int) or r["epoch"] <= epochs)
+        ]
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
