@@ -136,6 +136,7 @@ def test_bad_files_are_skipped_with_a_warning_and_counted(dataroot: Path, tmp_pa
     assert {Path(p).name for p in result.skipped_files} == {"not_an_image.jpg", "truncated.png"}
     err = capsys.readouterr().err
     assert err.count("not_an_image.jpg") == 1 and err.count("truncated.png") == 1
+    assert f"warning: skipping {truncated}: not a readable image" in err.splitlines()
 
 
 def test_missing_empty_and_too_small_inputs_are_clear_errors(dataroot: Path, tmp_path: Path) -> None:

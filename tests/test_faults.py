@@ -77,11 +77,25 @@ def test_two_hooks_of_one_name_are_refused() -> None:
         _check_names([Hook(), Hook()])
 
 
-def test_a_torn_latest_is_passed_over_by_translate_as_by_resume(run_copy: Path) -> None:
+def test_a_torn_latest_is_passed_over_by_translate_eval_export_and_serve_as_by_resume(
+    run_copy: Path, tmp_path: Path
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from cyclegan.translate import serve
+    from cyclegan.translate.export import export_onnx
+
     latest = run_copy / CHECKPOINTS / LATEST
     latest.write_bytes(latest.read_bytes()[:1000])
     assert resolve_checkpoint(run_copy) == run_copy / CHECKPOINTS / PREVIOUS
     assert Translator.load(run_copy).translate_tensor(torch.zeros(3, 8, 8)).shape == (3, 8, 8)
+    write_images(tmp_path / "data" / "testA", 2, (16, 16), seed=3)
+    write_images(tmp_path / "data" / "testB", 2, (16, 16), seed=4)
+    options = dict(inception=StandInInception(), kid_subsets=2, show_progress=False)
+    assert evaluate(run_copy, tmp_path / "data", out_dir=tmp_path / "eval", **options).rows
+    assert export_onnx(run_copy, tmp_path / "model.onnx").is_file()
+    with TestClient(serve.create_app(run_copy)) as client:
+        assert client.get("/info").status_code == 200
 
 
 def _rewrite_metadata(path: Path, key: str, value: str) -> None:

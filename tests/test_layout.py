@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import os
 import subprocess
 import sys
@@ -105,3 +106,18 @@ def test_ci_runs_the_readme_test_command() -> None:
     command = (ROOT / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()[-1]
     assert "ruff format --check" in command
     assert command in (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+
+
+def test_the_public_api_and_the_readmes_imports_come_from_the_package() -> None:
+    import cyclegan
+
+    assert sorted(cyclegan.__all__) == sorted(cyclegan._EXPORTS)
+    for name, module in cyclegan._EXPORTS.items():
+        assert getattr(cyclegan, name) is getattr(importlib.import_module(module), name), name
+    with pytest.raises(AttributeError, match="no attribute 'Trainer'"):
+        cyclegan.Trainer  # noqa: B018
+    readme = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    imports = [line for line in readme if line.startswith("from cyclegan import ")]
+    assert imports
+    for line in imports:
+        exec(line, {})

@@ -23,7 +23,7 @@ from PIL import Image
 from torch import nn
 
 from cyclegan.cli import main
-from cyclegan.config import ModelOptions, TrainConfig
+from cyclegan.config import TRACKERS, ModelOptions, TrainConfig
 from cyclegan.distributed import World
 from cyclegan.errors import CycleGANError
 from cyclegan.evaluate.evaluation import evaluate
@@ -33,6 +33,7 @@ from cyclegan.models import Direction, Model, Trainer, checkpoints
 from cyclegan.models.losses import GANLoss
 from cyclegan.nets import build_discriminator, build_generator
 from cyclegan.train import resume_config, train
+from cyclegan.train.tracking import BACKENDS
 from cyclegan.translate.translator import Translator
 
 NAME = "tiny_test_model"
@@ -215,3 +216,7 @@ def test_translate_report_and_eval_work_with_it(trained: tuple[Path, TrainConfig
         ("Tiny test model", "A→B"), ("untranslated input", "A→B")
     ]  # fmt: skip
     assert result.rows[0].scores["FID"] is not None and result.rows[0].scores["cycle L1"] is None
+
+
+def test_every_tracker_log_to_accepts_has_a_backend_and_the_other_way_round() -> None:
+    assert sorted(BACKENDS) == sorted(TRACKERS)  # config.py cannot import the trackers: the two lists agree

@@ -205,6 +205,14 @@ def test_bad_scientific_input_is_refused_in_one_line(
         formats.probe(NIFTI / "example4d.nii.gz")
     mixed = tmp_path / "data"
     _medical_dataset(mixed)
+    runs = str(tmp_path / "runs")
+    grey = ["--input_nc", "1", "--output_nc", "1"]
+    assert (
+        main(["train", "--dataroot", str(mixed), "--checkpoints_dir", runs, *grey, "--eval_every", "1"]) == 2
+    )
+    error = capsys.readouterr().err
+    assert error.startswith("cyclegan train: error: --eval_every scores FID/KID") and error.count("\n") == 1
+    assert "not 8-bit; leave it out and score with cyclegan eval" in error
     tifffile.imwrite(mixed / "trainA" / "floats.tif", np.zeros((32, 32), np.float32))
     cfg = tiny_config(mixed, tmp_path / "runs", input_nc=1, output_nc=1)
     with one_line(r"ct\.dcm is 1-channel int16 and .*floats\.tif is 1-channel float32"):
@@ -222,10 +230,52 @@ def test_bad_scientific_input_is_refused_in_one_line(
             show_progress=False,
         )  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "in", "runs"]  # nothing written elsewhere
+    infinite = np.zeros((16, 16), np.float32)
+    infinite[0, 0], infinite[5, 9] = np.inf, -np.inf
+    tifffile.imwrite(tmp_path / "in" / "inf.tif", infinite)
+    with one_line(r"inf\.tif holds NaN or infinite values; replace them \(e\.g\. numpy\.nan_to_num\) first$"):
+        formats.read(tmp_path / "in" / "inf.tif")
 
     monkeypatch.setitem(sys.modules, "pydicom", None)
     with one_line(r"reading DICOM needs pydicom, which is not installed: pip install 'cyclegan\[medical\]'"):
         formats.probe(mixed / "trainA" / "ct.dcm")
+    monkeypatch.setitem(sys.modules, "nibabel", None)
+    with one_line(
+        r"^reading NIfTI needs nibabel, which is not installed: pip install 'cyclegan\[medical\]'$"
+    ):
+        formats.probe(mixed / "trainB" / "mr.nii")
+
+
+def test_a_training_domain_with_nan_or_mixed_channel_counts_is_refused_before_training(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    for split in ("trainA", "trainB"):
+        (data / split).mkdir(parents=True)
+        tifffile.imwrite(data / split / "a.tif", np.arange(1024, dtype=np.float32).reshape(32, 32))
+    nan = np.ones((32, 32), np.float32)
+    nan[7, 3] = np.nan
+    tifffile.imwrite(data / "trainA" / "b.tif", nan)
+    cfg = tiny_config(data, tmp_path / "runs", input_nc=1, output_nc=1)  # auto: float data's percentiles
+    with pytest.raises(
+        CycleGANError, match=r"^--window_a percentile: cannot read .*b\.tif: .* holds NaN"
+    ) as info:
+        train(cfg, show_progress=False)
+    assert "\n" not in str(info.value)
+
+    rng = np.random.default_rng(2)
+    for split in ("trainA", "trainB"):
+        for path in (data / split).iterdir():
+            path.unlink()
+        _write_png16(data / split / "grey.png", rng.integers(0, 65536, (32, 32), np.uint16))
+    _write_png16(data / "trainA" / "rgb.png", rng.integers(0, 65536, (32, 32, 3), np.uint16))
+    mixed = (
+        r"^--window_a needs one kind of image per domain, but .*grey\.png is 1-channel uint16 and .*rgb\.png"
+    )
+    with pytest.raises(CycleGANError, match=mixed + " is 3-channel uint16; convert them") as info:
+        train(cfg, show_progress=False)
+    assert "\n" not in str(info.value)
+    assert not any((tmp_path / "runs").iterdir())  # neither failed start left a run folder
 
 
 def test_serve_takes_and_returns_sixteen_bit_png_and_tiff(tmp_path: Path) -> None:
@@ -276,6 +326,33 @@ def test_windows_on_eight_bit_images_and_the_rule_for_mixed_bit_depths(tmp_path:
     assert isinstance(x, torch.Tensor) and x.shape == (3, 6, 8) and x.min() >= -1 and x.max() <= 1
 
 
+def test_sample_grids_of_sixteen_bit_data_show_each_domain_through_its_window(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    windows = {"A": (1000, 1255), "B": (30000, 30255)}  # 255 wide: each raw value inside is one 8-bit level
+    raw: dict[str, list[np.ndarray]] = {}
+    for split in ("trainA", "trainB", "testA", "testB"):
+        (tmp_path / "data" / split).mkdir(parents=True)
+        low, high = windows[split[-1]]
+        raw[split] = [rng.integers(low - 300, high + 300, (32, 32)).astype(np.uint16) for _ in range(2)]
+        for i, values in enumerate(raw[split]):
+            _write_png16(tmp_path / "data" / split / f"{i}.png", values)
+    cfg = tiny_config(
+        tmp_path / "data", tmp_path / "runs", input_nc=1, output_nc=1, window_a="1000,1255",
+        window_b="30000,30255", max_steps=1,
+    )  # fmt: skip
+    run = train(cfg, show_progress=False, report=False).run_dir
+    (drawn,) = (run / "samples").iterdir()  # the end's grid: rows of real A, G_A(A), .., real B, ...
+    grid = np.asarray(Image.open(drawn))
+    assert grid.shape == (2 + 2 * 34, 2 + 6 * 34, 3)  # 2 rows, 6 columns of 32-px tiles, 2-px padding
+    for row in range(2):
+        for column, side in ((0, "A"), (3, "B")):
+            tile = grid[2 + row * 34 : 34 + row * 34, 2 + column * 34 : 34 + column * 34]
+            low, _ = windows[side]
+            shown = np.clip(raw[f"test{side}"][row].astype(int) - low, 0, 255)  # the test images, windowed
+            assert (shown == 0).any() and (shown == 255).any()
+            np.testing.assert_array_equal(tile, np.repeat(shown[..., None], 3, axis=2))
+
+
 def test_eval_fid_on_sixteen_bit_data_scores_the_windowed_slices(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -317,3 +394,22 @@ def test_eval_fid_on_sixteen_bit_data_scores_the_windowed_slices(
     assert baseline.scores["FID"] == pytest.approx(
         metrics.fid(features("testA"), features("testB")), rel=1e-9
     )
+
+
+def test_with_a_fixed_window_a_nan_image_is_skipped_in_training_with_the_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    for split in ("trainA", "trainB"):
+        (data / split).mkdir(parents=True)
+        tifffile.imwrite(data / split / "a.tif", np.arange(1024, dtype=np.float32).reshape(32, 32))
+    nan = np.ones((32, 32), np.float32)
+    nan[7, 3] = np.nan
+    tifffile.imwrite(data / "trainA" / "b.tif", nan)
+    windows = dict(window_a="0,1024", window_b="0,1024", serial_batches=True, max_steps=2)
+    result = train(
+        tiny_config(data, tmp_path / "runs", input_nc=1, output_nc=1, **windows), show_progress=False
+    )
+    assert result.progress.step == 2 and result.skipped_files == {str(data / "trainA" / "b.tif")}
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
+    assert len(warnings) == 1 and "b.tif holds NaN or infinite values" in warnings[0]

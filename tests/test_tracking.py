@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -35,7 +36,7 @@ from cyclegan.models.cycle_gan import CycleGAN
 from cyclegan.train import runs
 from cyclegan.train.hooks import Hook, RunState
 from cyclegan.train.loop import train
-from cyclegan.train.tracking import wait_past_event_files
+from cyclegan.train.tracking import hyperparameters, mlflow_name, wait_past_event_files, wandb_mode
 
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy")  # MLflow's, not ours
 HERE = Path(__file__).parent
@@ -92,7 +93,10 @@ def test_tensorboard_shows_each_step_once_after_a_kill_and_resume(dataroot: Path
     # the killed process had logged steps after its last checkpoint (step 4), and its report was live
     assert [e.step for e in events().Scalars("loss/G_A")] == list(range(1, KILLED_AT + 1))
     live = (run_dir / "report.html").read_text()
-    assert "<strong>Training</strong>" in live and "step 3 of 10 (30%)" in live and " left" in live
+    status = re.search(
+        r"<strong>Training</strong> · step 3 of 10 \(30%\) · epoch 1 of 4 · ([\d.]+) images/s", live
+    )
+    assert status and float(status[1]) > 0 and " left" in live
 
     train(runs.resume_config(run_dir), run_dir, show_progress=False)
     seen, rows = events(), loss_rows(run_dir)
@@ -142,15 +146,15 @@ def test_a_resumed_sessions_event_file_sorts_after_one_made_in_the_same_second(t
     assert sorted(p.name for p in tmp_path.iterdir())[0] == killed.name
 
 
-def wandb_history(run_folder: Path) -> list[dict[str, Any]]:
-    """The history rows of a W&B offline run, read from its transaction log (LevelDB's log format, after
-    W&B's 7-byte file header) as W&B's own protobuf records."""
+def wandb_records(run_folder: Path) -> list[Any]:
+    """The records of a W&B offline run, read from its transaction log (LevelDB's log format, after W&B's
+    7-byte file header) as W&B's own protobuf records."""
     from wandb.proto import wandb_internal_pb2
 
     (path,) = run_folder.glob("run-*.wandb")
     data = path.read_bytes()
     assert data[:4] == b":W&B"
-    rows, position, parts = [], 7, b""
+    records, position, parts = [], 7, b""
     while position + 7 <= len(data):
         left = 32768 - position % 32768
         length, kind = int.from_bytes(data[position + 4 : position + 6], "little"), data[position + 6]
@@ -160,13 +164,23 @@ def wandb_history(run_folder: Path) -> list[dict[str, Any]]:
         parts += data[position + 7 : position + 7 + length]
         position += 7 + length
         if kind in (1, 4):  # a whole record, or its last part
-            record = wandb_internal_pb2.Record.FromString(parts)
+            records.append(wandb_internal_pb2.Record.FromString(parts))
             parts = b""
-            if record.WhichOneof("record_type") == "history":
-                rows.append(
-                    {"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.history.item}
-                )
-    return rows
+    return records
+
+
+def wandb_items(run_folder: Path, kind: str) -> list[dict[str, Any]]:
+    """The items of each ``kind`` record (history rows, config updates) of a W&B offline run."""
+    found = []
+    for record in wandb_records(run_folder):
+        if record.WhichOneof("record_type") == kind:
+            items = record.history.item if kind == "history" else record.config.update
+            found.append({"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in items})
+    return found
+
+
+def wandb_history(run_folder: Path) -> list[dict[str, Any]]:
+    return wandb_items(run_folder, "history")
 
 
 def test_wandb_and_mlflow_continue_their_runs_and_skip_steps_they_have(
@@ -183,6 +197,9 @@ def test_wandb_and_mlflow_continue_their_runs_and_skip_steps_they_have(
         save_latest_freq=4,
         sample_freq=4,
         eval_every=1,
+        health_every=2,
+        health_warmup=2,
+        health_patience=1,
     )
     run_dir = train(cfg, show_progress=False, report=False).run_dir
     folder = run_dir / "checkpoints"  # as if killed after logging step 6, before its checkpoint was committed
@@ -202,7 +219,20 @@ def test_wandb_and_mlflow_continue_their_runs_and_skip_steps_they_have(
     (kid,) = client.get_metric_history(run_id, "eval/KID AtoB")  # once, though step 6 was evaluated twice
     assert kid.step == 6 and kid.value == pytest.approx(evaluated["metrics"]["KID A→B"])
     assert run.data.params["ngf"] == "4" and run.data.params["max_steps"] == "6"
+    assert run.data.params == {mlflow_name(k): str(v) for k, v in hyperparameters(cfg).items()}
     assert run.data.tags["resumed.max_steps"] == "8"
+    warned = {
+        (row["step"], f"{row['signal']}/{row['network']}"): row["message"]
+        for row in runs.read_rows(run_dir / "log.jsonl")
+        if row.get("event") == "health"
+    }
+    assert warned  # health warnings reach both trackers as text, each once in MLflow
+    texts = Path(client.download_artifacts(run_id, "health", str(tmp_path / "texts")))
+    assert {
+        (int(f.stem.removeprefix("step_")), f.parent.relative_to(texts).as_posix()): f.read_text()
+        for f in texts.rglob("*")
+        if f.is_file()
+    } == warned
     grids = [a.path for a in client.list_artifacts(run_id, "samples")]
     assert grids == [f"samples/step_{step:07d}.png" for step in (4, 6, 8)]  # 6: the first session's end
     local = Path(client.download_artifacts(run_id, "samples/step_0000008.png", str(tmp_path / "got")))
@@ -218,6 +248,64 @@ def test_wandb_and_mlflow_continue_their_runs_and_skip_steps_they_have(
     )
     assert [r["_step"] for r in first + second if "samples/path" in r] == [4, 6, 8]
     assert any("eval/KID A→B" in r for r in first)
+    configs = [{k: v for c in wandb_items(s, "config") for k, v in c.items()} for s in sessions]
+    assert configs[0] == hyperparameters(cfg) and configs[1]["max_steps"] == 8  # the config as hparams
+    tables = [r["health/path"] for r in first if r.get("health/_type") == "table-file"]
+    data = json.loads((sessions[0] / "files" / tables[-1]).read_text())  # the last table holds them all
+    assert data["columns"] == ["step", "what", "text"]
+    assert {(step, what): text for step, what, text in data["data"]} == warned
+
+
+def test_mlflow_logs_to_the_store_mlflow_tracking_uri_names(
+    dataroot: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # where that store keeps its artifacts: MLflow's choice, not ours
+    cfg = tiny_config(dataroot, tmp_path / "runs", log_to="mlflow", max_steps=2, print_freq=1)
+    run_dir = train(cfg, show_progress=False, report=False).run_dir
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["run"]  # no CHECKPOINTS_DIR/mlruns
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("cyclegan").experiment_id])
+    assert run.info.run_id == json.loads((run_dir / "trackers.json").read_text())["mlflow"]
+    assert run.info.status == "FINISHED" and run.data.params["max_steps"] == "2"
+    rows = loss_rows(run_dir)
+    history = client.get_metric_history(run.info.run_id, "loss/G_A")
+    assert [(m.step, m.value) for m in history] == [(s, pytest.approx(rows[s]["G_A"])) for s in (1, 2)]
+    grid = Path(client.download_artifacts(run.info.run_id, "samples/step_0000002.png", str(tmp_path / "got")))
+    assert grid.read_bytes() == (run_dir / "samples" / "step_0000002.png").read_bytes()
+
+
+def test_wandb_runs_offline_unless_the_user_has_logged_in_or_set_wandb_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # ~/.netrc, where wandb login keeps the key
+    netrc = tmp_path / ".netrc"
+
+    def logins(text: str) -> str:
+        netrc.write_text(text)
+        netrc.chmod(0o600)  # as wandb login writes it (Python's reader refuses a looser one)
+        return wandb_mode()
+
+    assert wandb_mode() == "offline"  # no ~/.netrc
+    assert logins("machine example.com login me password secret\n") == "offline"  # a login elsewhere
+    assert logins("machine api.wandb.ai login user password k3y\n") == "online"
+    assert logins("machine api.wandb.ai login user\n") == "offline"  # an entry without a key
+    assert logins("machne api.wandb.ai login user password k3y\n") == "offline"  # unreadable: no prompt
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org:8443")  # a server of one's own
+    assert logins("machine api.wandb.ai login user password k3y\n") == "offline"
+    assert logins("machine wandb.example.org login user password k3y\n") == "online"
+    netrc.unlink()
+    monkeypatch.setenv("WANDB_API_KEY", "k3y")
+    assert wandb_mode() == "online"
+    for mode in ("offline", "disabled"):  # the user's choice wins over a login
+        monkeypatch.setenv("WANDB_MODE", mode)
+        assert wandb_mode() == mode
 
 
 class Sabotage(Hook):

@@ -70,10 +70,12 @@ def test_training_step_reproduces_the_reference_trajectory() -> None:
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
+    # where the kernels can be pinned to the recording's AVX2 (any x86-64 with AVX2), nothing may differ
+    exact = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
     assert len(result["loss_errors"]) == 6
-    assert max(result["loss_errors"]) <= 1e-5
+    assert max(result["loss_errors"]) <= (0.0 if exact else 1e-5)
     assert set(result["weight_ratios"]) == {"G_A", "G_B", "D_A", "D_B"}
-    assert max(result["weight_ratios"].values()) <= 1e-3
+    assert max(result["weight_ratios"].values()) <= (0.0 if exact else 1e-3)
 
 
 def test_learning_rate_is_constant_then_decays_linearly_to_zero() -> None:

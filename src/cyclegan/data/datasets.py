@@ -26,7 +26,7 @@ from cyclegan.data import formats
 from cyclegan.data.formats import Half, Header, Item
 from cyclegan.data.images import DECODE_ERRORS, DEFAULT_MAX_PIXELS
 from cyclegan.data.intensity import EIGHT_BIT, Intensities, Intensity
-from cyclegan.errors import CycleGANError
+from cyclegan.errors import CycleGANError, first_line
 from cyclegan.seeds import Stream, item_seed
 
 SPLITS = ("trainA", "trainB", "testA", "testB")
@@ -191,7 +191,7 @@ class Domain:
 class UnpairedDataset(Dataset):
     """Yields ``{"A", "B", "A_path", "B_path", "skipped"}``: A cycles through its folder, B is a random image
     (or B[i] with ``serial_batches``). A file that fails to decode is replaced by the next one and named in
-    ``skipped`` so the training loop can warn once and count it."""
+    ``skipped`` with why, so the training loop can warn once and count it."""
 
     def __init__(self, a: Domain, b: Domain, cfg: TrainConfig, seed: int, multiple: int) -> None:
         self.a, self.b, self.cfg, self.seed = a, b, cfg, seed
@@ -216,7 +216,7 @@ class UnpairedDataset(Dataset):
             b_index = index % len(self.b.paths)
         else:
             b_index = int(rng.integers(len(self.b.paths)))
-        skipped: list[str] = []
+        skipped: list[tuple[str, str]] = []
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(rng.integers(2**62)))
             decaying = self.decay_from is not None and self.epoch >= self.decay_from
@@ -227,14 +227,14 @@ class UnpairedDataset(Dataset):
 
     @staticmethod
     def _load(
-        domain: Domain, transform: Callable, index: int, skipped: list[str]
+        domain: Domain, transform: Callable, index: int, skipped: list[tuple[str, str]]
     ) -> tuple[Item, torch.Tensor]:
         for offset in range(len(domain.paths)):
             path = domain.paths[(index + offset) % len(domain.paths)]
             try:
                 return path, transform(domain.read(path))
-            except DECODE_ERRORS:
-                skipped.append(str(path))
+            except DECODE_ERRORS as err:
+                skipped.append((str(path), first_line(err)))
         raise CycleGANError(f"no image in {domain.paths[0].parent} could be decoded")
 
 

@@ -47,7 +47,7 @@ from cyclegan.data.datasets import (
 from cyclegan.data.formats import Half, Header, Item
 from cyclegan.data.images import DECODE_ERRORS, load_image, to_mode, to_tensor
 from cyclegan.data.intensity import Intensities
-from cyclegan.errors import CycleGANError
+from cyclegan.errors import CycleGANError, first_line
 from cyclegan.seeds import item_seed
 
 ALIGNED_SPLITS = ("train", "val", "test")
@@ -269,13 +269,13 @@ class PairedDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         rng = np.random.default_rng(item_seed(self.seed, self.epoch, index))
         draws = int(rng.integers(2**62))
-        skipped: list[str] = []
+        skipped: list[tuple[str, str]] = []
         for offset in range(len(self)):
             i = (index + offset) % len(self)
             try:
                 a, b = self._transformed(i, draws)
-            except DECODE_ERRORS:
-                skipped.append(self._culprit(i))
+            except DECODE_ERRORS as err:
+                skipped.append((self._culprit(i), first_line(err)))
                 continue
             return {
                 "A": a,

@@ -357,12 +357,15 @@ def _step(
     return losses
 
 
-def _warn_skipped(paths: list[str], skipped: set[str], world: World) -> None:
-    """Named by the process that met it: under torchrun each process reads its own images."""
+def _warn_skipped(met: list[tuple[str, str]], skipped: set[str], world: World) -> None:
+    """Once per image, with why, named by the process that met it: under torchrun each process reads its
+    own images."""
     where = f" (rank {world.rank})" if world.distributed else ""
-    for path in sorted(set(paths) - skipped):
-        skipped.add(path)
-        tqdm.write(f"warning{where}: skipping {path}: the image could not be decoded", file=sys.stderr)
+    for path, why in sorted(set(met)):
+        if path not in skipped:
+            skipped.add(path)
+            what = "an image" if path in why else path  # decoders' messages often name the file already
+            tqdm.write(f"warning{where}: skipping {what}: {why}", file=sys.stderr)
 
 
 def epoch_loader(dataset: TrainingData, cfg: TrainConfig, progress: Progress, world: World) -> DataLoader:

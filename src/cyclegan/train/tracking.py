@@ -223,7 +223,7 @@ def wandb_mode() -> str:
         found = netrc.netrc().authenticators(host)
     except (OSError, netrc.NetrcParseError):
         found = None
-    return "online" if found else "offline"
+    return "online" if found and found[2] else "offline"  # an entry without a password holds no key
 
 
 class MLflow(Backend):
