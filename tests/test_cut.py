@@ -4,6 +4,7 @@ and bad input."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import fixture_path, tiny_config, training_state
+from conftest import fixture_path, floats, tiny_config, training_state
 from PIL import Image
 from torchvision.transforms import functional as TF
 
@@ -22,10 +23,15 @@ from cyclegan.data.datasets import UnpairedDataset, scan_domain
 from cyclegan.errors import CycleGANError
 from cyclegan.models import build_model, checkpoints
 from cyclegan.models.cut import CUT, FastCUT, GeneratorObjective
-from cyclegan.models.patchnce import SeededDraws
+from cyclegan.models.cycle_gan import CycleGAN
+from cyclegan.models.patchnce import SeededDraws, patch_nce_loss
 from cyclegan.nets import generator_config_from_state_dict
+from cyclegan.nets.antialias import Downsample, Upsample
 from cyclegan.precision import Precision
+from cyclegan.train import health
+from cyclegan.train.hooks import Hook, RunState, Scalars
 from cyclegan.train.loop import train
+from cyclegan.train.planner import Variant, format_plan, plan
 from cyclegan.train.runs import resume_config
 
 # The recordings were made with AVX2 ATen kernels and 2 threads (oneDNN left to pick its own ISA, as the
@@ -123,6 +129,72 @@ def test_patchnce_gradients_of_a_batch_are_the_mean_of_each_images() -> None:
         assert ((both[name] - mean).norm() / mean.norm()).item() < 1e-4, name
 
 
+def test_negatives_from_the_whole_minibatch_are_the_other_patches_of_every_image() -> None:
+    torch.manual_seed(0)
+    n, temperature = 6, 0.07  # patches per image; two images
+    query, key = (torch.nn.functional.normalize(torch.randn(2 * n, 8), dim=1) for _ in range(2))
+    per_image = patch_nce_loss(query, key, 2, temperature)
+    alone = [patch_nce_loss(query[i : i + n], key[i : i + n], 1, temperature) for i in (0, n)]
+    torch.testing.assert_close(per_image, torch.cat(alone))
+    pooled = patch_nce_loss(query, key, 1, temperature)
+    # every key patch of both images is a negative, but a patch's own (masked to -10 as the reference does)
+    logits = torch.cat(((query * key).sum(1, keepdim=True), (query @ key.T).fill_diagonal_(-10.0)), 1)
+    logits = logits / temperature
+    torch.testing.assert_close(pooled, torch.logsumexp(logits, 1) - logits[:, 0])
+    assert (pooled > per_image).all()  # more negatives, each adding to the denominator
+
+
+def _patchnce_losses(all_negatives: bool, batch: int) -> tuple[float, float]:
+    cfg = TrainConfig.create(
+        "cut", ngf=4, ndf=4, netG="resnet_6blocks", netF_nc=16, num_patches=16, lambda_GAN=0,
+        nce_includes_all_negatives_from_minibatch=all_negatives,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = CUT(cfg.model)
+    inputs = torch.Generator().manual_seed(1)
+    a, b = (torch.rand(batch, 3, 32, 32, generator=inputs) * 2 - 1 for _ in range(2))
+    objective = GeneratorObjective(model, Precision.on("fp32", torch.device("cpu")), SeededDraws(1))
+    with torch.no_grad():
+        _, losses = objective(a, b, lambda fake: {})
+    return losses["NCE"].item(), losses["NCE_Y"].item()
+
+
+def test_negatives_from_the_minibatch_change_the_loss_only_for_a_batch_of_several() -> None:
+    assert _patchnce_losses(True, 1) == _patchnce_losses(False, 1)
+    pooled, per_image = _patchnce_losses(True, 2), _patchnce_losses(False, 2)
+    assert pooled[0] > per_image[0] and pooled[1] > per_image[1]
+
+
+def _cut_step(checkpointing: bool, precision: str) -> tuple[dict, dict, list[torch.dtype]]:
+    """Losses and gradients of one CUT step on batch 2, and the dtypes G's first convolution gave."""
+    cfg = TrainConfig.create(
+        "cut", ngf=4, ndf=4, netG="resnet_6blocks", netF_nc=16, num_patches=16,
+        checkpoint_activations=checkpointing, precision=precision,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = CUT(cfg.model)
+    trainer = model.trainer(cfg)
+    dtypes: list[torch.dtype] = []
+    model.G.model[1].register_forward_hook(lambda module, x, y: dtypes.append(y.dtype))
+    inputs = torch.Generator().manual_seed(1)
+    a, b = (torch.rand(2, 3, 32, 32, generator=inputs) * 2 - 1 for _ in range(2))
+    losses = floats(trainer.step(a, b))
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return losses, grads, dtypes
+
+
+def test_a_checkpointed_cut_step_matches_the_plain_one_and_bf16_runs_under_autocast() -> None:
+    plain_losses, plain_grads, plain_calls = _cut_step(False, "fp32")
+    losses, grads, calls = _cut_step(True, "fp32")
+    assert losses == pytest.approx(plain_losses, rel=1e-5)
+    assert grads.keys() == plain_grads.keys() and {n.split(".")[0] for n in grads} == {"G", "D", "F"}
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, plain_grads[name], rtol=1e-4, atol=1e-7, msg=name)
+    assert len(calls) > len(plain_calls)  # the backward pass recomputed G's layers
+    losses, _, calls = _cut_step(False, "bf16")
+    assert set(calls) == {torch.bfloat16} and all(math.isfinite(v) for v in losses.values())
+
+
 def _options(**overrides: object) -> dict:
     """A CUT small and quick enough for a few steps per test, its health judged from the start."""
     return {
@@ -170,6 +242,63 @@ def test_fastcut_trains_without_the_identity_terms(dataroot: Path, tmp_path: Pat
     rows = [json.loads(line) for line in (result.run_dir / "log.jsonl").read_text().splitlines()]
     assert "NCE" in rows[0] and "NCE_Y" not in rows[0]
     assert Image.open(result.run_dir / "samples" / "step_0000004.png").size[0] == 3 * (32 + 2) + 2
+
+
+class Published(Hook):
+    """Keeps what the other hooks publish, and the dtypes G's first convolution gives in the run."""
+
+    name = "published"
+
+    def start(self, run: RunState) -> None:
+        self.events: list[object] = []
+        self.dtypes: set[torch.dtype] = set()
+        run.subscribe(self.events.append)
+        run.model.G.model[1].register_forward_hook(lambda module, x, y: self.dtypes.add(y.dtype))
+
+
+def test_cut_trains_in_bf16_with_checkpointing_and_its_health_is_judged_one_way(
+    dataroot: Path, tmp_path: Path
+) -> None:
+    published = Published()
+    options = _options(print_freq=1, health_patience=1)
+    cfg = tiny_config(
+        dataroot, tmp_path, "cut", max_steps=4, precision="bf16", checkpoint_activations=True, **options
+    )
+    result = train(cfg, hooks=[published], show_progress=False, report=False)
+    assert result.stopped is None and result.progress.step == 4 and torch.bfloat16 in published.dtypes
+    rows = [json.loads(line) for line in (result.run_dir / "log.jsonl").read_text().splitlines()]
+    losses = [row for row in rows if "event" not in row]
+    assert [row["step"] for row in losses] == [1, 2, 3, 4]
+    assert all(math.isfinite(row[name]) for row in losses for name in CUT.loss_names)
+    probes = [
+        (e.step, set(e.values)) for e in published.events if isinstance(e, Scalars) and e.group == "health"
+    ]
+    assert probes == [(step, {"change_A", "gap_A", "diversity_A", "colour_A"}) for step in (2, 4)]  # G only
+    # the tiny G's outputs barely differ at first: reported at the first check, once for its episode
+    events = health.health_events(result.run_dir)
+    assert [(e["step"], e["signal"], e["network"]) for e in events] == [(2, "mode_collapse", "G")]
+    assert "a larger --lambda_NCE (now 1)" in events[0]["message"]
+    state = training_state(result.checkpoint)["hooks"]["health"]
+    assert state["first_cycle"] == {} and set(state["sums"]) == set(CUT.loss_names)  # no cycle loss
+    # no cycle loss and no identity L1 term: those two signals never apply to CUT, whatever the numbers
+    means = dict.fromkeys(CUT.loss_names, 0.5) | {"D": 0.001, "NCE_Y": 1000.0}
+    stats = {"change_A": 0.0, "gap_A": 0.5, "diversity_A": 0.01, "colour_A": 0.9}
+    found = health.find_problems(CUT.directions, means, stats, {"cycle_A": 1.0})
+    assert set(found) == {"discriminator_wins/D", "generator_idle/G", "mode_collapse/G"}
+
+
+def test_the_memory_planner_fits_a_cut_run_from_small_dry_runs() -> None:
+    """CUT's own trainer and generator in the planner's dry runs (its accuracy: test_memory.py)."""
+    cfg = TrainConfig.create(
+        "cut", device="cpu", crop_size=160, ngf=8, ndf=8, netG="resnet_6blocks", netF_nc=16, num_patches=16
+    )
+    (fitted,) = plan(cfg, [Variant(True, "bf16")], sizes=[64, 128])
+    assert fitted.model.name == "cut" and fitted.pool_per_pixel == 0  # no image pool
+    assert [(m.crop, m.batch) for m in fitted.measurements] == [(64, 1), (128, 1)]
+    assert fitted.train.fixed > 0 and 0 < fitted.translate_bytes(160) < fitted.training_bytes(160)
+    lines = format_plan(cfg, [fitted], 2**40).splitlines()
+    assert lines[0].startswith("Memory plan: --model cut --netG resnet_6blocks --ngf 8 --netD basic")
+    assert lines[4].startswith("bf16 + checkpointing") and lines[-1] == "budget: 1024.00 GiB"
 
 
 def test_the_decay_phase_resizes_to_the_crop_instead_of_cropping(dataroot: Path, tmp_path: Path) -> None:
@@ -233,6 +362,55 @@ def test_a_cut_generator_exports_to_onnx_and_serves_one_direction(tmp_path: Path
         assert client.post("/translate", files=image).status_code == 200
         refused = client.post("/translate", files=image, data={"direction": "BtoA"})
         assert refused.status_code == 400 and "AtoB" in refused.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("antialias", "antialias_up"), [(True, True), (False, True), (True, False), (False, False)]
+)
+def test_the_no_antialias_options_leave_out_the_blur_layers(antialias: bool, antialias_up: bool) -> None:
+    cfg = TrainConfig.create(
+        "cut", ngf=4, ndf=4, netG="resnet_6blocks", netF_nc=16, num_patches=16,
+        antialias=antialias, antialias_up=antialias_up,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = CUT(cfg.model)
+
+    def count(net: torch.nn.Module, kind: type) -> int:
+        return sum(isinstance(m, kind) for m in net.modules())
+
+    assert (count(model.G, Downsample), count(model.G, Upsample)) == (2 * antialias, 2 * antialias_up)
+    assert (count(model.D, Downsample), count(model.D, Upsample)) == (3 * antialias, 0)
+    found = generator_config_from_state_dict(model.G.state_dict())
+    assert (found.antialias, found.antialias_up) == (antialias, antialias_up)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    objective = GeneratorObjective(model, Precision.on("fp32", torch.device("cpu")), SeededDraws(1))
+    with torch.no_grad():  # PatchNCE's head fits the features of the layers of this layout
+        assert model.G(x).shape == x.shape and model.D(x).shape[:2] == (2, 1)
+        _, losses = objective(x, x.flip(0), lambda fake: {})
+    assert math.isfinite(losses["NCE"].item()) and math.isfinite(losses["NCE_Y"].item())
+
+
+def test_cut_without_antialiasing_has_cyclegans_layout_and_the_cli_flags_set_it(
+    dataroot: Path, tmp_path: Path
+) -> None:
+    args = ["train", "--model", "cut", "--no_antialias", "--no_antialias_up", "--dataroot", str(dataroot)]
+    args += ["--checkpoints_dir", str(tmp_path), "--name", "run", "--ngf", "4", "--ndf", "4", "--netG"]
+    args += ["resnet_6blocks", "--netF_nc", "16", "--num_patches", "16", "--load_size", "36"]
+    args += ["--crop_size", "32", "--num_workers", "0", "--max_steps", "1", "--device", "cpu"]
+    assert main(args) == 0
+    net = TrainConfig.load(tmp_path / "run" / "config.json").model.net
+    assert (net.antialias, net.antialias_up) == (False, False)
+    path = tmp_path / "run" / "checkpoints" / "latest.safetensors"
+    states = checkpoints.read_weights(path)[0]
+    cyclegan = CycleGAN(TrainConfig.create(ngf=4, ndf=4, netG="resnet_6blocks").model)
+
+    def shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(v.shape) for k, v in state.items()}
+
+    assert shapes(states["G"]) == shapes(cyclegan.G_A.state_dict())  # CycleGAN's ResNet, key for key
+    assert shapes(states["D"]) == shapes(cyclegan.D_A.state_dict())
+    _, found = checkpoints.load_generator(path)
+    assert (found.antialias, found.antialias_up) == (False, False)
 
 
 @pytest.mark.parametrize(

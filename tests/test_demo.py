@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -7,13 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
+from cyclegan.cli import main
+from cyclegan.config import TrainConfig
 from cyclegan.data.datasets import list_images
+from cyclegan.data.paired import PairedDataset
 from cyclegan.demo import DemoSettings, format_scores, run_demo
 from cyclegan.errors import CycleGANError
 from cyclegan.evaluate.metrics import psnr
 from cyclegan.evaluate.results import ResultTable
 from cyclegan.models import checkpoints
-from cyclegan.train.loop import train
+from cyclegan.train.loop import train, training_data
 
 
 def tiny(out: Path, **overrides) -> DemoSettings:
@@ -61,3 +66,28 @@ def test_demo_reruns_without_retraining_and_refuses_other_settings(tmp_path: Pat
     assert latest.stat().st_mtime_ns == before
     with pytest.raises(CycleGANError, match="other demo settings"):
         run_demo(tiny(tmp_path, ngf=8), show_progress=False)
+
+
+def test_cli_demo_trains_pix2pix_on_the_paired_renders_and_scores_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["demo", "--model", "pix2pix", "--out", str(tmp_path), "--steps", "2", "--size", "32"]
+    assert main([*args, "--ngf", "4", "--ndf", "4", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    run, data = tmp_path / "day2night_pix2pix", tmp_path / "data_paired"
+    cfg = TrainConfig.load(run / "config.json")
+    assert cfg.model.name == "pix2pix" and cfg.dataroot == str(data)
+    assert not (tmp_path / "data").exists()  # the unpaired renders were not made
+    assert json.loads((data / "demo_dataset.json").read_text())["paired"] is True
+    names = [p.name for p in list_images(data / "trainA")]
+    assert names == [p.name for p in list_images(data / "trainB")]  # trainB/x.png is trainA/x.png by night
+    dataset, skipped = training_data(cfg)
+    assert isinstance(dataset, PairedDataset) and len(dataset) == len(names) and not skipped
+    states, options, info = checkpoints.read_weights(run / "checkpoints" / "latest.safetensors")
+    assert set(states) == {"G", "D"} and options.name == "pix2pix" and info["step"] == 2
+    scores = ResultTable.load(run / "demo.json")
+    assert [(row.method, row.direction) for row in scores.rows] == [
+        (method, "A→B") for method in ("pix2pix", "colour transfer", "untranslated input")
+    ]
+    assert all(math.isfinite(row.scores[k]) for row in scores.rows for k in ("PSNR", "SSIM"))
+    assert "pix2pix" in out and f"Report: {run / 'report.html'}" in out

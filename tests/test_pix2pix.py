@@ -28,7 +28,7 @@ from cyclegan.evaluate import metrics
 from cyclegan.evaluate.evaluation import evaluate
 from cyclegan.evaluate.report import write_report
 from cyclegan.evaluate.values import FID_NOTE
-from cyclegan.models import checkpoints
+from cyclegan.models import build_model, checkpoints
 from cyclegan.models.checkpoints import load_generator, translations
 from cyclegan.nets import build_generator
 from cyclegan.train.loop import train, training_data
@@ -87,14 +87,65 @@ def test_training_steps_reproduce_the_reference_pix2pix_run() -> None:
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
+    # where oneDNN runs AVX-512, as it did for the recording, nothing may differ at all
+    exact = torch.backends.cpu.get_cpu_capability() == "AVX512"
     assert len(result["losses"]) == 5
-    assert max(result["losses"]) <= 1e-5
+    assert max(result["losses"]) <= (0.0 if exact else 1e-5)
     assert set(result["weights"]) == {"G", "D"}
     for name, got in result["weights"].items():
-        assert got["ratio"] <= 1e-3, name
-        assert got["stats"] <= 1e-4, name  # batch norm's running statistics
+        assert got["ratio"] <= (0.0 if exact else 1e-3), name
+        assert got["stats"] <= (0.0 if exact else 1e-4), name  # batch norm's running statistics
         assert got["counts"], name  # num_batches_tracked: G ran once per step, D three times
-    assert result["eval"] <= 1e-4
+    assert result["eval"] <= (0.0 if exact else 1e-4)
+
+
+def test_pix2pix_defaults_and_step_are_the_references() -> None:
+    cfg = TrainConfig.create("pix2pix")
+    options, net = cfg.model, cfg.model.net
+    assert (net.netG, net.norm, net.dropout, net.netD, net.n_layers_D) == (
+        "unet_256", "batch", True, "basic", 3,
+    )  # fmt: skip
+    assert (net.init_type, net.init_gain, net.antialias, net.antialias_up) == ("normal", 0.02, False, False)
+    assert (options.gan_mode, options.lambda_L1, options.n_epochs, options.n_epochs_decay) == (
+        "vanilla", 100.0, 100, 100,
+    )  # fmt: skip
+    assert (cfg.lr, cfg.beta1, cfg.batch_size, cfg.load_size, cfg.crop_size, cfg.direction) == (
+        0.0002, 0.5, 1, 286, 256, "AtoB",
+    )  # fmt: skip
+    with pytest.raises(CycleGANError, match="--pool_size does not apply to --model pix2pix"):
+        TrainConfig.create("pix2pix", pool_size=0)  # no image pool to size
+
+    small = TrainConfig.create("pix2pix", ngf=4, ndf=4)  # the default networks, narrower
+    model = build_model(small.model).train()
+    assert sum(isinstance(m, torch.nn.Dropout) for m in model.G.modules()) == 3  # the innermost U-Net levels
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.D.modules())
+    assert model.pool_bytes_per_pixel() == 0
+    trainer = model.trainer(small)
+    events: list[tuple[str, torch.Tensor | None, torch.Tensor | None]] = []
+    model.D.register_forward_hook(lambda m, i, o: events.append(("D", i[0], o)))
+    model.G.register_forward_hook(lambda m, i, o: events.append(("G", i[0], o)))
+    for name, optimizer in trainer.optimizers.items():
+        optimizer.register_step_post_hook(
+            lambda o, a, k, name=name: events.append((f"{name} step", None, None))
+        )
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.rand(1, 3, 256, 256, generator=generator) * 2 - 1 for _ in range(2))
+    losses = {k: v.item() for k, v in trainer.step(a, b).items()}
+    # one G forward, D's update on it first (fake pair, then true pair), then G's against the updated D
+    assert [e[0] for e in events] == ["G", "D", "D", "D step", "D", "G step"]
+    (_, _, fake), (_, on_fake, d_fake), (_, on_real, d_real), _, (_, on_g, d_g), _ = events
+    assert torch.equal(on_fake, torch.cat((a, fake), 1)) and torch.equal(on_real, torch.cat((a, b), 1))
+    assert torch.equal(on_g, on_fake)  # the conditional D sees input and output: 6 channels
+    bce = torch.nn.functional.binary_cross_entropy_with_logits  # the vanilla GAN loss
+    expected = {
+        "D_fake": bce(d_fake, torch.zeros_like(d_fake)),
+        "D_real": bce(d_real, torch.ones_like(d_real)),
+        "G_GAN": bce(d_g, torch.ones_like(d_g)),
+        "G_L1": 100 * (fake - b).abs().mean(),
+    }
+    for name, value in expected.items():
+        assert losses[name] == pytest.approx(value.item(), rel=1e-5), name
+    assert losses["D"] == pytest.approx((losses["D_fake"] + losses["D_real"]) / 2, rel=1e-6)
 
 
 def _write_pairs(root: Path, count: int, size: tuple[int, int] = (48, 40), side_by_side: bool = True) -> None:
@@ -261,6 +312,27 @@ def test_bad_paired_input_is_one_line_each(tmp_path: Path) -> None:
     assert "--model cannot change when resuming (the run trains cycle_gan" in one_line_error(
         run_cli("train", "--resume", str(run), "--model", "pix2pix")
     )
+
+
+def test_a_pair_whose_partners_differ_in_size_is_skipped_with_one_warning_in_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "data"
+    _write_pairs(root, 3, side_by_side=False)
+    (root / "A").rename(root / "trainA")
+    (root / "B").rename(root / "trainB")
+    Image.new("RGB", (30, 20)).save(root / "trainB" / "1.bmp")  # trainA/1.png is 48x40
+    result = train(tiny_config(root, tmp_path / "out", "pix2pix", n_epochs_decay=0), show_progress=False)
+    err = capsys.readouterr().err
+    assert err.count("warning: skipping") == 1
+    assert (
+        f"warning: skipping {root / 'trainB' / '1.bmp'}: is 30x20 but its partner {root / 'trainA' / '1.png'}"
+        " is 48x40: partners must have one size"
+    ) in err
+    assert result.skipped_files == {str(root / "trainB" / "1.bmp")}
+    assert result.stopped is None and result.progress.step == 2  # one epoch: the two good pairs
+    rows = [json.loads(line) for line in (result.run_dir / "log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [2] and np.isfinite(rows[0]["G_L1"])
 
 
 def test_the_demo_trains_pix2pix_on_paired_renders_and_scores_it(tmp_path: Path) -> None:

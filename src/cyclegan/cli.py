@@ -174,7 +174,8 @@ def _run_train(args: argparse.Namespace) -> int:
         return 0  # rank 0 reports for all processes
     where = result.run_dir
     if result.skipped_files:
-        print(f"{len(result.skipped_files)} unreadable image(s) were skipped", file=sys.stderr)
+        count = len(result.skipped_files)
+        print(f"{count} image(s) that could not be used were skipped (see the warnings)", file=sys.stderr)
     if result.stopped is not None:
         print(f"Stopped at step {result.progress.step}: {result.stopped}", file=sys.stderr)
         return 1
