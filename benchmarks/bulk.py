@@ -33,9 +33,9 @@ from cyclegan.data.images import load_image, to_tensor
 from cyclegan.devices import resolve_device
 from cyclegan.errors import CycleGANError
 from cyclegan.files import atomic_write, atomic_write_text
-from cyclegan.nets import GENERATORS, build_generator
-from cyclegan.translate.bulk import decode_ahead, default_batch_size, default_workers, translate_files
-from cyclegan.translate.translator import Translator
+from cyclegan.networks import GENERATORS, build_generator
+from cyclegan.translation.bulk import decode_ahead, default_batch_size, default_workers, translate_files
+from cyclegan.translation.translator import Translator
 
 DEFAULT_DATAROOT = Path(__file__).resolve().parents[2] / "shared/datasets/horse2zebra"
 

@@ -31,12 +31,12 @@ from cyclegan.config import CycleGANOptions, NetConfig
 from cyclegan.data.datasets import list_images
 from cyclegan.data.demo_scenes import random_scene, render
 from cyclegan.data.images import load_image, to_image, to_tensor, to_unit_tensor
-from cyclegan.evaluate.metrics import psnr
+from cyclegan.evaluation.metrics import psnr
 from cyclegan.files import atomic_write_text
 from cyclegan.models.checkpoints import save_weights
-from cyclegan.nets import build_generator
-from cyclegan.translate.export import export_onnx
-from cyclegan.translate.translator import load_translator
+from cyclegan.networks import build_generator
+from cyclegan.translation.export import export_onnx
+from cyclegan.translation.translator import load_translator
 
 DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared/datasets/horse2zebra/testA"
 

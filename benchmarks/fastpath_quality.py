@@ -27,7 +27,7 @@ from cyclegan.demo import score
 from cyclegan.devices import resolve_device
 from cyclegan.errors import CycleGANError
 from cyclegan.files import atomic_write_text
-from cyclegan.train.loop import train
+from cyclegan.training.loop import train
 
 
 def arm_config(args: argparse.Namespace, dataroot: Path, seed: int, fast: bool) -> TrainConfig:

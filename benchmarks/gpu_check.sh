@@ -91,7 +91,7 @@ import time
 
 import torch
 
-from cyclegan.translate.translator import load_translator
+from cyclegan.translation.translator import load_translator
 
 batch = torch.rand(16, 3, 256, 256, device="cuda") * 2 - 1
 for precision in ("fp32", "bf16"):

@@ -21,7 +21,7 @@ from PIL import Image
 
 from cyclegan.data.datasets import list_images
 from cyclegan.data.images import to_unit_tensor
-from cyclegan.evaluate import metrics
+from cyclegan.evaluation import metrics
 
 TARGET = {"AtoB": "testB", "BtoA": "testA"}
 

@@ -47,10 +47,10 @@ from cyclegan.data.demo_scenes import make_demo_dataset
 from cyclegan.files import atomic_write_text
 from cyclegan.layout import CONFIG
 from cyclegan.models import Direction, model_type
-from cyclegan.train import health, runs
-from cyclegan.train.hooks import Hook, RunState
-from cyclegan.train.loop import train
-from cyclegan.train.samples import sample_images
+from cyclegan.training import health, runs
+from cyclegan.training.hooks import Hook, RunState
+from cyclegan.training.loop import train
+from cyclegan.training.samples import sample_images
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

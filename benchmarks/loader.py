@@ -1,5 +1,5 @@
 """Data-loader throughput alone: JPEG decode, resize to 286, random 256 crop, flip, to tensor, as training
-loads them (``cyclegan.train.loop.epoch_loader``, with its seeded per-item randomness).
+loads them (``cyclegan.training.loop.epoch_loader``, with its seeded per-item randomness).
 
 One training item is an A image and a B image, so a loader delivering N items/s decodes 2N images/s. The
 per-core rate is measured with the loading done in this process (``--num_workers 0``), then with workers;
@@ -25,8 +25,8 @@ import torch
 from cyclegan.config import TrainConfig
 from cyclegan.distributed import World
 from cyclegan.files import atomic_write_text
-from cyclegan.train.loop import epoch_loader, training_data
-from cyclegan.train.runs import Progress
+from cyclegan.training.loop import epoch_loader, training_data
+from cyclegan.training.runs import Progress
 
 DEFAULT_DATAROOT = Path(__file__).resolve().parents[2] / "shared/datasets/horse2zebra"
 

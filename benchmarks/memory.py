@@ -28,7 +28,7 @@ from cyclegan.config import TrainConfig
 from cyclegan.devices import parse_memory, resolve_device
 from cyclegan.files import atomic_write_text
 from cyclegan.models import Model
-from cyclegan.train.planner import DryRuns, GiB, Variant, plan
+from cyclegan.training.planner import DryRuns, GiB, Variant, plan
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -30,10 +30,10 @@ from cyclegan.data.demo_scenes import make_demo_dataset
 from cyclegan.demo import score
 from cyclegan.devices import resolve_device
 from cyclegan.errors import CycleGANError
-from cyclegan.evaluate.results import ResultRow, ResultTable
+from cyclegan.evaluation.results import ResultRow, ResultTable
 from cyclegan.files import atomic_write_text
 from cyclegan.models import Model, model_type
-from cyclegan.train.loop import TrainResult, train
+from cyclegan.training.loop import TrainResult, train
 
 BASELINES = ("colour transfer", "untranslated input")
 

@@ -1,5 +1,5 @@
 """Quality benchmark: train a CycleGAN on horse2zebra at a small resolution and step budget, then score it
-with ``cyclegan.evaluate.evaluation.evaluate`` beside the no-op baseline (the untranslated input).
+with ``cyclegan.evaluation.scoring.evaluate`` beside the no-op baseline (the untranslated input).
 
 The learning rate is constant for the first half of the budget and decays linearly over the second, as the
 paper's schedule does over its 200 epochs. The test images are resized to the training resolution first,
@@ -31,11 +31,11 @@ from cyclegan.data.datasets import SPLITS, list_images
 from cyclegan.data.images import load_image
 from cyclegan.devices import resolve_device
 from cyclegan.errors import CycleGANError
-from cyclegan.evaluate.evaluation import evaluate, format_table
-from cyclegan.evaluate.results import ResultTable
+from cyclegan.evaluation.results import ResultTable
+from cyclegan.evaluation.scoring import evaluate, format_table
 from cyclegan.files import atomic_write, atomic_write_text
-from cyclegan.nets import GENERATORS
-from cyclegan.train.loop import train
+from cyclegan.networks import GENERATORS
+from cyclegan.training.loop import train
 
 DEFAULT_DATAROOT = Path(__file__).resolve().parents[2] / "shared/datasets/horse2zebra"
 

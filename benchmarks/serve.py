@@ -34,7 +34,7 @@ import cyclegan
 from cyclegan.config import CycleGANOptions, NetConfig
 from cyclegan.files import atomic_write_text
 from cyclegan.models.checkpoints import save_weights
-from cyclegan.nets import build_generator
+from cyclegan.networks import build_generator
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

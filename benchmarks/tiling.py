@@ -4,7 +4,7 @@ Each measurement runs in a fresh child process that builds a randomly initialise
 SIZE×SIZE input, translates it, and reports its peak resident memory (``ru_maxrss``) and the wall time of
 the translation alone. ``baseline_rss`` is the peak before translating (Python, PyTorch, weights, input), so
 ``peak_rss - baseline_rss`` is what the translation added; ``estimate`` is
-``cyclegan.translate.tiling.estimate_memory`` for the same run less the input, which the baseline holds
+``cyclegan.translation.tiling.estimate_memory`` for the same run less the input, which the baseline holds
 (tensor bytes only), to show how close the derived estimate comes.
 Prints one JSON object per run and writes them all to --out.
 
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cyclegan.nets import GENERATORS
+from cyclegan.networks import GENERATORS
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -52,8 +52,8 @@ def measure(args: argparse.Namespace, mode: str, size: int) -> dict[str, Any]:
     import torch
 
     from cyclegan.config import NetConfig
-    from cyclegan.nets import build_generator
-    from cyclegan.translate.tiling import estimate_memory, translate_tiled
+    from cyclegan.networks import build_generator
+    from cyclegan.translation.tiling import estimate_memory, translate_tiled
 
     torch.manual_seed(0)
     generator = build_generator(NetConfig(ngf=args.ngf, netG=args.netG)).eval()

@@ -54,11 +54,11 @@ import torch
 from PIL import Image
 
 from cyclegan.config import TrainConfig, trackers
-from cyclegan.evaluate.report import RunStatus, write_report
+from cyclegan.evaluation.report import RunStatus, write_report
 from cyclegan.files import atomic_write_text
-from cyclegan.train.hooks import LIVE_SHARE, Hook, Report, RunState
-from cyclegan.train.loop import train
-from cyclegan.train.tracking import BACKENDS, Backend, Tracker
+from cyclegan.training.hooks import LIVE_SHARE, Hook, Report, RunState
+from cyclegan.training.loop import train
+from cyclegan.training.tracking import BACKENDS, Backend, Tracker
 
 INSIDE = {"trackers": 0.0, "report": 0.0}  # seconds spent inside those hooks during the timed steps
 

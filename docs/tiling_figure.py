@@ -18,9 +18,9 @@ from PIL import Image, ImageDraw
 
 from cyclegan.data.demo_scenes import random_scene, render
 from cyclegan.files import atomic_write
-from cyclegan.nets.layers import init_weights
-from cyclegan.nets.resnet import ResnetGenerator
-from cyclegan.translate.tiling import translate_tiled
+from cyclegan.networks.layers import init_weights
+from cyclegan.networks.resnet import ResnetGenerator
+from cyclegan.translation.tiling import translate_tiled
 
 SIZE, TILE, CROP = 256, 64, 64
 OUT = Path(__file__).resolve().parent / "tiling_seams.png"

@@ -24,7 +24,7 @@ from cyclegan.config import TrainConfig
 from cyclegan.layout import LATEST, PREVIOUS
 from cyclegan.models import checkpoints
 from cyclegan.models.cycle_gan import CycleGAN, CycleGANTrainer
-from cyclegan.train import runs
+from cyclegan.training import runs
 
 CALLS_PER_COMMIT = 7  # save_file, fsync, rename to staged, fsync folder, 2 renames, fsync folder
 

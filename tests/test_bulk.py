@@ -20,9 +20,9 @@ from cyclegan.distributed import TorchrunEnv
 from cyclegan.errors import CycleGANError
 from cyclegan.models import checkpoints
 from cyclegan.models.cycle_gan import CycleGAN
-from cyclegan.translate import bulk
-from cyclegan.translate.bulk import UnreadableImages, same_size_batches, translate_files
-from cyclegan.translate.translator import Translator
+from cyclegan.translation import bulk
+from cyclegan.translation.bulk import UnreadableImages, same_size_batches, translate_files
+from cyclegan.translation.translator import Translator
 
 
 def save_model(path: Path, **config: int) -> Path:

@@ -23,9 +23,9 @@ from cyclegan.errors import CycleGANError
 from cyclegan.layout import LATEST, PREVIOUS
 from cyclegan.models import checkpoints
 from cyclegan.models.cycle_gan import CycleGAN, CycleGANTrainer
-from cyclegan.train import runs
-from cyclegan.train.interrupts import SIGNALS, Interrupts
-from cyclegan.train.loop import train
+from cyclegan.training import runs
+from cyclegan.training.interrupts import SIGNALS, Interrupts
+from cyclegan.training.loop import train
 
 HERE = Path(__file__).parent
 

@@ -15,9 +15,9 @@ from torch import nn
 from cyclegan.config import CycleGANOptions, NetConfig, TrainConfig
 from cyclegan.distributed import World
 from cyclegan.models.cycle_gan import CycleGAN, CycleGANTrainer
-from cyclegan.train import runs
-from cyclegan.train.hooks import Hook, RunState
-from cyclegan.train.loop import epoch_loader, train, training_data
+from cyclegan.training import runs
+from cyclegan.training.hooks import Hook, RunState
+from cyclegan.training.loop import epoch_loader, train, training_data
 
 pytestmark = [
     pytest.mark.cuda,

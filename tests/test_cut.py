@@ -25,14 +25,14 @@ from cyclegan.models import build_model, checkpoints
 from cyclegan.models.cut import CUT, FastCUT, GeneratorObjective
 from cyclegan.models.cycle_gan import CycleGAN
 from cyclegan.models.patchnce import SeededDraws, patch_nce_loss
-from cyclegan.nets import generator_config_from_state_dict
-from cyclegan.nets.antialias import Downsample, Upsample
+from cyclegan.networks import generator_config_from_state_dict
+from cyclegan.networks.antialias import Downsample, Upsample
 from cyclegan.precision import Precision
-from cyclegan.train import health
-from cyclegan.train.hooks import Hook, RunState, Scalars
-from cyclegan.train.loop import train
-from cyclegan.train.planner import Variant, format_plan, plan
-from cyclegan.train.runs import resume_config
+from cyclegan.training import health
+from cyclegan.training.hooks import Hook, RunState, Scalars
+from cyclegan.training.loop import train
+from cyclegan.training.planner import Variant, format_plan, plan
+from cyclegan.training.runs import resume_config
 
 # The recordings were made with AVX2 ATen kernels and 2 threads (oneDNN left to pick its own ISA, as the
 # fixture README says): Adam turns last-bit differences into visible ones, so the replay runs in a child
@@ -45,7 +45,7 @@ import json, sys, torch
 from cyclegan.config import TrainConfig
 from cyclegan.models import patchnce
 from cyclegan.models.cut import CUT, CUTTrainer
-from cyclegan.nets import load_weights
+from cyclegan.networks import load_weights
 
 torch.set_num_threads(2)
 patchnce.sample_patches = lambda f, ids: f.permute(0, 2, 3, 1).flatten(1, 2)[:, ids, :].flatten(0, 1)
@@ -338,7 +338,7 @@ def test_a_cut_generator_translates_one_way_and_its_reference_pth_loads(tmp_path
 def test_a_cut_generator_exports_to_onnx_and_serves_one_direction(tmp_path: Path) -> None:
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from cyclegan.translate.export import export_onnx
+    from cyclegan.translation.export import export_onnx
 
     path, model = _cut_checkpoint(tmp_path / "cut.safetensors")
     onnx_path = export_onnx(path, tmp_path / "cut.onnx")
@@ -353,7 +353,7 @@ def test_a_cut_generator_exports_to_onnx_and_serves_one_direction(tmp_path: Path
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
-    from cyclegan.translate import serve
+    from cyclegan.translation import serve
 
     with TestClient(serve.create_app(path)) as client:
         assert client.get("/info").json()["directions"] == ["AtoB"]
@@ -466,7 +466,7 @@ def test_fastcut_is_cut_with_the_papers_fastcut_options() -> None:
 
 def test_the_demo_scores_a_one_sided_model_one_way(tmp_path: Path) -> None:
     from cyclegan.demo import DemoSettings, run_demo
-    from cyclegan.evaluate.results import ResultTable
+    from cyclegan.evaluation.results import ResultTable
 
     settings = DemoSettings(out=tmp_path, steps=3, size=32, ngf=4, ndf=4, device="cpu", model="fastcut")
     page = run_demo(settings, show_progress=False)

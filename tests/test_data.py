@@ -19,7 +19,7 @@ from cyclegan.data.datasets import (
 )
 from cyclegan.data.images import load_image
 from cyclegan.errors import CycleGANError
-from cyclegan.train.loop import train
+from cyclegan.training.loop import train
 
 
 def test_only_image_files_are_listed_recursively(tmp_path: Path) -> None:

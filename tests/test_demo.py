@@ -15,10 +15,10 @@ from cyclegan.data.datasets import list_images
 from cyclegan.data.paired import PairedDataset
 from cyclegan.demo import DemoSettings, format_scores, run_demo
 from cyclegan.errors import CycleGANError
-from cyclegan.evaluate.metrics import psnr
-from cyclegan.evaluate.results import ResultTable
+from cyclegan.evaluation.metrics import psnr
+from cyclegan.evaluation.results import ResultTable
 from cyclegan.models import checkpoints
-from cyclegan.train.loop import train, training_data
+from cyclegan.training.loop import train, training_data
 
 
 def tiny(out: Path, **overrides) -> DemoSettings:

@@ -27,8 +27,8 @@ from cyclegan.distributed import World
 from cyclegan.errors import CycleGANError
 from cyclegan.models import build_model, checkpoints
 from cyclegan.models.cycle_gan import CycleGAN, CycleGANTrainer
-from cyclegan.train.hooks import Hook, RunState
-from cyclegan.train.loop import train
+from cyclegan.training.hooks import Hook, RunState
+from cyclegan.training.loop import train
 
 STEPS = 4
 # Two processes of batch 1 sum their gradients in another order than one process of batch 2: the first

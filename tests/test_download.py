@@ -35,10 +35,10 @@ from cyclegan.data.download import (
 )
 from cyclegan.errors import CycleGANError
 from cyclegan.models.checkpoints import load_generator
-from cyclegan.nets.patchgan import NLayerDiscriminator
-from cyclegan.nets.resnet import ResnetGenerator
-from cyclegan.train.loop import train
-from cyclegan.translate.bulk import translate_files
+from cyclegan.networks.patchgan import NLayerDiscriminator
+from cyclegan.networks.resnet import ResnetGenerator
+from cyclegan.training.loop import train
+from cyclegan.translation.bulk import translate_files
 
 SPLITS = ("trainA", "trainB", "testA", "testB")
 Route = Callable[[BaseHTTPRequestHandler], None]
@@ -738,7 +738,7 @@ def test_a_hostile_tar_is_refused_and_leaves_nothing(
 def test_pix2pix_generator_downloads_and_is_told_apart_from_cyclegans(
     server: LocalServer, tmp_path: Path
 ) -> None:
-    from cyclegan.nets.unet import UnetGenerator
+    from cyclegan.networks.unet import UnetGenerator
 
     unet = UnetGenerator(3, 3, 8, 4, "batch", use_dropout=True)  # the released ones: unet_256, batch norm
     old_style = {k: v for k, v in unet.state_dict().items() if not k.endswith("num_batches_tracked")}

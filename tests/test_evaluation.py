@@ -22,12 +22,12 @@ from cyclegan.config import CycleGANOptions, NetConfig
 from cyclegan.data.datasets import list_images
 from cyclegan.data.demo_scenes import make_demo_dataset
 from cyclegan.errors import CycleGANError
-from cyclegan.evaluate import evaluation, metrics
-from cyclegan.evaluate.evaluation import evaluate, evaluate_model, format_table
-from cyclegan.evaluate.results import ResultRow, ResultTable
+from cyclegan.evaluation import metrics, scoring
+from cyclegan.evaluation.results import ResultRow, ResultTable
+from cyclegan.evaluation.scoring import evaluate, evaluate_model, format_table
 from cyclegan.models.checkpoints import save_weights
 from cyclegan.models.cycle_gan import CycleGAN
-from cyclegan.translate.translator import Translator
+from cyclegan.translation.translator import Translator
 
 FAST = {"kid_subsets": 3, "show_progress": False}
 
@@ -195,7 +195,7 @@ def test_evaluate_model_matches_the_eval_command(
     inception = StandInInception()
     saved = evaluate(checkpoint, unpaired, out_dir=tmp_path, inception=inception, **FAST)
     test_a, test_b = list_images(unpaired / "testA"), list_images(unpaired / "testB")
-    real = evaluation.real_features(inception, test_a, test_b)
+    real = scoring.real_features(inception, test_a, test_b)
     model.train()
     scores = evaluate_model(model, test_a, test_b, inception, device="cpu", kid_subsets=3, real=real)
     assert model.training
@@ -342,14 +342,14 @@ def test_several_snapshots_are_ranked_by_mean_kid(checkpoint: Path, unpaired: Pa
         name: evaluate(path, unpaired, out_dir=tmp_path / name, inception=StandInInception(), **FAST)
         for name, path in (("tiny", checkpoint), ("other", second))
     }
-    ranking = evaluation.rank(results)
+    ranking = scoring.rank(results)
     means = [r.scores["mean KID"] for r in ranking.rows]
     assert means == sorted(means) and {r.method for r in ranking.rows} == {"tiny", "other"}
     for r in ranking.rows:
         kids = [r.scores["KID A→B"], r.scores["KID B→A"]]
         assert r.scores["mean KID"] == pytest.approx(sum(kids) / 2)
         assert r.scores["KID A→B"] == results[r.method].row("CycleGAN", "A→B").scores["KID"]
-    assert evaluation._unique_names([Path("a/epoch_005.safetensors"), Path("b/epoch_005.safetensors")]) == [
+    assert scoring._unique_names([Path("a/epoch_005.safetensors"), Path("b/epoch_005.safetensors")]) == [
         "1_epoch_005",
         "2_epoch_005",
     ]

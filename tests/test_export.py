@@ -15,9 +15,9 @@ from cyclegan.cli import main
 from cyclegan.config import CycleGANOptions, NetConfig
 from cyclegan.errors import CycleGANError
 from cyclegan.models import checkpoints
-from cyclegan.nets import build_generator
-from cyclegan.translate.export import OnnxTranslator, export_onnx
-from cyclegan.translate.translator import Translator, load_translator
+from cyclegan.networks import build_generator
+from cyclegan.translation.export import OnnxTranslator, export_onnx
+from cyclegan.translation.translator import Translator, load_translator
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

@@ -26,18 +26,18 @@ from cyclegan.cli import main
 from cyclegan.config import CycleGANOptions, NetConfig
 from cyclegan.distributed import World, session
 from cyclegan.errors import CycleGANError
-from cyclegan.evaluate.evaluation import evaluate
+from cyclegan.evaluation.scoring import evaluate
 from cyclegan.layout import CHECKPOINTS, LATEST, PREVIOUS
 from cyclegan.models.checkpoints import resolve_checkpoint, save_weights
 from cyclegan.models.cycle_gan import CycleGAN
-from cyclegan.nets import build_generator
-from cyclegan.train.hooks import Hook
-from cyclegan.train.interrupts import Interrupts
-from cyclegan.train.loop import _check_names, train
-from cyclegan.translate import tiling
-from cyclegan.translate.bulk import translate_files
-from cyclegan.translate.tiling import estimate_memory
-from cyclegan.translate.translator import Translator
+from cyclegan.networks import build_generator
+from cyclegan.training.hooks import Hook
+from cyclegan.training.interrupts import Interrupts
+from cyclegan.training.loop import _check_names, train
+from cyclegan.translation import tiling
+from cyclegan.translation.bulk import translate_files
+from cyclegan.translation.tiling import estimate_memory
+from cyclegan.translation.translator import Translator
 
 DEEP = "[" * 100_000 + "]" * 100_000
 NET = NetConfig(ngf=4, ndf=4, netG="resnet_6blocks")
@@ -82,8 +82,8 @@ def test_a_torn_latest_is_passed_over_by_translate_eval_export_and_serve_as_by_r
 ) -> None:
     from fastapi.testclient import TestClient
 
-    from cyclegan.translate import serve
-    from cyclegan.translate.export import export_onnx
+    from cyclegan.translation import serve
+    from cyclegan.translation.export import export_onnx
 
     latest = run_copy / CHECKPOINTS / LATEST
     latest.write_bytes(latest.read_bytes()[:1000])
@@ -165,7 +165,7 @@ def test_absurd_sizes_and_world_sizes_are_one_line(
 def test_an_onnx_model_whose_metadata_lies_is_refused_in_one_line(tmp_path: Path) -> None:
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from cyclegan.translate.export import export_onnx, load_onnx_translator
+    from cyclegan.translation.export import export_onnx, load_onnx_translator
 
     checkpoint = tmp_path / "m.safetensors"
     model = CycleGAN(CycleGANOptions(net=NET))
@@ -343,7 +343,7 @@ def test_serve_answers_too_large_with_413_and_hides_unexpected_errors(
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
-    from cyclegan.translate import serve
+    from cyclegan.translation import serve
 
     image = write_images(Path(checkpoint.parent, "in"), 1, (64, 64))[0].read_bytes()
     upload = {"files": {"image": ("img.png", image, "image/png")}}
@@ -372,7 +372,7 @@ def test_serve_takes_a_client_gone_mid_upload_quietly(
     checkpoint: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     pytest.importorskip("fastapi")
-    from cyclegan.translate import serve
+    from cyclegan.translation import serve
 
     app = serve.create_app(checkpoint)
     incoming = [

@@ -18,14 +18,14 @@ from cyclegan.cli import main
 from cyclegan.config import NetConfig, TrainConfig
 from cyclegan.data.demo_scenes import make_demo_dataset
 from cyclegan.errors import CycleGANError
-from cyclegan.evaluate.report import render_report
-from cyclegan.evaluate.runfiles import read_run
+from cyclegan.evaluation.report import render_report
+from cyclegan.evaluation.runfiles import read_run
 from cyclegan.layout import LOG
 from cyclegan.models import checkpoints, model_type
 from cyclegan.models.cycle_gan import CycleGAN
-from cyclegan.train import health, runs
-from cyclegan.train.hooks import Hook, RunState
-from cyclegan.train.loop import default_hooks, train
+from cyclegan.training import health, runs
+from cyclegan.training.hooks import Hook, RunState
+from cyclegan.training.loop import default_hooks, train
 
 # --- synthetic signals ----------------------------------------------------------------------------------
 

@@ -26,10 +26,10 @@ from cyclegan.config import CycleGANOptions, NetConfig
 from cyclegan.errors import CycleGANError
 from cyclegan.models import checkpoints
 from cyclegan.models.cycle_gan import CycleGAN
-from cyclegan.nets import build_generator
-from cyclegan.train.loop import train
-from cyclegan.translate.bulk import translate_files
-from cyclegan.translate.translator import Translator
+from cyclegan.networks import build_generator
+from cyclegan.training.loop import train
+from cyclegan.translation.bulk import translate_files
+from cyclegan.translation.translator import Translator
 
 TINY = NetConfig(ngf=4, ndf=4, netG="resnet_6blocks")
 

@@ -15,7 +15,18 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "cyclegan"
 LEAVES = ("errors", "files", "layout", "config", "devices", "seeds", "precision", "distributed")
 # Each layer may import its own and the ones before it, never one after it.
-LAYERS = ("leaf", "nets", "models", "data", "translate", "evaluate", "train", "demo", "cli", "__main__")
+LAYERS = (
+    "leaf",
+    "networks",
+    "models",
+    "data",
+    "translation",
+    "evaluation",
+    "training",
+    "demo",
+    "cli",
+    "__main__",
+)
 
 
 def module_name(path: Path) -> str:
@@ -24,7 +35,7 @@ def module_name(path: Path) -> str:
 
 
 def layer(module: str) -> str:
-    """``cyclegan.nets.resnet`` -> ``nets``; every leaf module -> ``leaf``."""
+    """``cyclegan.networks.resnet`` -> ``networks``; every leaf module -> ``leaf``."""
     top = module.split(".")[1]
     return "leaf" if top in LEAVES else top
 
@@ -66,8 +77,8 @@ def test_the_layers_cover_every_module() -> None:
 
 @pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_imports_point_down_the_layers(path: Path) -> None:
-    """leaves < nets < models < data < translate < evaluate < train < demo < cli: e.g. ``models`` and
-    ``nets`` never import ``train``, ``translate`` or ``evaluate``."""
+    """leaves < networks < models < data < translation < evaluation < training < demo < cli: e.g.
+    ``models`` and ``networks`` never import ``training``, ``translation`` or ``evaluation``."""
     own = LAYERS.index(layer(module_name(path)))
     upward = sorted(name for name in imports_of(path) if LAYERS.index(layer(name)) > own)
     assert not upward, f"{module_name(path)} ({LAYERS[own]}) imports a later layer: {upward}"
@@ -75,14 +86,15 @@ def test_imports_point_down_the_layers(path: Path) -> None:
 
 def test_the_check_sees_imports_in_functions_and_relative_ones() -> None:
     source = (
-        "def f():\n    from cyclegan.train import loop\n    from . import layers\n    import cyclegan.seeds\n"
+        "def f():\n    from cyclegan.training import loop\n"
+        "    from . import layers\n    import cyclegan.seeds\n"
     )
-    assert imported(source, "cyclegan.nets.fake") == {
-        "cyclegan.train.loop",
-        "cyclegan.nets.layers",
+    assert imported(source, "cyclegan.networks.fake") == {
+        "cyclegan.training.loop",
+        "cyclegan.networks.layers",
         "cyclegan.seeds",
     }
-    for module, package in (("cyclegan.nets.fake", False), ("cyclegan.nets", True)):
+    for module, package in (("cyclegan.networks.fake", False), ("cyclegan.networks", True)):
         assert imported("from ..models import base\n", module, package) == {"cyclegan.models.base"}
 
 

@@ -15,8 +15,8 @@ from cyclegan.devices import parse_memory
 from cyclegan.errors import CycleGANError
 from cyclegan.models.base import check_training_size
 from cyclegan.models.cycle_gan import CycleGAN, CycleGANTrainer
-from cyclegan.nets import build_generator, set_checkpointing
-from cyclegan.train.planner import DryRuns, Line, Plan, Variant, plan, smallest_crop
+from cyclegan.networks import build_generator, set_checkpointing
+from cyclegan.training.planner import DryRuns, Line, Plan, Variant, plan, smallest_crop
 
 CPU = torch.device("cpu")
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from cyclegan.data.datasets import list_images
 from cyclegan.errors import CycleGANError
-from cyclegan.evaluate import metrics
+from cyclegan.evaluation import metrics
 
 
 def random_images(n: int, size: int, seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:

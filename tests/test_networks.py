@@ -6,8 +6,13 @@ from conftest import fixture_path
 
 from cyclegan.config import NetConfig
 from cyclegan.errors import CycleGANError
-from cyclegan.nets import build_discriminator, build_generator, generator_config_from_state_dict, load_weights
-from cyclegan.nets.resnet import ResnetBlock
+from cyclegan.networks import (
+    build_discriminator,
+    build_generator,
+    generator_config_from_state_dict,
+    load_weights,
+)
+from cyclegan.networks.resnet import ResnetBlock
 
 
 def reference_entries() -> dict:

@@ -24,14 +24,14 @@ from cyclegan.data.demo_scenes import make_demo_dataset
 from cyclegan.data.paired import PairedDataset, find_pairs, scan_pairs
 from cyclegan.demo import score
 from cyclegan.errors import CycleGANError
-from cyclegan.evaluate import metrics
-from cyclegan.evaluate.evaluation import evaluate
-from cyclegan.evaluate.report import write_report
-from cyclegan.evaluate.values import FID_NOTE
+from cyclegan.evaluation import metrics
+from cyclegan.evaluation.report import write_report
+from cyclegan.evaluation.scoring import evaluate
+from cyclegan.evaluation.values import FID_NOTE
 from cyclegan.models import build_model, checkpoints
 from cyclegan.models.checkpoints import load_generator, translations
-from cyclegan.nets import build_generator
-from cyclegan.train.loop import train, training_data
+from cyclegan.networks import build_generator
+from cyclegan.training.loop import train, training_data
 
 # Recorded with ATen's AVX2 kernels on 2 threads (the fixture's README); oneDNN's convolutions were left to
 # pick their own ISA. Adam turns last-bit differences into visibly different updates, so the replay runs in a
@@ -42,7 +42,7 @@ REPLAY_SCRIPT = """
 import json, sys, torch
 from cyclegan.config import TrainConfig
 from cyclegan.models.pix2pix import Pix2Pix, Pix2PixTrainer
-from cyclegan.nets import load_weights
+from cyclegan.networks import load_weights
 
 torch.set_num_threads(2)
 ref = torch.load(sys.argv[1], weights_only=True)

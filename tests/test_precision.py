@@ -16,7 +16,7 @@ from cyclegan.cli import main
 from cyclegan.config import CycleGANOptions, NetConfig, TrainConfig
 from cyclegan.errors import CycleGANError
 from cyclegan.models.cycle_gan import CycleGAN, CycleGANTrainer
-from cyclegan.train import runs
+from cyclegan.training import runs
 
 MODEL = NetConfig(ngf=4, ndf=4, netG="resnet_6blocks")
 
@@ -207,7 +207,7 @@ def test_exact_trains_with_the_references_arithmetic(dataroot: Path, tmp_path: P
 
 
 def test_precision_may_change_on_resume(dataroot: Path, tmp_path: Path) -> None:
-    from cyclegan.train.loop import train
+    from cyclegan.training.loop import train
 
     first = train(tiny_config(dataroot, tmp_path, max_steps=2), show_progress=False, report=False)
     cfg = runs.resume_config(first.run_dir, {"precision": "bf16", "max_steps": 3})

@@ -26,15 +26,15 @@ from cyclegan.cli import main
 from cyclegan.config import TRACKERS, ModelOptions, TrainConfig
 from cyclegan.distributed import World
 from cyclegan.errors import CycleGANError
-from cyclegan.evaluate.evaluation import evaluate
-from cyclegan.evaluate.report import write_report
+from cyclegan.evaluation.report import write_report
+from cyclegan.evaluation.scoring import evaluate
 from cyclegan.layout import LOG, SAMPLES
 from cyclegan.models import Direction, Model, Trainer, checkpoints
 from cyclegan.models.losses import GANLoss
-from cyclegan.nets import build_discriminator, build_generator
-from cyclegan.train import resume_config, train
-from cyclegan.train.tracking import BACKENDS
-from cyclegan.translate.translator import Translator
+from cyclegan.networks import build_discriminator, build_generator
+from cyclegan.training import resume_config, train
+from cyclegan.training.tracking import BACKENDS
+from cyclegan.translation.translator import Translator
 
 NAME = "tiny_test_model"
 

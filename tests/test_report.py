@@ -20,8 +20,8 @@ import pytest
 from PIL import Image
 
 from cyclegan.errors import CycleGANError
-from cyclegan.evaluate import charts, report
-from cyclegan.evaluate.runfiles import column, read_jsonl
+from cyclegan.evaluation import charts, report
+from cyclegan.evaluation.runfiles import column, read_jsonl
 
 LOSSES = ("D_A", "G_A", "cycle_A", "idt_A", "D_B", "G_B", "cycle_B", "idt_B")
 VOID = {"meta", "img", "br", "hr", "link", "input"}

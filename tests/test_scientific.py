@@ -28,16 +28,16 @@ from cyclegan.data.check import check_data
 from cyclegan.data.datasets import scan_domain
 from cyclegan.data.intensity import Intensities, Intensity, resolve
 from cyclegan.errors import CycleGANError
-from cyclegan.evaluate import metrics
-from cyclegan.evaluate.evaluation import evaluate
-from cyclegan.evaluate.results import ResultTable
-from cyclegan.evaluate.values import FID_NOTE, WINDOWED_FID_NOTE
+from cyclegan.evaluation import metrics
+from cyclegan.evaluation.results import ResultTable
+from cyclegan.evaluation.scoring import evaluate
+from cyclegan.evaluation.values import FID_NOTE, WINDOWED_FID_NOTE
 from cyclegan.layout import INTENSITY
 from cyclegan.models import checkpoints
-from cyclegan.train import resume_config, train
-from cyclegan.translate.bulk import UnreadableImages, translate_files
-from cyclegan.translate.export import export_onnx
-from cyclegan.translate.translator import Translator
+from cyclegan.training import resume_config, train
+from cyclegan.translation.bulk import UnreadableImages, translate_files
+from cyclegan.translation.export import export_onnx
+from cyclegan.translation.translator import Translator
 
 pydicom = pytest.importorskip("pydicom")
 nibabel = pytest.importorskip("nibabel")
@@ -284,7 +284,7 @@ def test_serve_takes_and_returns_sixteen_bit_png_and_tiff(tmp_path: Path) -> Non
 
     from cyclegan.config import CycleGANOptions
     from cyclegan.models.cycle_gan import CycleGAN
-    from cyclegan.translate import serve
+    from cyclegan.translation import serve
 
     model = CycleGAN(
         CycleGANOptions(net=NetConfig(ngf=4, ndf=4, netG="resnet_6blocks", input_nc=1, output_nc=1))

@@ -27,9 +27,9 @@ from cyclegan.cli import main
 from cyclegan.config import CycleGANOptions, NetConfig
 from cyclegan.models import checkpoints
 from cyclegan.models.cycle_gan import CycleGAN
-from cyclegan.nets.resnet import ResnetGenerator
-from cyclegan.translate import serve
-from cyclegan.translate.bulk import translate_files
+from cyclegan.networks.resnet import ResnetGenerator
+from cyclegan.translation import serve
+from cyclegan.translation.bulk import translate_files
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")

@@ -14,11 +14,11 @@ from cyclegan.config import CycleGANOptions, NetConfig
 from cyclegan.errors import CycleGANError
 from cyclegan.models import checkpoints
 from cyclegan.models.cycle_gan import CycleGAN
-from cyclegan.nets.layers import init_weights
-from cyclegan.nets.resnet import ResnetGenerator
-from cyclegan.nets.unet import UnetGenerator
-from cyclegan.translate.tiling import choose_tile, estimate_memory, translate_tiled
-from cyclegan.translate.translator import Translator
+from cyclegan.networks.layers import init_weights
+from cyclegan.networks.resnet import ResnetGenerator
+from cyclegan.networks.unet import UnetGenerator
+from cyclegan.translation.tiling import choose_tile, estimate_memory, translate_tiled
+from cyclegan.translation.translator import Translator
 
 TOLERANCE = 1e-4  # in [-1, 1] output units
 

@@ -29,14 +29,14 @@ from PIL import Image
 
 from cyclegan.cli import main
 from cyclegan.errors import CycleGANError
-from cyclegan.evaluate import metrics
-from cyclegan.evaluate.report import RunStatus, write_report
-from cyclegan.evaluate.watch import watch_server
+from cyclegan.evaluation import metrics
+from cyclegan.evaluation.report import RunStatus, write_report
+from cyclegan.evaluation.watch import watch_server
 from cyclegan.models.cycle_gan import CycleGAN
-from cyclegan.train import runs
-from cyclegan.train.hooks import Hook, RunState
-from cyclegan.train.loop import train
-from cyclegan.train.tracking import hyperparameters, mlflow_name, wait_past_event_files, wandb_mode
+from cyclegan.training import runs
+from cyclegan.training.hooks import Hook, RunState
+from cyclegan.training.loop import train
+from cyclegan.training.tracking import hyperparameters, mlflow_name, wait_past_event_files, wandb_mode
 
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy")  # MLflow's, not ours
 HERE = Path(__file__).parent
@@ -45,8 +45,8 @@ KILLED_RUN = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
 from conftest import tiny_config
-from cyclegan.train.hooks import Hook
-from cyclegan.train.loop import train
+from cyclegan.training.hooks import Hook
+from cyclegan.training.loop import train
 
 class Kill(Hook):
     name = "kill"

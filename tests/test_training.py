@@ -21,15 +21,15 @@ from cyclegan.models import checkpoints
 from cyclegan.models.base import lr_factor
 from cyclegan.models.cycle_gan import CycleGANTrainer
 from cyclegan.models.losses import ImagePool
-from cyclegan.train import runs
-from cyclegan.train.loop import train
+from cyclegan.training import runs
+from cyclegan.training.loop import train
 
 # The reference trajectory was recorded with AVX2 kernels. Adam turns last-bit differences in near-zero
 # gradients into visibly different updates, so the comparison runs in a child process pinned to the same ISA.
 TRAJECTORY_SCRIPT = """
 import json, sys, torch
 from cyclegan.config import TrainConfig
-from cyclegan.nets import load_weights
+from cyclegan.networks import load_weights
 from cyclegan.models.cycle_gan import CycleGAN, CycleGANTrainer
 
 ref = torch.load(sys.argv[1], weights_only=True)
@@ -197,7 +197,7 @@ def test_eval_every_logs_fid_kid_and_keeps_the_best_checkpoint(
 ) -> None:
     from conftest import StandInInception
 
-    from cyclegan.evaluate import metrics
+    from cyclegan.evaluation import metrics
 
     monkeypatch.setattr(metrics, "load_inception", lambda path=None, device="cpu": StandInInception())
     result = train(tiny_config(dataroot, tmp_path, max_steps=12, eval_every=1), show_progress=False)
@@ -220,7 +220,7 @@ def test_an_evaluation_after_the_checkpoint_at_an_epochs_last_step_is_not_logged
 ) -> None:
     from conftest import StandInInception
 
-    from cyclegan.evaluate import metrics
+    from cyclegan.evaluation import metrics
 
     monkeypatch.setattr(metrics, "load_inception", lambda path=None, device="cpu": StandInInception())
     steps = itertools.count(1)  # stopped at step 6, the first epoch's last: saved before the epoch closes

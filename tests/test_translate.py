@@ -12,10 +12,10 @@ from cyclegan.config import CycleGANOptions, NetConfig
 from cyclegan.errors import CycleGANError
 from cyclegan.models import checkpoints
 from cyclegan.models.cycle_gan import CycleGAN
-from cyclegan.nets import build_discriminator
-from cyclegan.nets.resnet import ResnetGenerator
-from cyclegan.translate.bulk import translate_files
-from cyclegan.translate.translator import Translator
+from cyclegan.networks import build_discriminator
+from cyclegan.networks.resnet import ResnetGenerator
+from cyclegan.translation.bulk import translate_files
+from cyclegan.translation.translator import Translator
 
 
 @pytest.fixture

@@ -23,16 +23,16 @@ _EXPORTS = {
     "Pix2PixOptions": "cyclegan.config",
     "DemoSettings": "cyclegan.config",
     "CycleGANError": "cyclegan.errors",
-    "train": "cyclegan.train.loop",
-    "TrainResult": "cyclegan.train.loop",
-    "resume_config": "cyclegan.train.runs",
-    "plan": "cyclegan.train.planner",
-    "Translator": "cyclegan.translate.translator",
-    "load_translator": "cyclegan.translate.translator",
-    "translate_files": "cyclegan.translate.bulk",
-    "export_onnx": "cyclegan.translate.export",
-    "evaluate": "cyclegan.evaluate.evaluation",
-    "write_report": "cyclegan.evaluate.report",
+    "train": "cyclegan.training.loop",
+    "TrainResult": "cyclegan.training.loop",
+    "resume_config": "cyclegan.training.runs",
+    "plan": "cyclegan.training.planner",
+    "Translator": "cyclegan.translation.translator",
+    "load_translator": "cyclegan.translation.translator",
+    "translate_files": "cyclegan.translation.bulk",
+    "export_onnx": "cyclegan.translation.export",
+    "evaluate": "cyclegan.evaluation.scoring",
+    "write_report": "cyclegan.evaluation.report",
     "run_demo": "cyclegan.demo",
     "Model": "cyclegan.models.base",
     "build_model": "cyclegan.models.base",
@@ -76,15 +76,15 @@ if TYPE_CHECKING:
     )
     from cyclegan.demo import run_demo
     from cyclegan.errors import CycleGANError
-    from cyclegan.evaluate.evaluation import evaluate
-    from cyclegan.evaluate.report import write_report
+    from cyclegan.evaluation.report import write_report
+    from cyclegan.evaluation.scoring import evaluate
     from cyclegan.models.base import Model, build_model
-    from cyclegan.train.loop import TrainResult, train
-    from cyclegan.train.planner import plan
-    from cyclegan.train.runs import resume_config
-    from cyclegan.translate.bulk import translate_files
-    from cyclegan.translate.export import export_onnx
-    from cyclegan.translate.translator import Translator, load_translator
+    from cyclegan.training.loop import TrainResult, train
+    from cyclegan.training.planner import plan
+    from cyclegan.training.runs import resume_config
+    from cyclegan.translation.bulk import translate_files
+    from cyclegan.translation.export import export_onnx
+    from cyclegan.translation.translator import Translator, load_translator
 
 
 def __getattr__(name: str) -> Any:

@@ -157,7 +157,7 @@ def _train_parser(sub: Any) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     from cyclegan.devices import device_from_gpu_ids, parse_memory
-    from cyclegan.train import resume_config, train
+    from cyclegan.training import resume_config, train
 
     options = _given(args)
     if hasattr(args, "gpu_ids"):
@@ -211,7 +211,7 @@ def _plan_parser(sub: Any) -> None:
 
 def _run_plan(args: argparse.Namespace) -> int:
     from cyclegan.devices import parse_memory
-    from cyclegan.train.planner import format_plan, plan
+    from cyclegan.training.planner import format_plan, plan
 
     cfg = TrainConfig.create(args.model or "cycle_gan", **_given(args))
     budget = None if args.memory is None else parse_memory(args.memory)
@@ -285,7 +285,7 @@ def _translate_parser(sub: Any) -> None:
 def _run_translate(args: argparse.Namespace) -> int:
     from cyclegan.devices import parse_memory
     from cyclegan.distributed import TorchrunEnv
-    from cyclegan.translate.bulk import translate_files
+    from cyclegan.translation.bulk import translate_files
 
     done = translate_files(
         args.inputs,
@@ -331,7 +331,7 @@ def _export_parser(sub: Any) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from cyclegan.translate.export import export_onnx
+    from cyclegan.translation.export import export_onnx
 
     path = export_onnx(args.checkpoint, args.out, direction=args.direction, overwrite=args.overwrite)
     print(f"Wrote {path}")
@@ -439,7 +439,7 @@ def _demo_parser(sub: Any) -> None:
 
 def _run_demo(args: argparse.Namespace) -> int:
     from cyclegan.demo import format_scores, run_demo
-    from cyclegan.evaluate.results import ResultTable
+    from cyclegan.evaluation.results import ResultTable
     from cyclegan.layout import DEMO_FILE
 
     names = [f.name for f in dataclasses.fields(DemoSettings)]
@@ -466,10 +466,10 @@ def _report_parser(sub: Any) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from cyclegan.evaluate.report import write_report
+    from cyclegan.evaluation.report import write_report
 
     if args.watch:
-        from cyclegan.evaluate.watch import watch
+        from cyclegan.evaluation.watch import watch
 
         if args.out is not None:
             raise CycleGANError("--watch serves RUN_DIR/report.html, which training writes; leave out --out")
@@ -530,7 +530,7 @@ def _eval_parser(sub: Any) -> None:
 
 def _run_eval(args: argparse.Namespace) -> int:
     from cyclegan.devices import resolve_device
-    from cyclegan.evaluate.evaluation import evaluate_checkpoints, format_table
+    from cyclegan.evaluation.scoring import evaluate_checkpoints, format_table
     from cyclegan.layout import EVAL_FILE
 
     results, ranking, out = evaluate_checkpoints(
@@ -597,7 +597,7 @@ def _serve_parser(sub: Any) -> None:
 
 def _run_serve(args: argparse.Namespace) -> int:
     from cyclegan.devices import parse_memory
-    from cyclegan.translate.serve import serve
+    from cyclegan.translation.serve import serve
 
     options = ServeOptions(
         max_memory=parse_memory(args.max_memory),

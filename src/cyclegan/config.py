@@ -31,7 +31,7 @@ PREPROCESS = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", 
 DIRECTIONS = ("AtoB", "BtoA")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMPILE_MODES = ("none", "networks", "step")
-TRACKERS = ("tensorboard", "wandb", "mlflow")  # what --log_to may name (train/tracking.py has one class each)
+TRACKERS = ("tensorboard", "wandb", "mlflow")  # what --log_to may name (training/tracking.py has one class each)
 EXACT = {"precision": "fp32", "channels_last": False, "compile": "none"}  # the reference's arithmetic
 
 MAX_WIDTH = 1024  # ngf/ndf: the paper uses 64; wider networks would not fit any GPU memory
@@ -53,7 +53,7 @@ def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None, *, on_
 class NetConfig:
     """Architecture of a model's networks; saved inside every checkpoint.
 
-    Generator, discriminator, norm, padding and init names are checked by :mod:`cyclegan.nets`, where
+    Generator, discriminator, norm, padding and init names are checked by :mod:`cyclegan.networks`, where
     each is registered, when the networks are built (before any data is read).
     """
 

@@ -24,14 +24,14 @@ from cyclegan.data.demo_scenes import channel_stats, colour_transfer, make_demo_
 from cyclegan.data.images import load_image, to_unit_tensor
 from cyclegan.devices import resolve_device
 from cyclegan.errors import CycleGANError
-from cyclegan.evaluate.metrics import PSNR_CAP, psnr, ssim
-from cyclegan.evaluate.report import write_report
-from cyclegan.evaluate.results import ResultRow, ResultTable
+from cyclegan.evaluation.metrics import PSNR_CAP, psnr, ssim
+from cyclegan.evaluation.report import write_report
+from cyclegan.evaluation.results import ResultRow, ResultTable
 from cyclegan.layout import CHECKPOINTS, CONFIG, DEMO_FILE, LATEST
 from cyclegan.models import build_model, checkpoints, model_type
-from cyclegan.nets import load_weights
-from cyclegan.train.loop import train
-from cyclegan.translate.translator import Translator
+from cyclegan.networks import load_weights
+from cyclegan.training.loop import train
+from cyclegan.translation.translator import Translator
 
 
 def run_demo(settings: DemoSettings, *, show_progress: bool = True) -> Path:

@@ -20,7 +20,7 @@ from torch import nn
 from cyclegan.config import ModelOptions, NetConfig, TrainConfig, options_type
 from cyclegan.distributed import World
 from cyclegan.errors import CycleGANError, first_line
-from cyclegan.nets import set_checkpointing
+from cyclegan.networks import set_checkpointing
 from cyclegan.precision import (
     Precision,
     adam_options,

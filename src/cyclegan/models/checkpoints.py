@@ -36,7 +36,7 @@ from cyclegan.errors import CycleGANError, first_line
 from cyclegan.files import atomic_write, fsync_folder
 from cyclegan.layout import CHECKPOINTS, LATEST, PREVIOUS, STAGED
 from cyclegan.models.base import model_type
-from cyclegan.nets import build_generator, check_weights, generator_config_from_state_dict, load_weights
+from cyclegan.networks import build_generator, check_weights, generator_config_from_state_dict, load_weights
 
 FORMAT = "cyclegan/1"
 STATE_PREFIX = "state/"

@@ -23,9 +23,9 @@ from cyclegan.errors import CycleGANError
 from cyclegan.models.base import Direction, Model, Trainer, set_requires_grad
 from cyclegan.models.losses import GANLoss
 from cyclegan.models.patchnce import Draws, PatchSampleF, SeededDraws, patch_nce_loss
-from cyclegan.nets import build_discriminator, build_generator
-from cyclegan.nets.layers import init_weights
-from cyclegan.nets.resnet import ResnetGenerator
+from cyclegan.networks import build_discriminator, build_generator
+from cyclegan.networks.layers import init_weights
+from cyclegan.networks.resnet import ResnetGenerator
 from cyclegan.precision import Precision
 from cyclegan.seeds import Stream, item_seed
 

@@ -15,7 +15,7 @@ from cyclegan.config import CycleGANOptions, ModelOptions, TrainConfig
 from cyclegan.distributed import World
 from cyclegan.models.base import Direction, Model, Trainer, set_requires_grad
 from cyclegan.models.losses import GANLoss, ImagePool
-from cyclegan.nets import build_discriminator, build_generator
+from cyclegan.networks import build_discriminator, build_generator
 from cyclegan.precision import Precision
 from cyclegan.seeds import Stream, item_seed
 

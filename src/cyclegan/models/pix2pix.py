@@ -16,7 +16,7 @@ from cyclegan.config import ModelOptions, Pix2PixOptions, TrainConfig
 from cyclegan.distributed import World
 from cyclegan.models.base import Direction, Model, Trainer, set_requires_grad
 from cyclegan.models.losses import GANLoss
-from cyclegan.nets import build_discriminator, build_generator
+from cyclegan.networks import build_discriminator, build_generator
 from cyclegan.precision import Precision
 
 CriticStep = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]

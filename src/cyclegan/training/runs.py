@@ -23,7 +23,7 @@ from cyclegan.errors import CycleGANError, first_line
 from cyclegan.files import atomic_write_text, read_jsonl, remove_stale_temporaries
 from cyclegan.layout import CHECKPOINTS, CONFIG, LOCK
 from cyclegan.models import Model, Trainer, checkpoints
-from cyclegan.nets import check_weights
+from cyclegan.networks import check_weights
 
 
 @dataclass

@@ -34,9 +34,9 @@ from cyclegan.config import ModelOptions, TrainConfig
 from cyclegan.devices import resolve_device
 from cyclegan.errors import CycleGANError, first_line
 from cyclegan.models import Trainer, build_model, check_training_size, model_type
-from cyclegan.nets import size_multiple
+from cyclegan.networks import size_multiple
 from cyclegan.precision import Autocast, Precision, resolve_precision
-from cyclegan.translate.translator import Translator
+from cyclegan.translation.translator import Translator
 
 GiB = 2**30
 MAX_CROP = 16384  # the largest crop the search considers
@@ -232,7 +232,7 @@ class DryRuns:
             package_root = str(Path(__file__).resolve().parents[2])
             path = os.pathsep.join(filter(None, [package_root, os.getenv("PYTHONPATH")]))
             self.helper = subprocess.Popen(
-                [sys.executable, "-c", "import cyclegan.train.planner as p; p.serve_dry_runs()"],
+                [sys.executable, "-c", "import cyclegan.training.planner as p; p.serve_dry_runs()"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,

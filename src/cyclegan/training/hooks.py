@@ -32,12 +32,12 @@ from cyclegan.data.datasets import domain_folders, list_images
 from cyclegan.data.paired import aligned_folder
 from cyclegan.distributed import World, is_main_process
 from cyclegan.errors import CycleGANError
-from cyclegan.evaluate import metrics
-from cyclegan.evaluate.evaluation import evaluate_model, real_features, split_aligned
+from cyclegan.evaluation import metrics
+from cyclegan.evaluation.scoring import evaluate_model, real_features, split_aligned
 from cyclegan.layout import BEST, CHECKPOINTS, EVAL_LOG, LOG, epoch_checkpoint
 from cyclegan.models import Model, Trainer, checkpoints
-from cyclegan.train import runs
-from cyclegan.train.runs import Progress
+from cyclegan.training import runs
+from cyclegan.training.runs import Progress
 
 
 @dataclass(frozen=True)
@@ -273,7 +273,10 @@ class Report(Hook):
         self._write(run, "stopped" if run.stopped else "finished" if finished else "interrupted", final=True)
 
     def _write(self, run: RunState, state: str, final: bool = False) -> None:
-        from cyclegan.evaluate.report import RunStatus, write_report  # on use: matplotlib costs half a second
+        from cyclegan.evaluation.report import (  # on use: matplotlib costs half a second
+            RunStatus,
+            write_report,
+        )
 
         began = time.monotonic()
         self.grid = self.scores = False

@@ -1,6 +1,6 @@
 """Training: the loop, its hooks (log, health, samples, evaluation, report), run folders and resume."""
 
-from cyclegan.train.loop import TrainResult, train
-from cyclegan.train.runs import resume_config
+from cyclegan.training.loop import TrainResult, train
+from cyclegan.training.runs import resume_config
 
 __all__ = ["TrainResult", "resume_config", "train"]

@@ -3,7 +3,7 @@
 The exported file documents its own contract in ONNX ``metadata_props``: the architecture, the direction, the
 channels, the size multiple and the input/output scaling (for data that is not 8-bit, the intensity
 windows as JSON under ``intensity``), so a deployment in any language can pad, scale and crop exactly as
-:class:`cyclegan.translate.translator.Translator` does.
+:class:`cyclegan.translation.translator.Translator` does.
 
 Exporter: the TorchScript-based ``torch.onnx.export(..., dynamo=False)``. On torch 2.14 both it and the
 dynamo exporter give graphs with dynamic batch, height and width that match PyTorch to about 1e-6 through
@@ -37,8 +37,8 @@ from cyclegan.data.intensity import Conversion
 from cyclegan.errors import CycleGANError, first_line
 from cyclegan.files import atomic_write
 from cyclegan.models.checkpoints import load_generator, resolve_checkpoint
-from cyclegan.nets import MIN_SIZE, input_channels, size_multiple
-from cyclegan.translate.translator import checkpoint_conversion
+from cyclegan.networks import MIN_SIZE, input_channels, size_multiple
+from cyclegan.translation.translator import checkpoint_conversion
 
 FORMAT = "cyclegan-onnx/1"
 OPSET = 17
@@ -151,7 +151,7 @@ def metadata(
 
 class OnnxTranslator:
     """An exported generator run by onnxruntime, with the interface of
-    :class:`cyclegan.translate.translator.Translator`."""
+    :class:`cyclegan.translation.translator.Translator`."""
 
     def __init__(self, path: Path, device: torch.device | str = "cpu") -> None:
         ort = require("onnxruntime")

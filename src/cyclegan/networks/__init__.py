@@ -3,9 +3,9 @@
 Importing the package registers every built-in architecture.
 """
 
-from cyclegan.nets import patchgan, resnet, unet  # noqa: F401  (registration)
-from cyclegan.nets.checkpointing import set_checkpointing
-from cyclegan.nets.registry import (
+from cyclegan.networks import patchgan, resnet, unet  # noqa: F401  (registration)
+from cyclegan.networks.checkpointing import set_checkpointing
+from cyclegan.networks.registry import (
     DISCRIMINATORS,
     GENERATORS,
     MIN_SIZE,
@@ -14,7 +14,7 @@ from cyclegan.nets.registry import (
     input_channels,
     size_multiple,
 )
-from cyclegan.nets.weights import check_weights, generator_config_from_state_dict, load_weights
+from cyclegan.networks.weights import check_weights, generator_config_from_state_dict, load_weights
 
 __all__ = [
     "DISCRIMINATORS",

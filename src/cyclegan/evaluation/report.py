@@ -24,9 +24,9 @@ from PIL import Image
 from cyclegan.data import intensity
 from cyclegan.data.images import DECODE_ERRORS
 from cyclegan.errors import CycleGANError
-from cyclegan.evaluate.charts import SMOOTH_FROM, Mark, Series, line_chart
-from cyclegan.evaluate.results import ResultRow, ResultTable
-from cyclegan.evaluate.runfiles import Point, Run, Unreadable, column, finite, read_run
+from cyclegan.evaluation.charts import SMOOTH_FROM, Mark, Series, line_chart
+from cyclegan.evaluation.results import ResultRow, ResultTable
+from cyclegan.evaluation.runfiles import Point, Run, Unreadable, column, finite, read_run
 from cyclegan.files import atomic_write
 from cyclegan.layout import DEMO_FILE, EVAL_FILE, INTENSITY
 from cyclegan.models import Model

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from cyclegan.config import NetConfig, check_choice
-from cyclegan.nets.layers import init_weights
+from cyclegan.networks.layers import init_weights
 
 GeneratorBuilder = Callable[[NetConfig, int, int], nn.Module]
 DiscriminatorBuilder = Callable[[NetConfig, int], nn.Module]

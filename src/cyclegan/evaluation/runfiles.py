@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cyclegan.errors import CycleGANError
-from cyclegan.evaluate.results import ResultTable
+from cyclegan.evaluation.results import ResultTable
 from cyclegan.files import read_jsonl
 from cyclegan.layout import CONFIG, DEMO_FILE, EVAL_FILE, EVAL_LOG, LOG, SAMPLES, TRIPLETS
 

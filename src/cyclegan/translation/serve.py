@@ -49,7 +49,7 @@ from cyclegan.data.intensity import Conversion, load_mapped
 from cyclegan.devices import resolve_device
 from cyclegan.errors import CycleGANError, TooLarge
 from cyclegan.models.checkpoints import resolve_checkpoint, translations
-from cyclegan.translate.translator import Translator
+from cyclegan.translation.translator import Translator
 
 try:
     import python_multipart  # noqa: F401 - Starlette parses forms with it, and fails late without it
@@ -376,7 +376,7 @@ def create_app(
         "device": str(first.device),
         "limits": {**dataclasses.asdict(options), "max_upload_bytes": options.max_upload_bytes},
     }
-    page = resources.files("cyclegan.translate").joinpath("serve.html").read_text(encoding="utf-8")
+    page = resources.files("cyclegan.translation").joinpath("serve.html").read_text(encoding="utf-8")
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -40,12 +40,12 @@ from cyclegan.distributed import World
 from cyclegan.errors import CycleGANError
 from cyclegan.layout import CHECKPOINTS, EVAL_LOG, INTENSITY, LATEST, LOG, PREVIOUS, STAGED
 from cyclegan.models import Trainer, build_model, check_training_size, model_type
-from cyclegan.nets import size_multiple
+from cyclegan.networks import size_multiple
 from cyclegan.precision import Precision, check_compiler, pick_conv_algorithms
 from cyclegan.seeds import Stream, item_seed
-from cyclegan.train import runs
-from cyclegan.train.health import Health
-from cyclegan.train.hooks import (
+from cyclegan.training import runs
+from cyclegan.training.health import Health
+from cyclegan.training.hooks import (
     EpochSnapshots,
     Hook,
     LossLog,
@@ -55,10 +55,10 @@ from cyclegan.train.hooks import (
     TestSetEvaluator,
     note,
 )
-from cyclegan.train.interrupts import Interrupts, catch_interrupts
-from cyclegan.train.runs import Progress
-from cyclegan.train.samples import SampleGrids
-from cyclegan.train.tracking import Tracker, check_installed
+from cyclegan.training.interrupts import Interrupts, catch_interrupts
+from cyclegan.training.runs import Progress
+from cyclegan.training.samples import SampleGrids
+from cyclegan.training.tracking import Tracker, check_installed
 
 TrainingData = UnpairedDataset | PairedDataset
 
@@ -93,9 +93,9 @@ def train(
     runs, and a run that would not fit stops before it starts, with the numbers and what would fit.
 
     When resuming, ``cfg`` may differ from the run's saved config only in the options marked ``on_resume``
-    (see :func:`cyclegan.train.runs.resume_config`). ``should_stop`` is asked once after every step;
+    (see :func:`cyclegan.training.runs.resume_config`). ``should_stop`` is asked once after every step;
     Ctrl-C or SIGTERM also stop the run after the current step, with a checkpoint. A hook that raises
-    :class:`~cyclegan.train.hooks.StopRun` (the health hook, when training diverges) stops it at once
+    :class:`~cyclegan.training.hooks.StopRun` (the health hook, when training diverges) stops it at once
     without one: ``TrainResult.stopped`` says why. Under torchrun every process calls this with the same
     ``cfg``: rank 0 alone writes the run folder and runs the hooks. ``cfg`` itself is not changed.
     """
@@ -103,7 +103,7 @@ def train(
     check_installed(cfg)  # a tracker asked for but not installed: one line before any folder is made
     distributed.check_global_batch(cfg.batch_size)
     if memory_budget is not None:
-        from cyclegan.train.planner import check_budget  # the planner's dry runs: only when asked for
+        from cyclegan.training.planner import check_budget  # the planner's dry runs: only when asked for
 
         note(check_budget(cfg, memory_budget))
     with distributed.session(cfg.device, cfg.dist_timeout) as world, ExitStack() as held:

@@ -30,17 +30,17 @@ from cyclegan.data.formats import Half
 from cyclegan.data.images import open_image, to_unit_tensor
 from cyclegan.data.paired import by_stem
 from cyclegan.errors import CycleGANError
-from cyclegan.evaluate import metrics
-from cyclegan.evaluate.results import ResultRow, ResultTable
-from cyclegan.evaluate.runfiles import read_config
-from cyclegan.evaluate.triplets import ROWS, Triplet, save_triplets
-from cyclegan.evaluate.values import FID_NOTE, WINDOWED_FID_NOTE, score_values
-from cyclegan.evaluate.values import protocol as value_protocol
+from cyclegan.evaluation import metrics
+from cyclegan.evaluation.results import ResultRow, ResultTable
+from cyclegan.evaluation.runfiles import read_config
+from cyclegan.evaluation.triplets import ROWS, Triplet, save_triplets
+from cyclegan.evaluation.values import FID_NOTE, WINDOWED_FID_NOTE, score_values
+from cyclegan.evaluation.values import protocol as value_protocol
 from cyclegan.files import atomic_write, atomic_write_bytes
 from cyclegan.layout import CONFIG, EVAL_FILE, TRIPLETS
 from cyclegan.models import Model, evaluating, model_type
 from cyclegan.models.checkpoints import read_options, resolve_checkpoint, translations
-from cyclegan.translate.translator import Translator
+from cyclegan.translation.translator import Translator
 
 BASELINE = "untranslated input"
 ARROWS = {"AtoB": "A→B", "BtoA": "B→A"}  # how directions are shown
@@ -305,7 +305,7 @@ def evaluate(
     outputs and targets. ``direction`` is the run's ``--direction`` (default: a run folder's, else AtoB):
     BtoA swaps the data's domains, as training did. ``inception`` replaces the verified FID network (tests
     pass a stand-in). A model trained on data that is not 8-bit is scored in the data's own range, without
-    FID/KID unless ``windowed_fid`` (:mod:`cyclegan.evaluate.values`), its triplets shown through the
+    FID/KID unless ``windowed_fid`` (:mod:`cyclegan.evaluation.values`), its triplets shown through the
     domains' windows. Existing files in ``out_dir`` are overwritten; only this run's translations are scored.
     """
     if kid_subsets < 1:

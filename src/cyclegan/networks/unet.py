@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from cyclegan.config import NetConfig
-from cyclegan.nets.checkpointing import Checkpointed, run_checkpointed
-from cyclegan.nets.layers import norm_layer, uses_bias
-from cyclegan.nets.registry import register_generator
+from cyclegan.networks.checkpointing import Checkpointed, run_checkpointed
+from cyclegan.networks.layers import norm_layer, uses_bias
+from cyclegan.networks.registry import register_generator
 
 
 class UnetSkipConnectionBlock(Checkpointed):

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cyclegan.errors import CycleGANError
-from cyclegan.evaluate.report import write_report
-from cyclegan.evaluate.runfiles import read_config
+from cyclegan.evaluation.report import write_report
+from cyclegan.evaluation.runfiles import read_config
 from cyclegan.layout import REPORT
 
 POLL_SECONDS = 2.0

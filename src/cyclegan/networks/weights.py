@@ -11,7 +11,7 @@ from torch import nn
 
 from cyclegan.config import NetConfig
 from cyclegan.errors import CycleGANError
-from cyclegan.nets.registry import GENERATORS
+from cyclegan.networks.registry import GENERATORS
 
 
 def clean_state_dict(

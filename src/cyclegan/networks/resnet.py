@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from cyclegan.config import NetConfig
-from cyclegan.nets.antialias import Downsample, Upsample
-from cyclegan.nets.checkpointing import Checkpointed, run_checkpointed
-from cyclegan.nets.layers import PADDINGS, choose, norm_layer, uses_bias
-from cyclegan.nets.registry import register_generator
+from cyclegan.networks.antialias import Downsample, Upsample
+from cyclegan.networks.checkpointing import Checkpointed, run_checkpointed
+from cyclegan.networks.layers import PADDINGS, choose, norm_layer, uses_bias
+from cyclegan.networks.registry import register_generator
 
 
 class ResnetBlock(nn.Module):

@@ -31,10 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from cyclegan.errors import CycleGANError, TooLarge
-from cyclegan.nets import input_channels
-from cyclegan.nets.antialias import Downsample, Upsample
-from cyclegan.nets.resnet import ResnetBlock, ResnetGenerator
-from cyclegan.nets.unet import UnetGenerator, UnetSkipConnectionBlock
+from cyclegan.networks import input_channels
+from cyclegan.networks.antialias import Downsample, Upsample
+from cyclegan.networks.resnet import ResnetBlock, ResnetGenerator
+from cyclegan.networks.unet import UnetGenerator, UnetSkipConnectionBlock
 
 STORE_FACTOR = 4
 """Activations downscaled this much or more are small enough to keep whole; finer ones are recomputed."""

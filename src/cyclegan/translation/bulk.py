@@ -28,7 +28,7 @@ from cyclegan.devices import resolve_device
 from cyclegan.distributed import TorchrunEnv
 from cyclegan.errors import CycleGANError
 from cyclegan.files import atomic_write
-from cyclegan.translate.translator import AnyTranslator, load_translator
+from cyclegan.translation.translator import AnyTranslator, load_translator
 
 
 @dataclass

@@ -18,12 +18,12 @@ from cyclegan.data.intensity import Conversion, conversion
 from cyclegan.devices import is_out_of_memory
 from cyclegan.errors import CycleGANError, TooLarge
 from cyclegan.models.checkpoints import load_generator, read_intensity, resolve_checkpoint
-from cyclegan.nets import MIN_SIZE, input_channels, size_multiple
+from cyclegan.networks import MIN_SIZE, input_channels, size_multiple
 from cyclegan.precision import Autocast, Precision
-from cyclegan.translate.tiling import check_tile, choose_tile, images_that_fit, translate_tiled
+from cyclegan.translation.tiling import check_tile, choose_tile, images_that_fit, translate_tiled
 
 if TYPE_CHECKING:
-    from cyclegan.translate.export import OnnxTranslator
+    from cyclegan.translation.export import OnnxTranslator
 
 BACKENDS = ("torch", "onnxruntime")
 
@@ -153,7 +153,7 @@ def load_translator(
                 "--precision, --tile and --max_memory apply to the torch backend; an ONNX model runs whole"
                 " images in float32"
             )
-        from cyclegan.translate.export import load_onnx_translator
+        from cyclegan.translation.export import load_onnx_translator
 
         return load_onnx_translator(Path(checkpoint), direction, device)
     if precision == "auto":

@@ -33,9 +33,9 @@ from cyclegan.config import TrainConfig
 from cyclegan.errors import CycleGANError
 from cyclegan.layout import CHECKPOINTS, LOG
 from cyclegan.models import Direction, Model, checkpoints, evaluating
-from cyclegan.train import runs
-from cyclegan.train.hooks import Hook, RunState, Scalars, StopRun, Text, note
-from cyclegan.train.samples import run_images
+from cyclegan.training import runs
+from cyclegan.training.hooks import Hook, RunState, Scalars, StopRun, Text, note
+from cyclegan.training.samples import run_images
 
 # Thresholds, each far from what healthy runs show. Healthy figures: the demo's config (64 px, ngf/ndf 32,
 # 2,400 steps), after the default 1,000-step warm-up, as benchmarks/health.py records them (its docstring

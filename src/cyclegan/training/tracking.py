@@ -1,8 +1,8 @@
 """Experiment trackers behind ``--log_to``: TensorBoard, Weights & Biases and MLflow through one hook.
 
-:class:`Tracker` hands what the other hooks publish on the run (:class:`~cyclegan.train.hooks.Scalars`:
+:class:`Tracker` hands what the other hooks publish on the run (:class:`~cyclegan.training.hooks.Scalars`:
 losses and the learning rate every ``print_freq`` steps, health signals, FID/KID;
-:class:`~cyclegan.train.hooks.ImageFile`: sample grids; :class:`~cyclegan.train.hooks.Text`: health
+:class:`~cyclegan.training.hooks.ImageFile`: sample grids; :class:`~cyclegan.training.hooks.Text`: health
 warnings) to one small backend per library, adds images/s, and logs the configuration as
 hyper-parameters. It reads nothing from the device, so it adds no host-device synchronisation.
 
@@ -46,7 +46,7 @@ from cyclegan.config import TrainConfig, trackers
 from cyclegan.errors import CycleGANError, first_line
 from cyclegan.files import atomic_write_text
 from cyclegan.layout import MLRUNS, TRACKER_IDS
-from cyclegan.train.hooks import Event, Hook, ImageFile, RunState, Scalars, StopRun, note
+from cyclegan.training.hooks import Event, Hook, ImageFile, RunState, Scalars, StopRun, note
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard.writer import FileWriter

@@ -24,10 +24,10 @@ from cyclegan.data import formats
 from cyclegan.data.images import DEFAULT_MAX_PIXELS, open_image, to_image
 from cyclegan.data.intensity import Conversion, Intensity
 from cyclegan.errors import CycleGANError
-from cyclegan.evaluate import metrics
-from cyclegan.evaluate.triplets import ROWS, Triplet
+from cyclegan.evaluation import metrics
+from cyclegan.evaluation.triplets import ROWS, Triplet
 from cyclegan.files import atomic_write_bytes
-from cyclegan.translate.translator import Translator, translate_values
+from cyclegan.translation.translator import Translator, translate_values
 
 OTHER = {"AtoB": "BtoA", "BtoA": "AtoB"}
 FID_NOTE = (

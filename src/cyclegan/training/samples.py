@@ -21,7 +21,7 @@ from cyclegan.errors import CycleGANError
 from cyclegan.files import atomic_write
 from cyclegan.layout import SAMPLES, sample_grid
 from cyclegan.models import Model, evaluating, model_type
-from cyclegan.train.hooks import Hook, ImageFile, RunState
+from cyclegan.training.hooks import Hook, ImageFile, RunState
 
 
 class SampleGrids(Hook):
