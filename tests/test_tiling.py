@@ -16,6 +16,7 @@ from cyclegan.models import checkpoints
 from cyclegan.models.cycle_gan import CycleGAN
 from cyclegan.networks.layers import init_weights
 from cyclegan.networks.resnet import ResnetGenerator
+from cyclegan.networks.structure import Chain, Concat, FixedConv, Residual
 from cyclegan.networks.unet import UnetGenerator
 from cyclegan.translation.tiling import choose_tile, estimate_memory, translate_tiled
 from cyclegan.translation.translator import Translator
@@ -229,3 +230,77 @@ def test_a_translation_the_cpu_cannot_allocate_is_one_line_naming_tiles() -> Non
     translator = Translator(Greedy(), NetConfig(ngf=4, netG="resnet_6blocks"))
     with pytest.raises(CycleGANError, match="not enough memory to translate a 40x36 image on cpu; translate"):
         translator.translate_tensor(image(36, 40, seed=1)[0])
+
+
+class _Sharpen(nn.Module):
+    """A residual block the tiler has never seen, saying what it is."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), nn.InstanceNorm2d(channels)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+    def structure(self) -> Residual:
+        return Residual(self.body)
+
+
+class _Widen(nn.Module):
+    """A skip connection by concatenation."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.LeakyReLU(0.2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, self.body(x)], 1)
+
+    def structure(self) -> Concat:
+        return Concat(self.body)
+
+
+class _Blur(nn.Module):
+    """A fixed 2x2 box filter with stride 2."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.pad, self.filt = nn.ReplicationPad2d((0, 1, 0, 1)), torch.full((channels, 1, 2, 2), 0.25)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.conv2d(self.pad(x), self.filt, stride=2, groups=self.filt.shape[0])
+
+    def structure(self) -> Chain:
+        return Chain([self.pad, FixedConv(self.filt, stride=2, padding=0)])
+
+
+class _NewGenerator(nn.Module):
+    """A generator of new blocks, test-only: it tiles exactly without any change to the tiler."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            _Blur(8),
+            _Sharpen(8),
+            _Widen(8),
+            nn.ConvTranspose2d(16, 3, 4, 2, 1),
+        )
+        self.tail = nn.Tanh()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tail(self.model(x))
+
+    def structure(self) -> Chain:
+        return Chain([self.model, self.tail])
+
+
+def test_a_new_generator_whose_blocks_say_what_they_are_tiles_exactly() -> None:
+    torch.manual_seed(0)
+    net, x = initialised(_NewGenerator(), "none"), image(40, 56, seed=6)
+    expected = whole(net, x)
+    for tile in (8, 16):
+        assert max_diff(translate_tiled(net, x, tile), expected) < TOLERANCE, tile
+    assert max_diff(independent_tiles(net, x, 16, 0), expected) > 0.05  # instance norm: tiles alone differ

@@ -31,7 +31,7 @@ PREPROCESS = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", 
 DIRECTIONS = ("AtoB", "BtoA")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMPILE_MODES = ("none", "networks", "step")
-TRACKERS = ("tensorboard", "wandb", "mlflow")  # what --log_to may name (training/tracking.py has one class each)
+TRACKERS = ("tensorboard", "wandb", "mlflow")  # --log_to choices: training/tracking.py, one class each
 EXACT = {"precision": "fp32", "channels_last": False, "compile": "none"}  # the reference's arithmetic
 
 MAX_WIDTH = 1024  # ngf/ndf: the paper uses 64; wider networks would not fit any GPU memory

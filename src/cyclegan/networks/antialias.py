@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cyclegan.networks.structure import Chain, FixedConv
+
 
 def binomial_filter(size: int) -> torch.Tensor:
     """The size x size outer product of a row of Pascal's triangle, summing to 1 (exact in float32)."""
@@ -36,6 +38,9 @@ class Downsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(self.pad(x), self.filt, stride=self.stride, groups=self.filt.shape[0])
+
+    def structure(self) -> Chain:
+        return Chain([self.pad, FixedConv(self.filt, self.stride, padding=0)])
 
 
 class Upsample(nn.Module):
@@ -61,6 +66,11 @@ class Upsample(nn.Module):
             padded, self.filt, stride=self.stride, padding=self.padding, groups=self.filt.shape[0]
         )
         return y[:, :, c:-c, c:-c]
+
+    def structure(self) -> Chain:
+        """The crop after the transposed convolution is more of that convolution's padding."""
+        padding = self.padding + self.crop
+        return Chain([self.pad, FixedConv(self.filt, self.stride, padding, transposed=True)])
 
 
 def _replicate_edges(x: torch.Tensor) -> torch.Tensor:

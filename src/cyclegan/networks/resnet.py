@@ -17,6 +17,7 @@ from cyclegan.networks.antialias import Downsample, Upsample
 from cyclegan.networks.checkpointing import Checkpointed, run_checkpointed
 from cyclegan.networks.layers import PADDINGS, choose, norm_layer, uses_bias
 from cyclegan.networks.registry import register_generator
+from cyclegan.networks.structure import Chain, Residual
 
 
 class ResnetBlock(nn.Module):
@@ -42,6 +43,9 @@ class ResnetBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv_block(x)
+
+    def structure(self) -> Residual:
+        return Residual(self.conv_block)
 
 
 class ResnetGenerator(Checkpointed):
@@ -107,6 +111,9 @@ class ResnetGenerator(Checkpointed):
         for segment in self._segments(len(self.model)):
             x = run_checkpointed(self.model[segment.start : segment.stop], x)
         return x
+
+    def structure(self) -> Chain:
+        return Chain(self.model)
 
     def features(self, x: torch.Tensor, layers: Sequence[int]) -> list[torch.Tensor]:
         """The outputs of the layers ``layers`` (indices into ``self.model``, ascending), as CUT's PatchNCE

@@ -12,6 +12,7 @@ from cyclegan.config import NetConfig
 from cyclegan.networks.checkpointing import Checkpointed, run_checkpointed
 from cyclegan.networks.layers import norm_layer, uses_bias
 from cyclegan.networks.registry import register_generator
+from cyclegan.networks.structure import Chain, Concat
 
 
 class UnetSkipConnectionBlock(Checkpointed):
@@ -62,6 +63,9 @@ class UnetSkipConnectionBlock(Checkpointed):
             return self.model(x)
         return torch.cat([x, self._inner(x) if self.checkpointing() else self.model(x)], 1)
 
+    def structure(self) -> Chain | Concat:
+        return Chain(self.model) if self.outermost else Concat(self.model)
+
     def _inner(self, x: torch.Tensor) -> torch.Tensor:
         subs = [i for i, layer in enumerate(self.model) if isinstance(layer, UnetSkipConnectionBlock)]
         if not subs:
@@ -96,6 +100,9 @@ class UnetGenerator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    def structure(self) -> Chain:
+        return Chain([self.model])
 
 
 @register_generator("unet_128", "unet_256")

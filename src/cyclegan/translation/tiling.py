@@ -3,8 +3,8 @@
 Translating a huge image as independent tiles is wrong twice over: instance norm would normalise each tile
 by its own statistics (brightness and contrast jump from tile to tile), and convolutions near a tile's edge
 would see padding instead of the neighbouring pixels (seams). Here the generator's module tree is traced
-into a graph of layers that can each compute any rectangle of their output, and the image is run through
-that graph pass by pass:
+into a graph of layers that can each compute any rectangle of their output (composite blocks say what they
+compute through :mod:`cyclegan.networks.structure`), and the image is run through that graph pass by pass:
 
 * a *statistics pass* computes a norm layer's input tile by tile and accumulates its per-channel sum and
   sum of squares over the whole image (in float64), after which the layer normalises every tile with the
@@ -23,7 +23,7 @@ The result equals the whole-image translation up to float rounding (about 1e-6).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -32,9 +32,7 @@ from torch import nn
 
 from cyclegan.errors import CycleGANError, TooLarge
 from cyclegan.networks import input_channels
-from cyclegan.networks.antialias import Downsample, Upsample
-from cyclegan.networks.resnet import ResnetBlock, ResnetGenerator
-from cyclegan.networks.unet import UnetGenerator, UnetSkipConnectionBlock
+from cyclegan.networks.structure import Chain, Concat, FixedConv, Residual, Structured
 
 STORE_FACTOR = 4
 """Activations downscaled this much or more are small enough to keep whole; finer ones are recomputed."""
@@ -384,27 +382,29 @@ class _Graph:
         return shapes
 
 
-def _trace(module: nn.Module, x: int, graph: _Graph) -> int:
-    """Add ``module`` to the graph with input node ``x``; returns its output node."""
-    if isinstance(module, (ResnetGenerator, UnetGenerator)):
-        return _trace(module.model, x, graph)
+def _trace(module: nn.Module | FixedConv, x: int, graph: _Graph) -> int:
+    """Add ``module`` to the graph with input node ``x``; returns its output node. Composite blocks say what
+    they are (:mod:`cyclegan.networks.structure`); every other layer must be one :func:`_leaf` knows."""
+    if isinstance(module, FixedConv):
+        fixed = _Fixed(module.filt, _pair((module.stride,) * 2), _pair((module.padding,) * 2))
+        return graph.add(_ConvTranspose(fixed) if module.transposed else _Conv(fixed), x)
     if isinstance(module, nn.Sequential):
-        for layer in module:
-            x = _trace(layer, x, graph)
-        return x
-    if isinstance(module, ResnetBlock):
-        return graph.add(_Add(), *_branch(module.conv_block, x, graph))
-    if isinstance(module, Downsample):
-        blur = _Fixed(module.filt, _pair((module.stride,) * 2), (0, 0))
-        return graph.add(_Conv(blur), graph.add(_Pad(module.pad, "reflect"), x))
-    if isinstance(module, Upsample):  # its crop after the transposed conv is more of the conv's padding
-        filt = _Fixed(module.filt, _pair((module.stride,) * 2), _pair((module.padding + module.crop,) * 2))
-        return graph.add(_ConvTranspose(filt), graph.add(_Pad(module.pad, "replicate"), x))
-    if isinstance(module, UnetSkipConnectionBlock):
-        if module.outermost:
-            return _trace(module.model, x, graph)
-        return graph.add(_Cat(), *_branch(module.model, x, graph))
-    return graph.add(_leaf(module), x)
+        return _trace_chain(module, x, graph)
+    if not isinstance(module, Structured):
+        return graph.add(_leaf(module), x)
+    structure = module.structure()
+    if isinstance(structure, Chain):
+        return _trace_chain(structure.layers, x, graph)
+    if isinstance(structure, Residual):
+        return graph.add(_Add(), *_branch(structure.body, x, graph))
+    assert isinstance(structure, Concat)
+    return graph.add(_Cat(), *_branch(structure.body, x, graph))
+
+
+def _trace_chain(layers: Iterable[nn.Module | FixedConv], x: int, graph: _Graph) -> int:
+    for layer in layers:
+        x = _trace(layer, x, graph)
+    return x
 
 
 def _branch(layers: nn.Sequential, x: int, graph: _Graph) -> tuple[int, int]:
