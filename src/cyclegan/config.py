@@ -388,7 +388,8 @@ class TrainConfig:
 
     @classmethod
     def create(cls, model: str = "cycle_gan", *, exact: bool = False, **options: Any) -> TrainConfig:
-        """A config of ``model`` with that model's defaults, from flat option names (as the CLI takes them).
+        """A config of ``model`` with that model's defaults, from flat option names: the fields the CLI's
+        flags set (``antialias=False`` for ``--no_antialias``).
 
         Each option goes to the dataclass that holds it; one the chosen model does not have is refused in
         one line. ``exact`` asks for the reference's arithmetic (:data:`EXACT`) and refuses options that
