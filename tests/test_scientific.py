@@ -246,16 +246,21 @@ def test_bad_scientific_input_is_refused_in_one_line(
         formats.probe(mixed / "trainB" / "mr.nii")
 
 
-def test_a_training_domain_with_nan_or_mixed_channel_counts_is_refused_before_training(
-    tmp_path: Path,
-) -> None:
-    data = tmp_path / "data"
+def _float_domains_with_a_nan_image(data: Path) -> Path:
+    """trainA and trainB of one good float TIFF each, and trainA/b.tif with one NaN pixel."""
     for split in ("trainA", "trainB"):
         (data / split).mkdir(parents=True)
         tifffile.imwrite(data / split / "a.tif", np.arange(1024, dtype=np.float32).reshape(32, 32))
     nan = np.ones((32, 32), np.float32)
     nan[7, 3] = np.nan
     tifffile.imwrite(data / "trainA" / "b.tif", nan)
+    return data
+
+
+def test_a_training_domain_with_nan_or_mixed_channel_counts_is_refused_before_training(
+    tmp_path: Path,
+) -> None:
+    data = _float_domains_with_a_nan_image(tmp_path / "data")
     cfg = tiny_config(data, tmp_path / "runs", input_nc=1, output_nc=1)  # auto: float data's percentiles
     with pytest.raises(
         CycleGANError, match=r"^--window_a percentile: cannot read .*b\.tif: .* holds NaN"
@@ -399,13 +404,7 @@ def test_eval_fid_on_sixteen_bit_data_scores_the_windowed_slices(
 def test_with_a_fixed_window_a_nan_image_is_skipped_in_training_with_the_reason(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = tmp_path / "data"
-    for split in ("trainA", "trainB"):
-        (data / split).mkdir(parents=True)
-        tifffile.imwrite(data / split / "a.tif", np.arange(1024, dtype=np.float32).reshape(32, 32))
-    nan = np.ones((32, 32), np.float32)
-    nan[7, 3] = np.nan
-    tifffile.imwrite(data / "trainA" / "b.tif", nan)
+    data = _float_domains_with_a_nan_image(tmp_path / "data")
     windows = dict(window_a="0,1024", window_b="0,1024", serial_batches=True, max_steps=2)
     result = train(
         tiny_config(data, tmp_path / "runs", input_nc=1, output_nc=1, **windows), show_progress=False
