@@ -106,21 +106,29 @@ def test_cut_and_fastcut_reproduce_the_reference_runs() -> None:
         assert result["output"] <= 1e-6 and result["features"] <= 1e-6, model
 
 
+def _small_cut(**options: object) -> tuple[TrainConfig, CUT]:
+    """A CUT with a ResNet-6 generator, ngf/ndf 4 and a 16-channel head over 16 patches, from seed 0."""
+    small = dict(ngf=4, ndf=4, netG="resnet_6blocks", netF_nc=16, num_patches=16)
+    cfg = TrainConfig.create("cut", **small, **options)
+    torch.manual_seed(0)
+    return cfg, CUT(cfg.model)
+
+
+def _objective(model: CUT) -> GeneratorObjective:
+    """The generator's objective in fp32 on the CPU, its patches drawn from a fixed seed."""
+    return GeneratorObjective(model, Precision.on("fp32", torch.device("cpu")), SeededDraws(1))
+
+
 def _nce_gradients(model: CUT, a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
-    objective = GeneratorObjective(model, Precision.on("fp32", torch.device("cpu")), SeededDraws(1))
     model.zero_grad()
-    loss, _ = objective(a, b, lambda fake: {})
+    loss, _ = _objective(model)(a, b, lambda fake: {})
     loss.backward()
     return {name: p.grad.clone() for name, p in model.G.named_parameters() if p.grad is not None}
 
 
 def test_patchnce_gradients_of_a_batch_are_the_mean_of_each_images() -> None:
     """What DDP relies on, and what the reference's channels-last gather breaks at batch size 1 on CPU."""
-    cfg = TrainConfig.create(
-        "cut", ngf=4, ndf=4, netG="resnet_6blocks", netF_nc=16, num_patches=16, lambda_GAN=0
-    )
-    torch.manual_seed(0)
-    model = CUT(cfg.model)
+    _, model = _small_cut(lambda_GAN=0)
     a, b = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
     both = _nce_gradients(model, a, b)
     alone = [_nce_gradients(model, a[i : i + 1], b[i : i + 1]) for i in range(2)]
@@ -145,17 +153,11 @@ def test_negatives_from_the_whole_minibatch_are_the_other_patches_of_every_image
 
 
 def _patchnce_losses(all_negatives: bool, batch: int) -> tuple[float, float]:
-    cfg = TrainConfig.create(
-        "cut", ngf=4, ndf=4, netG="resnet_6blocks", netF_nc=16, num_patches=16, lambda_GAN=0,
-        nce_includes_all_negatives_from_minibatch=all_negatives,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = CUT(cfg.model)
+    _, model = _small_cut(lambda_GAN=0, nce_includes_all_negatives_from_minibatch=all_negatives)
     inputs = torch.Generator().manual_seed(1)
     a, b = (torch.rand(batch, 3, 32, 32, generator=inputs) * 2 - 1 for _ in range(2))
-    objective = GeneratorObjective(model, Precision.on("fp32", torch.device("cpu")), SeededDraws(1))
     with torch.no_grad():
-        _, losses = objective(a, b, lambda fake: {})
+        _, losses = _objective(model)(a, b, lambda fake: {})
     return losses["NCE"].item(), losses["NCE_Y"].item()
 
 
@@ -167,12 +169,7 @@ def test_negatives_from_the_minibatch_change_the_loss_only_for_a_batch_of_severa
 
 def _cut_step(checkpointing: bool, precision: str) -> tuple[dict, dict, list[torch.dtype]]:
     """Losses and gradients of one CUT step on batch 2, and the dtypes G's first convolution gave."""
-    cfg = TrainConfig.create(
-        "cut", ngf=4, ndf=4, netG="resnet_6blocks", netF_nc=16, num_patches=16,
-        checkpoint_activations=checkpointing, precision=precision,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = CUT(cfg.model)
+    cfg, model = _small_cut(checkpoint_activations=checkpointing, precision=precision)
     trainer = model.trainer(cfg)
     dtypes: list[torch.dtype] = []
     model.G.model[1].register_forward_hook(lambda module, x, y: dtypes.append(y.dtype))
@@ -368,12 +365,7 @@ def test_a_cut_generator_exports_to_onnx_and_serves_one_direction(tmp_path: Path
     ("antialias", "antialias_up"), [(True, True), (False, True), (True, False), (False, False)]
 )
 def test_the_no_antialias_options_leave_out_the_blur_layers(antialias: bool, antialias_up: bool) -> None:
-    cfg = TrainConfig.create(
-        "cut", ngf=4, ndf=4, netG="resnet_6blocks", netF_nc=16, num_patches=16,
-        antialias=antialias, antialias_up=antialias_up,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = CUT(cfg.model)
+    _, model = _small_cut(antialias=antialias, antialias_up=antialias_up)
 
     def count(net: torch.nn.Module, kind: type) -> int:
         return sum(isinstance(m, kind) for m in net.modules())
@@ -383,10 +375,9 @@ def test_the_no_antialias_options_leave_out_the_blur_layers(antialias: bool, ant
     found = generator_config_from_state_dict(model.G.state_dict())
     assert (found.antialias, found.antialias_up) == (antialias, antialias_up)
     x = torch.rand(2, 3, 32, 32) * 2 - 1
-    objective = GeneratorObjective(model, Precision.on("fp32", torch.device("cpu")), SeededDraws(1))
     with torch.no_grad():  # PatchNCE's head fits the features of the layers of this layout
         assert model.G(x).shape == x.shape and model.D(x).shape[:2] == (2, 1)
-        _, losses = objective(x, x.flip(0), lambda fake: {})
+        _, losses = _objective(model)(x, x.flip(0), lambda fake: {})
     assert math.isfinite(losses["NCE"].item()) and math.isfinite(losses["NCE_Y"].item())
 
 

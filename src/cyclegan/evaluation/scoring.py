@@ -47,7 +47,8 @@ ARROWS = {"AtoB": "A→B", "BtoA": "B→A"}  # how directions are shown
 OTHER = {"AtoB": "BtoA", "BtoA": "AtoB"}
 SOURCE = {"AtoB": "A", "BtoA": "B"}
 TARGET = {"AtoB": "B", "BtoA": "A"}
-COLUMNS = ("FID", "KID", "KID std", "cycle L1", "cycle PSNR", "identity L1")
+DISTRIBUTION_COLUMNS = ("FID", "KID", "KID std")  # need the Inception network
+COLUMNS = (*DISTRIBUTION_COLUMNS, "cycle L1", "cycle PSNR", "identity L1")
 PAIRED_COLUMNS = ("PSNR", "SSIM")
 FORMATS = {"FID": "{:.2f}", "cycle PSNR": "{:.2f}", "PSNR": "{:.2f}"}
 KID_SUBSET_SIZE = 1000
@@ -369,7 +370,7 @@ def evaluate(
                     side: _folder_features(network, previews / f"real_{side}", batch_size, device)
                     for side in "AB"
                 }
-                columns = [*COLUMNS[:3], *columns]
+                columns = [*DISTRIBUTION_COLUMNS, *columns]
                 slices = (len(real["A"]), len(real["B"]))
                 protocol = (
                     _protocol(*slices, kid_subsets, inception_weights, inception is not None) | protocol
@@ -424,9 +425,7 @@ def _value_scores(
     values = score_values(
         translators, sources, paired, out_dir, method, BASELINE, show_progress, triplets, previews
     )
-    columns = [c for c in COLUMNS if c not in ("FID", "KID", "KID std")] + list(
-        PAIRED_COLUMNS if paired else ()
-    )
+    columns = [c for c in COLUMNS if c not in DISTRIBUTION_COLUMNS] + list(PAIRED_COLUMNS if paired else ())
     protocol: dict[str, str | float] = {**value_protocol(translators)}
     protocol |= {"N testA": len(sources["A"]), "N testB": len(sources["B"])}
     return columns, protocol, values
