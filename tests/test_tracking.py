@@ -137,9 +137,8 @@ def test_tensorboard_shows_each_step_once_after_a_kill_and_resume(dataroot: Path
 def test_a_resumed_sessions_event_file_sorts_after_one_made_in_the_same_second(tmp_path: Path) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
-    killed = (
-        tmp_path / f"events.out.tfevents.{int(time.time()):010d}.~host.99999999.0"
-    )  # sorts after any host
+    now = int(time.time())
+    killed = tmp_path / f"events.out.tfevents.{now:010d}.~host.99999999.0"  # "~" sorts after any host name
     killed.write_bytes(b"")
     wait_past_event_files(tmp_path)
     SummaryWriter(str(tmp_path)).close()
