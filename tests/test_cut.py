@@ -31,7 +31,6 @@ from cyclegan.precision import Precision
 from cyclegan.training import health
 from cyclegan.training.hooks import Hook, RunState, Scalars
 from cyclegan.training.loop import train
-from cyclegan.training.planner import Variant, format_plan, plan
 from cyclegan.training.runs import resume_config
 
 # The recordings were made with AVX2 ATen kernels and 2 threads (oneDNN left to pick its own ISA, as the
@@ -282,20 +281,6 @@ def test_cut_trains_in_bf16_with_checkpointing_and_its_health_is_judged_one_way(
     stats = {"change_A": 0.0, "gap_A": 0.5, "diversity_A": 0.01, "colour_A": 0.9}
     found = health.find_problems(CUT.directions, means, stats, {"cycle_A": 1.0})
     assert set(found) == {"discriminator_wins/D", "generator_idle/G", "mode_collapse/G"}
-
-
-def test_the_memory_planner_fits_a_cut_run_from_small_dry_runs() -> None:
-    """CUT's own trainer and generator in the planner's dry runs (its accuracy: test_memory.py)."""
-    cfg = TrainConfig.create(
-        "cut", device="cpu", crop_size=160, ngf=8, ndf=8, netG="resnet_6blocks", netF_nc=16, num_patches=16
-    )
-    (fitted,) = plan(cfg, [Variant(True, "bf16")], sizes=[64, 128])
-    assert fitted.model.name == "cut" and fitted.pool_per_pixel == 0  # no image pool
-    assert [(m.crop, m.batch) for m in fitted.measurements] == [(64, 1), (128, 1)]
-    assert fitted.train.fixed > 0 and 0 < fitted.translate_bytes(160) < fitted.training_bytes(160)
-    lines = format_plan(cfg, [fitted], 2**40).splitlines()
-    assert lines[0].startswith("Memory plan: --model cut --netG resnet_6blocks --ngf 8 --netD basic")
-    assert lines[4].startswith("bf16 + checkpointing") and lines[-1] == "budget: 1024.00 GiB"
 
 
 def test_the_decay_phase_resizes_to_the_crop_instead_of_cropping(dataroot: Path, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from cyclegan.errors import CycleGANError
 from cyclegan.models.base import check_training_size
 from cyclegan.models.cycle_gan import CycleGAN, CycleGANTrainer
 from cyclegan.networks import build_generator, set_checkpointing
-from cyclegan.training.planner import DryRuns, Line, Plan, Variant, plan, smallest_crop
+from cyclegan.training.planner import DryRuns, Line, Plan, Variant, format_plan, plan, smallest_crop
 
 CPU = torch.device("cpu")
 
@@ -93,16 +94,36 @@ def test_checkpointing_may_change_when_resuming() -> None:
     assert changed == [("checkpoint_activations", False, True, True)]
 
 
-def test_planner_fit_predicts_a_larger_crop_and_batch_on_cpu() -> None:
+@pytest.fixture(scope="module")
+def cpu_dry_runs() -> Iterator[DryRuns]:
+    """One helper process for the module's CPU dry runs: starting it (importing PyTorch) is most of a run."""
+    with DryRuns(CPU) as dry_runs:
+        yield dry_runs
+
+
+def test_planner_fit_predicts_a_larger_crop_and_batch_on_cpu(cpu_dry_runs: DryRuns) -> None:
     """Dry runs at 64 and 128 px predict a 160 px, batch 2 run's peak within 20% of its activation memory
     (the part that grows; the fixed part is mostly the Python process itself). Measured: 5-9%."""
     cfg = TrainConfig.create(device="cpu", crop_size=160, pool_size=0, ngf=8, ndf=8)
-    with DryRuns(CPU) as dry_runs:
-        (fitted,) = plan(cfg, [Variant()], sizes=[64, 128], runs=dry_runs)
-        actual = dry_runs.train(cfg, Variant(), 160, batch=2).peak_bytes
+    (fitted,) = plan(cfg, [Variant()], sizes=[64, 128], runs=cpu_dry_runs)
+    actual = cpu_dry_runs.train(cfg, Variant(), 160, batch=2).peak_bytes
     predicted = fitted.training_bytes(160, 2)
     assert fitted.train.fixed > 0 and fitted.translate_bytes(160) < predicted
     assert abs(predicted - actual) <= 0.2 * (actual - fitted.train.fixed)
+
+
+def test_the_memory_planner_fits_a_cut_run_from_small_dry_runs(cpu_dry_runs: DryRuns) -> None:
+    """CUT's own trainer and generator in the planner's dry runs (the accuracy: the test above)."""
+    cfg = TrainConfig.create(
+        "cut", device="cpu", crop_size=160, ngf=8, ndf=8, netG="resnet_6blocks", netF_nc=16, num_patches=16
+    )
+    (fitted,) = plan(cfg, [Variant(True, "bf16")], sizes=[64, 128], runs=cpu_dry_runs)
+    assert fitted.model.name == "cut" and fitted.pool_per_pixel == 0  # no image pool
+    assert [(m.crop, m.batch) for m in fitted.measurements] == [(64, 1), (128, 1)]
+    assert fitted.train.fixed > 0 and 0 < fitted.translate_bytes(160) < fitted.training_bytes(160)
+    lines = format_plan(cfg, [fitted], 2**40).splitlines()
+    assert lines[0].startswith("Memory plan: --model cut --netG resnet_6blocks --ngf 8 --netD basic")
+    assert lines[4].startswith("bf16 + checkpointing") and lines[-1] == "budget: 1024.00 GiB"
 
 
 def test_largest_crop_and_batch_follow_the_budget_and_the_size_rules() -> None:
